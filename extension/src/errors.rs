@@ -1,0 +1,186 @@
+//! What the extension tells a client when something fails: every failure becomes a [`WireError`]
+//! with a SQLSTATE, so function code can branch on `code()` as it would with tokio-postgres.
+
+use deadpool::managed::{PoolError, TimeoutType};
+use tokio_postgres::error::{DbError, ErrorPosition, Severity};
+use warmpool::protocol::{sqlstate, ErrorSource, FrameError, WireError};
+
+use crate::config::Config;
+
+/// A database error with every field of PostgreSQL's ErrorResponse.
+pub fn from_db(db: &DbError) -> WireError {
+    let mut fields = vec![(b'S', db.severity().to_owned())];
+    if let Some(s) = db.parsed_severity() {
+        fields.push((b'V', severity_text(s).to_owned()));
+    }
+    fields.push((b'C', db.code().code().to_owned()));
+    fields.push((b'M', db.message().to_owned()));
+    let optional = [
+        (b'D', db.detail()),
+        (b'H', db.hint()),
+        (b'W', db.where_()),
+        (b's', db.schema()),
+        (b't', db.table()),
+        (b'c', db.column()),
+        (b'd', db.datatype()),
+        (b'n', db.constraint()),
+        (b'F', db.file()),
+        (b'R', db.routine()),
+    ];
+    fields.extend(
+        optional
+            .into_iter()
+            .filter_map(|(code, v)| v.map(|v| (code, v.to_owned()))),
+    );
+    if let Some(line) = db.line() {
+        fields.push((b'L', line.to_string()));
+    }
+    match db.position() {
+        Some(ErrorPosition::Original(p)) => fields.push((b'P', p.to_string())),
+        Some(ErrorPosition::Internal { position, query }) => {
+            fields.push((b'p', position.to_string()));
+            fields.push((b'q', query.clone()));
+        }
+        None => {}
+    }
+    WireError {
+        source: ErrorSource::Database,
+        fields,
+    }
+}
+
+fn severity_text(s: Severity) -> &'static str {
+    match s {
+        Severity::Panic => "PANIC",
+        Severity::Fatal => "FATAL",
+        Severity::Error => "ERROR",
+        Severity::Warning => "WARNING",
+        Severity::Notice => "NOTICE",
+        Severity::Debug => "DEBUG",
+        Severity::Info => "INFO",
+        Severity::Log => "LOG",
+    }
+}
+
+/// An error from a statement: the server's own error where there is one; otherwise the
+/// connection failed (08006).
+pub fn from_pg(e: &tokio_postgres::Error) -> WireError {
+    match e.as_db_error() {
+        Some(db) => from_db(db),
+        None => WireError::extension(
+            sqlstate::CONNECTION_FAILURE,
+            format!("the database connection failed: {e}"),
+        ),
+    }
+}
+
+/// Whether a statement error means the connection itself is no longer usable.
+pub fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        Some(db) => matches!(
+            db.parsed_severity(),
+            Some(Severity::Fatal | Severity::Panic)
+        ),
+        None => true,
+    }
+}
+
+/// An error getting a connection from the pool, naming the setting that governs it.
+pub fn from_pool(e: &PoolError<tokio_postgres::Error>, config: &Config) -> WireError {
+    match e {
+        PoolError::Timeout(TimeoutType::Wait) => WireError::extension(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "no pooled connection became free within {} ms (WARMPOOL_WAIT_TIMEOUT_MS); all {} \
+                 connections (WARMPOOL_MAX_SIZE) are in use",
+                config.wait_timeout.as_millis(),
+                config.max_size
+            ),
+        ),
+        PoolError::Timeout(TimeoutType::Create) => WireError::extension(
+            sqlstate::CONNECTION_FAILURE,
+            format!(
+                "connecting to the database took longer than {} ms (WARMPOOL_CONNECT_TIMEOUT_MS)",
+                config.connect_timeout.as_millis()
+            ),
+        ),
+        PoolError::Timeout(TimeoutType::Recycle) => WireError::extension(
+            sqlstate::CONNECTION_FAILURE,
+            format!(
+                "checking a pooled connection took longer than {} ms (WARMPOOL_RESET_TIMEOUT_MS)",
+                config.reset_timeout.as_millis()
+            ),
+        ),
+        PoolError::Backend(e) => match e.as_db_error() {
+            Some(db) => from_db(db),
+            None => WireError::extension(
+                sqlstate::CONNECTION_FAILURE,
+                format!("could not connect to the database: {}", error_chain(e)),
+            ),
+        },
+        PoolError::Closed => shutting_down(),
+        PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => {
+            WireError::extension(sqlstate::INTERNAL_ERROR, e.to_string())
+        }
+    }
+}
+
+/// The error a session gets once shutdown has begun.
+pub fn shutting_down() -> WireError {
+    WireError::extension(
+        sqlstate::ADMIN_SHUTDOWN,
+        "the warmpool extension is shutting down",
+    )
+}
+
+/// A frame that could not be decoded.
+pub fn from_frame(e: &FrameError) -> WireError {
+    WireError::extension(e.sqlstate(), e.to_string())
+}
+
+/// A protocol violation other than a malformed frame.
+pub fn protocol(message: impl Into<String>) -> WireError {
+    WireError::extension(sqlstate::PROTOCOL_VIOLATION, message)
+}
+
+/// tokio-postgres' Display shows one cause; TLS failures nest deeper, and the innermost cause
+/// (an unknown issuer, a name mismatch) is the one a user needs.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extension_codes() {
+        assert_eq!(shutting_down().code(), "57P01");
+        assert_eq!(protocol("x").code(), "08P01");
+        let too_large = FrameError::TooLarge { size: 10, limit: 5 };
+        assert_eq!(from_frame(&too_large).code(), "54000");
+        assert_eq!(from_frame(&FrameError::UnknownTag(0)).code(), "08P01");
+        let config = Config::from_lookup(|k| match k {
+            "PGHOST" => Some("h".into()),
+            "PGUSER" => Some("u".into()),
+            _ => None,
+        })
+        .unwrap();
+        let e = from_pool(&PoolError::Timeout(TimeoutType::Wait), &config);
+        assert_eq!(e.code(), "53300");
+        assert!(e.message().contains("WARMPOOL_WAIT_TIMEOUT_MS"), "{}", e.message());
+        assert_eq!(from_pool(&PoolError::Closed, &config).code(), "57P01");
+        let e = from_pool(&PoolError::Timeout(TimeoutType::Create), &config);
+        assert_eq!(e.code(), "08006");
+    }
+}

@@ -1,0 +1,23 @@
+//! The `warmpool` extension: pooled, pre-warmed PostgreSQL connections served to function code
+//! over a Unix socket.
+//!
+//! # Layout
+//! - [`config`]: settings from the environment, with every default spelled out.
+//! - [`tls`]: rustls for each libpq `sslmode`.
+//! - [`conn`]: one database connection, its statement cache and session-state tracking.
+//! - [`pool`]: the deadpool pool of those connections: warm-up, health checks, clean close.
+//! - [`socket`]: binding the Unix socket.
+//! - [`server`]: the accept loop.
+//! - [`session`]: one client session and its transaction state.
+//! - [`errors`]: every failure as an error frame with a SQLSTATE.
+//! - [`local`]: running outside Lambda until SIGTERM or SIGINT.
+
+pub mod config;
+pub mod conn;
+pub mod errors;
+pub mod local;
+pub mod pool;
+pub mod server;
+pub mod session;
+pub mod socket;
+pub mod tls;

@@ -1,0 +1,655 @@
+//! One client session: a socket connection from function code, served one request at a time.
+//!
+//! Outside a transaction each statement borrows a pooled connection for that statement alone.
+//! A transaction pins one connection from Begin to Commit or Rollback; BEGIN goes to PostgreSQL
+//! pipelined with the transaction's first statement, so it costs no round trip of its own.
+//! The session's transaction state is an explicit [`TxState`]: a statement that fails inside a
+//! transaction moves it to `Failed`, and from there only Rollback (or Commit, which rolls back
+//! and says so) leaves, as in PostgreSQL:
+//! <https://www.postgresql.org/docs/current/tutorial-transactions.html>.
+
+use std::io;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use deadpool::managed::Object;
+use futures_util::TryStreamExt;
+use postgres_types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use warmpool::protocol::{
+    sqlstate, Begin, Column, Execute, Hello, HelloOk, Prepare, PrepareOk, RawRow, Request,
+    Response, WireError, PROTOCOL_VERSION,
+};
+use warmpool::transport::{Framed, ReadError};
+
+use crate::config::Config;
+use crate::conn::PgConn;
+use crate::errors;
+use crate::pool::{Pool, PooledConn};
+
+/// How long a new session may take to send Hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Rows are sent in frames of about this many bytes, so a large result streams instead of being
+/// held whole in memory.
+const ROWS_CHUNK: usize = 64 * 1024;
+
+/// What every session shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The connection pool.
+    pub pool: Pool,
+    /// The configuration.
+    pub config: Arc<Config>,
+}
+
+/// The transaction state of a session.
+enum TxState {
+    /// No transaction: statements borrow a connection each.
+    Idle,
+    /// A transaction holds `conn`. `begin` is the BEGIN still to be sent with the first statement.
+    Open {
+        conn: PooledConn,
+        begin: Option<String>,
+    },
+    /// A statement in the transaction failed, or the transaction could not start. Statements get
+    /// 25P02 until Rollback. `conn` is gone if the connection was lost; `begun` says whether
+    /// BEGIN reached the server.
+    Failed {
+        conn: Option<PooledConn>,
+        begun: bool,
+    },
+}
+
+/// How a statement failed.
+enum StmtError {
+    /// The server refused the statement; the connection is fine.
+    Sql(WireError),
+    /// The connection to the database is unusable.
+    Lost(WireError),
+    /// The client's socket failed; the session is over.
+    Client(io::Error),
+}
+
+impl StmtError {
+    fn from_pg(e: &tokio_postgres::Error) -> StmtError {
+        if errors::connection_lost(e) {
+            StmtError::Lost(errors::from_pg(e))
+        } else {
+            StmtError::Sql(errors::from_pg(e))
+        }
+    }
+}
+
+/// Serves one session until the client leaves or `shutdown` is cancelled.
+pub async fn run<S>(stream: S, shared: Arc<Shared>, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut session = Session {
+        framed: Framed::new(stream, shared.config.max_frame),
+        shared,
+        tx: TxState::Idle,
+    };
+    if session.handshake().await {
+        session.serve(&shutdown).await;
+    }
+    session.abandon().await;
+}
+
+struct Session<S> {
+    framed: Framed<S>,
+    shared: Arc<Shared>,
+    tx: TxState,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// Reads Hello and answers it; false if the session must end.
+    async fn handshake(&mut self) -> bool {
+        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.framed.read::<Request>()).await;
+        let refusal = match first {
+            Err(_) => errors::protocol("no Hello within the handshake timeout"),
+            Ok(Ok(Some(Request::Hello(Hello { version, client })))) => {
+                if version == PROTOCOL_VERSION {
+                    tracing::debug!(client = %client, "session opened");
+                    let ok = Response::HelloOk(HelloOk {
+                        version: PROTOCOL_VERSION,
+                        server: format!("warmpool {}", env!("CARGO_PKG_VERSION")),
+                        max_frame: self.shared.config.max_frame as u32,
+                    });
+                    return self.send(&ok).await.is_ok();
+                }
+                errors::protocol(format!(
+                    "unsupported protocol version {version}: this extension speaks version \
+                     {PROTOCOL_VERSION}; use a warmpool client of the same release"
+                ))
+            }
+            Ok(Ok(Some(_))) => errors::protocol("the first frame of a session must be Hello"),
+            Ok(Ok(None)) | Ok(Err(ReadError::Torn | ReadError::Io(_))) => return false,
+            Ok(Err(ReadError::Frame(e))) => errors::from_frame(&e),
+        };
+        let _ = self.send(&Response::Error(refusal)).await;
+        false
+    }
+
+    async fn serve(&mut self, shutdown: &CancellationToken) {
+        loop {
+            let next = tokio::select! {
+                next = self.framed.read::<Request>() => next,
+                _ = shutdown.cancelled() => {
+                    let _ = self.send(&Response::Error(errors::shutting_down())).await;
+                    return;
+                }
+            };
+            let request = match next {
+                Ok(Some(request)) => request,
+                Ok(None) | Err(ReadError::Torn | ReadError::Io(_)) => return,
+                Err(ReadError::Frame(e)) => {
+                    // The stream cannot be resynchronised after a bad frame: say why, then close.
+                    tracing::warn!(error = %e, "malformed frame; closing the session");
+                    let _ = self.send(&Response::Error(errors::from_frame(&e))).await;
+                    return;
+                }
+            };
+            if shutdown.is_cancelled() {
+                let _ = self.send(&Response::Error(errors::shutting_down())).await;
+                return;
+            }
+            let keep_going = match request {
+                Request::Hello(_) => {
+                    let e = errors::protocol("Hello may only be sent once, as the first frame");
+                    let _ = self.send(&Response::Error(e)).await;
+                    false
+                }
+                Request::Prepare(p) => self.prepare(p).await.is_ok(),
+                Request::Execute(e) => self.execute(e).await.is_ok(),
+                Request::Batch(sql) => self.batch(sql).await.is_ok(),
+                Request::Begin(b) => self.begin(b).await.is_ok(),
+                Request::Commit => self.commit().await.is_ok(),
+                Request::Rollback => self.rollback().await.is_ok(),
+                Request::Ping => self.send(&Response::Pong).await.is_ok(),
+                Request::Terminate => false,
+            };
+            if !keep_going {
+                return;
+            }
+        }
+    }
+
+    async fn send(&mut self, response: &Response) -> io::Result<()> {
+        self.framed.queue_response(response);
+        self.framed.flush().await
+    }
+
+    fn pool(&self) -> &Pool {
+        &self.shared.pool
+    }
+
+    fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Answers a statement's outcome and moves the transaction state on; an error only when the
+    /// client's socket failed.
+    async fn finish(&mut self, outcome: Result<Response, StmtError>, lease: Lease) -> io::Result<()> {
+        let response = match outcome {
+            Ok(r) => {
+                lease.release(self);
+                r
+            }
+            Err(StmtError::Client(e)) => {
+                lease.release(self);
+                return Err(e);
+            }
+            Err(StmtError::Sql(e)) => {
+                lease.fail(self, true);
+                Response::Error(e)
+            }
+            Err(StmtError::Lost(e)) => {
+                lease.fail(self, false);
+                Response::Error(e)
+            }
+        };
+        self.send(&response).await
+    }
+
+    /// Takes the connection a statement runs on.
+    async fn lease(&mut self) -> Result<Lease, WireError> {
+        match std::mem::replace(&mut self.tx, TxState::Idle) {
+            TxState::Idle => match self.pool().get().await {
+                Ok(conn) => Ok(Lease::Pooled(conn)),
+                Err(e) => Err(errors::from_pool(&e, self.config())),
+            },
+            TxState::Open { conn, begin } => Ok(Lease::Pinned(conn, begin)),
+            failed @ TxState::Failed { .. } => {
+                self.tx = failed;
+                Err(in_failed_transaction())
+            }
+        }
+    }
+
+    async fn prepare(&mut self, p: Prepare) -> io::Result<()> {
+        let mut lease = match self.lease().await {
+            Ok(l) => l,
+            Err(e) => return self.send(&Response::Error(e)).await,
+        };
+        let conn = lease.conn();
+        let PgConn {
+            client, statements, ..
+        } = &mut **conn;
+        let outcome = match statements.prepare(client, &p.sql, &p.types).await {
+            Ok(stmt) => Ok(Response::PrepareOk(PrepareOk {
+                params: stmt.params().to_vec(),
+                columns: stmt
+                    .columns()
+                    .iter()
+                    .map(|c| Column {
+                        name: c.name().to_owned(),
+                        type_: c.type_().clone(),
+                    })
+                    .collect(),
+            })),
+            Err(e) => Err(StmtError::from_pg(&e)),
+        };
+        self.finish(outcome, lease).await
+    }
+
+    async fn execute(&mut self, ex: Execute) -> io::Result<()> {
+        let mut lease = match self.lease().await {
+            Ok(l) => l,
+            Err(e) => return self.send(&Response::Error(e)).await,
+        };
+        let begin = lease.take_begin();
+        let max_frame = self.config().max_frame;
+        let outcome = run_execute(&mut self.framed, lease.conn(), begin.as_deref(), &ex, max_frame).await;
+        if let Err(StmtError::Sql(e)) = &outcome {
+            if matches!(e.code(), "26000" | "0A000") {
+                // The server no longer knows the statement, or its plan changed shape after DDL:
+                // prepare it afresh next time.
+                lease.conn().statements.forget(&ex.sql, &ex.types);
+            }
+        }
+        lease.conn().note_statement(&ex.sql);
+        self.finish(outcome.map(Response::Complete), lease).await
+    }
+
+    async fn batch(&mut self, sql: String) -> io::Result<()> {
+        let mut lease = match self.lease().await {
+            Ok(l) => l,
+            Err(e) => return self.send(&Response::Error(e)).await,
+        };
+        let begin = lease.take_begin();
+        let pinned = lease.is_pinned();
+        let conn = lease.conn();
+        let (began, ran) = tokio::join!(
+            send_begin(&conn.client, begin.as_deref()),
+            conn.client.batch_execute(&sql)
+        );
+        if pinned {
+            conn.note_statement(&sql);
+        } else {
+            conn.note_batch(&sql);
+        }
+        let outcome = began
+            .and(ran)
+            .map(|()| Response::Ok)
+            .map_err(|e| StmtError::from_pg(&e));
+        self.finish(outcome, lease).await
+    }
+
+    async fn begin(&mut self, options: Begin) -> io::Result<()> {
+        if !matches!(self.tx, TxState::Idle) {
+            let e = WireError::extension(
+                sqlstate::INVALID_TRANSACTION_STATE,
+                "a transaction is already in progress in this session",
+            );
+            return self.send(&Response::Error(e)).await;
+        }
+        match self.pool().get().await {
+            Ok(conn) => {
+                self.tx = TxState::Open {
+                    conn,
+                    begin: Some(options.sql()),
+                };
+                self.send(&Response::Ok).await
+            }
+            Err(e) => {
+                // The client may have pipelined statements behind Begin; they must not run
+                // outside the transaction they were written for.
+                self.tx = TxState::Failed {
+                    conn: None,
+                    begun: false,
+                };
+                let e = errors::from_pool(&e, self.config());
+                self.send(&Response::Error(e)).await
+            }
+        }
+    }
+
+    async fn commit(&mut self) -> io::Result<()> {
+        let response = match std::mem::replace(&mut self.tx, TxState::Idle) {
+            TxState::Idle => Response::Error(WireError::extension(
+                sqlstate::INVALID_TRANSACTION_STATE,
+                "there is no transaction in progress",
+            )),
+            TxState::Open {
+                conn,
+                begin: Some(_),
+            } => {
+                // Nothing ran, so nothing reached the server.
+                release(conn, self.shared.clone());
+                Response::Ok
+            }
+            TxState::Open { mut conn, begin: None } => {
+                // Never retried: a COMMIT whose outcome is unknown must not run twice.
+                let result = conn.client.batch_execute("COMMIT").await;
+                match result {
+                    Ok(()) => {
+                        release(conn, self.shared.clone());
+                        Response::Ok
+                    }
+                    Err(e) => {
+                        if errors::connection_lost(&e) {
+                            discard(conn);
+                        } else {
+                            // A failed COMMIT (a deferred constraint, a serialization failure)
+                            // ends the transaction on the server; the connection is clean.
+                            conn.last_used = Instant::now();
+                            release(conn, self.shared.clone());
+                        }
+                        Response::Error(errors::from_pg(&e))
+                    }
+                }
+            }
+            TxState::Failed { conn, begun } => {
+                if let Some(conn) = conn {
+                    self.roll_back(conn, begun).await;
+                }
+                Response::Error(WireError::extension(
+                    sqlstate::IN_FAILED_TRANSACTION,
+                    "the transaction was rolled back because a statement in it failed",
+                ))
+            }
+        };
+        self.send(&response).await
+    }
+
+    async fn rollback(&mut self) -> io::Result<()> {
+        self.abandon().await;
+        self.send(&Response::Ok).await
+    }
+
+    /// Ends any transaction without a word to the client: a Rollback, a session that went away,
+    /// or shutdown.
+    async fn abandon(&mut self) {
+        match std::mem::replace(&mut self.tx, TxState::Idle) {
+            TxState::Idle => {}
+            TxState::Open { conn, begin } => self.roll_back(conn, begin.is_none()).await,
+            TxState::Failed { conn, begun } => {
+                if let Some(conn) = conn {
+                    self.roll_back(conn, begun).await;
+                }
+            }
+        }
+    }
+
+    /// Rolls back on `conn` within the reset timeout and returns it to the pool, or closes it
+    /// if the rollback fails: a connection is never pooled inside a transaction.
+    async fn roll_back(&self, conn: PooledConn, begun: bool) {
+        if !begun {
+            release(conn, self.shared.clone());
+            return;
+        }
+        let budget = self.config().reset_timeout;
+        match tokio::time::timeout(budget, conn.client.batch_execute("ROLLBACK")).await {
+            Ok(Ok(())) => release(conn, self.shared.clone()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "rollback failed; closing the connection");
+                discard(conn);
+            }
+            Err(_) => {
+                tracing::warn!(timeout_ms = budget.as_millis() as u64, "rollback timed out; closing the connection");
+                discard(conn);
+            }
+        }
+    }
+}
+
+/// The connection a statement runs on: borrowed from the pool for this statement, or the
+/// transaction's own.
+enum Lease {
+    Pooled(PooledConn),
+    Pinned(PooledConn, Option<String>),
+}
+
+impl Lease {
+    fn conn(&mut self) -> &mut PooledConn {
+        match self {
+            Lease::Pooled(c) | Lease::Pinned(c, _) => c,
+        }
+    }
+
+    fn is_pinned(&self) -> bool {
+        matches!(self, Lease::Pinned(..))
+    }
+
+    fn take_begin(&mut self) -> Option<String> {
+        match self {
+            Lease::Pinned(_, begin) => begin.take(),
+            Lease::Pooled(_) => None,
+        }
+    }
+
+    /// The statement succeeded: a pooled connection goes back, a pinned one stays pinned.
+    fn release<S>(self, session: &mut Session<S>) {
+        match self {
+            Lease::Pooled(conn) => release(conn, session.shared.clone()),
+            Lease::Pinned(conn, begin) => session.tx = TxState::Open { conn, begin },
+        }
+    }
+
+    /// The statement failed; `usable` says whether the connection survived.
+    fn fail<S>(self, session: &mut Session<S>, usable: bool) {
+        match self {
+            Lease::Pooled(conn) if usable => release(conn, session.shared.clone()),
+            Lease::Pooled(conn) => discard(conn),
+            Lease::Pinned(conn, begin) => {
+                let begun = begin.is_none();
+                if usable {
+                    session.tx = TxState::Failed {
+                        conn: Some(conn),
+                        begun,
+                    };
+                } else {
+                    discard(conn);
+                    session.tx = TxState::Failed { conn: None, begun };
+                }
+            }
+        }
+    }
+}
+
+/// Returns a connection to the pool, resetting its session state first if a statement may have
+/// changed it. The reset runs in the background, so the client is not kept waiting for it, and
+/// a connection whose reset fails or overruns is closed instead of pooled.
+fn release(mut conn: PooledConn, shared: Arc<Shared>) {
+    conn.last_used = Instant::now();
+    if !conn.needs_reset() {
+        return;
+    }
+    let budget = shared.config.reset_timeout;
+    tokio::spawn(async move {
+        match tokio::time::timeout(budget, conn.reset()).await {
+            Ok(Ok(())) => drop(conn),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "session reset failed; closing the connection");
+                discard(conn);
+            }
+            Err(_) => {
+                tracing::warn!("session reset timed out; closing the connection");
+                discard(conn);
+            }
+        }
+    });
+}
+
+/// Takes a connection out of the pool for good; dropping it sends Terminate.
+fn discard(conn: PooledConn) {
+    drop(Object::take(conn));
+}
+
+fn in_failed_transaction() -> WireError {
+    WireError::extension(
+        sqlstate::IN_FAILED_TRANSACTION,
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+}
+
+async fn send_begin(client: &tokio_postgres::Client, begin: Option<&str>) -> Result<(), tokio_postgres::Error> {
+    match begin {
+        Some(sql) => client.batch_execute(sql).await,
+        None => Ok(()),
+    }
+}
+
+/// Runs one statement and streams its rows to the client; returns the rows affected.
+async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S>,
+    conn: &mut PgConn,
+    begin: Option<&str>,
+    ex: &Execute,
+    max_frame: usize,
+) -> Result<u64, StmtError> {
+    let PgConn {
+        client, statements, ..
+    } = conn;
+    let client = &*client;
+    let statement = async {
+        let stmt = statements
+            .prepare(client, &ex.sql, &ex.types)
+            .await
+            .map_err(|e| StmtError::from_pg(&e))?;
+        check_params(stmt.params(), &ex.params)?;
+        let params = ex.params.iter().map(|p| RawParam(p.value.clone()));
+        client
+            .query_raw(&stmt, params)
+            .await
+            .map_err(|e| StmtError::from_pg(&e))
+    };
+    let (began, stream) = tokio::join!(send_begin(client, begin), statement);
+    began.map_err(|e| StmtError::from_pg(&e))?;
+    let mut stream = pin!(stream?);
+
+    let mut rows = Vec::new();
+    let mut bytes = 0;
+    while let Some(row) = stream.try_next().await.map_err(|e| StmtError::from_pg(&e))? {
+        let raw = RawRow {
+            values: (0..row.len())
+                .map(|i| {
+                    row.try_get::<_, RawValue>(i)
+                        .map(|v| v.0.map(Bytes::copy_from_slice))
+                })
+                .collect::<Result<_, _>>()
+                .map_err(|e| StmtError::Sql(errors::from_pg(&e)))?,
+        };
+        let len = raw.encoded_len();
+        if len + 4 > max_frame {
+            return Err(StmtError::Sql(WireError::extension(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "a result row of {len} bytes exceeds the frame limit of {max_frame} bytes \
+                     (WARMPOOL_MAX_FRAME_BYTES)"
+                ),
+            )));
+        }
+        if bytes + len + 4 > max_frame.min(ROWS_CHUNK) && !rows.is_empty() {
+            framed.queue_response(&Response::Rows(std::mem::take(&mut rows)));
+            framed.flush().await.map_err(StmtError::Client)?;
+            bytes = 0;
+        }
+        bytes += len;
+        rows.push(raw);
+    }
+    if !rows.is_empty() {
+        framed.queue_response(&Response::Rows(rows));
+    }
+    Ok(stream.rows_affected().unwrap_or(0))
+}
+
+fn check_params(expected: &[Type], given: &[warmpool::protocol::Param]) -> Result<(), StmtError> {
+    if expected.len() != given.len() {
+        return Err(StmtError::Sql(WireError::extension(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!(
+                "the statement has {} parameters but {} were given",
+                expected.len(),
+                given.len()
+            ),
+        )));
+    }
+    for (i, (ty, p)) in expected.iter().zip(given).enumerate() {
+        if ty.oid() != p.oid {
+            return Err(StmtError::Sql(WireError::extension(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!(
+                    "parameter ${} was encoded for type oid {} but the statement takes {} (oid {}); \
+                     prepare the statement again",
+                    i + 1,
+                    p.oid,
+                    ty.name(),
+                    ty.oid()
+                ),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A parameter passed through as the client encoded it.
+#[derive(Debug)]
+struct RawParam(Option<Bytes>);
+
+impl ToSql for RawParam {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match &self.0 {
+            None => Ok(IsNull::Yes),
+            Some(b) => {
+                out.extend_from_slice(b);
+                Ok(IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// A column value taken as the server sent it, whatever its type.
+struct RawValue<'a>(Option<&'a [u8]>);
+
+impl<'a> postgres_types::FromSql<'a> for RawValue<'a> {
+    fn from_sql(
+        _: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawValue(Some(raw)))
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawValue(None))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}

@@ -1,0 +1,205 @@
+//! TLS to PostgreSQL through rustls (ring provider), following libpq's `sslmode` semantics:
+//! <https://www.postgresql.org/docs/current/libpq-ssl.html#LIBPQ-SSL-SSLMODE-STATEMENTS>.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::config::{Config, RootCerts, SslMode};
+
+/// Why TLS could not be set up.
+#[derive(Debug)]
+pub struct TlsSetupError(String);
+
+impl fmt::Display for TlsSetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsSetupError {}
+
+/// The connector for the configured `sslmode`, and the tokio-postgres mode that goes with it.
+pub fn connector(
+    config: &Config,
+) -> Result<(MakeRustlsConnect, tokio_postgres::config::SslMode), TlsSetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError(format!("TLS setup: {e}")))?;
+
+    // libpq: with a root certificate configured, `require` verifies the chain like `verify-ca`.
+    let mode = match (config.ssl_mode, &config.root_certs) {
+        (SslMode::Require, RootCerts::File(_)) => SslMode::VerifyCa,
+        (m, _) => m,
+    };
+    let tls = match mode {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_no_client_auth(),
+        SslMode::VerifyCa => {
+            let inner = WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots(&config.root_certs)?),
+                provider,
+            )
+            .build()
+            .map_err(|e| TlsSetupError(format!("TLS setup: {e}")))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
+                .with_no_client_auth()
+        }
+        SslMode::VerifyFull => builder
+            .with_root_certificates(roots(&config.root_certs)?)
+            .with_no_client_auth(),
+    };
+    let pg_mode = match mode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        _ => tokio_postgres::config::SslMode::Require,
+    };
+    Ok((MakeRustlsConnect::new(tls), pg_mode))
+}
+
+fn roots(source: &RootCerts) -> Result<RootCertStore, TlsSetupError> {
+    let mut store = RootCertStore::empty();
+    match source {
+        RootCerts::File(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                TlsSetupError(format!(
+                    "PGSSLROOTCERT: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let mut found = 0;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| {
+                    TlsSetupError(format!("PGSSLROOTCERT: {}: {e}", path.display()))
+                })?;
+                store.add(cert).map_err(|e| {
+                    TlsSetupError(format!("PGSSLROOTCERT: {}: {e}", path.display()))
+                })?;
+                found += 1;
+            }
+            if found == 0 {
+                return Err(TlsSetupError(format!(
+                    "PGSSLROOTCERT: {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+        }
+        RootCerts::System => {
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = store.add_parsable_certificates(native.certs);
+            if added == 0 {
+                store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            }
+        }
+    }
+    Ok(store)
+}
+
+/// `verify-ca`: the chain must lead to a trusted root, but the name is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// `prefer` and `require`: encryption without authentication of the server, as libpq does.
+/// Handshake signatures are still checked, so the session key belongs to the presented key.
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

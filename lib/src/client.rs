@@ -1,0 +1,274 @@
+//! The client function code uses.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use postgres_types::{ToSql, Type};
+
+use crate::conn::Conn;
+use crate::error::{Error, Kind};
+use crate::ops;
+use crate::protocol::{Begin, IsolationLevel, Request};
+use crate::row::Row;
+use crate::statement::{Statement, ToStatement};
+use crate::transaction::Transaction;
+
+/// The socket path when `WARMPOOL_SOCKET` is not set.
+pub const DEFAULT_SOCKET: &str = "/tmp/warmpool.sock";
+
+/// Idle sessions kept for reuse; more than this are closed when returned.
+const MAX_IDLE: usize = 16;
+
+/// A handle to the warmpool extension, for use from any number of tasks at once.
+///
+/// Each request takes an idle session (a socket connection) or opens one, so concurrent tasks
+/// never wait behind one another. Cloning is cheap and shares sessions and the statement cache.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    idle: Mutex<Vec<Conn>>,
+    statements: Mutex<HashMap<(String, Vec<u32>), Statement>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the extension at `WARMPOOL_SOCKET`, or at [`DEFAULT_SOCKET`].
+    pub async fn connect() -> Result<Client, Error> {
+        let path = std::env::var_os("WARMPOOL_SOCKET")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        Client::connect_to(path).await
+    }
+
+    /// Connects to the extension at `path`.
+    pub async fn connect_to(path: impl AsRef<Path>) -> Result<Client, Error> {
+        let path = path.as_ref().to_owned();
+        let conn = Conn::open(&path).await?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                path,
+                idle: Mutex::new(vec![conn]),
+                statements: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub(crate) async fn take_conn(&self) -> Result<Conn, Error> {
+        let idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => Conn::open(&self.inner.path).await,
+        }
+    }
+
+    pub(crate) fn put_conn(&self, conn: Conn) {
+        if conn.is_broken() {
+            return;
+        }
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+
+    /// Runs `f` on a session, which goes back to the idle list unless the exchange broke it. If
+    /// the caller's future is dropped, the session is dropped with it.
+    async fn with_conn<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut Conn) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut conn = self.take_conn().await?;
+        let result = f(&mut conn).await;
+        self.put_conn(conn);
+        result
+    }
+
+    pub(crate) fn cached(&self, sql: &str, types: &[u32]) -> Option<Statement> {
+        let cache = self.inner.statements.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(&(sql.to_owned(), types.to_vec())).cloned()
+    }
+
+    pub(crate) fn remember(&self, statement: &Statement) {
+        let mut cache = self.inner.statements.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(
+            (statement.sql().to_owned(), statement.declared().to_vec()),
+            statement.clone(),
+        );
+    }
+
+    /// Describes a statement; cached by its SQL text, so a repeat costs nothing.
+    pub async fn prepare(&self, sql: &str) -> Result<Statement, Error> {
+        self.prepare_typed(sql, &[]).await
+    }
+
+    /// Describes a statement, declaring some parameter types.
+    pub async fn prepare_typed(&self, sql: &str, types: &[Type]) -> Result<Statement, Error> {
+        let oids: Vec<u32> = types.iter().map(Type::oid).collect();
+        if let Some(s) = self.cached(sql, &oids) {
+            return Ok(s);
+        }
+        let statement = self
+            .with_conn(async |conn| ops::prepare(conn, &mut None, sql, types).await)
+            .await?;
+        self.remember(&statement);
+        Ok(statement)
+    }
+
+    /// Runs a statement and returns its rows.
+    pub async fn query<T>(&self, statement: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.with_conn(async |conn| self.run(conn, &mut None, statement, params).await)
+            .await
+            .map(|(rows, _)| rows)
+    }
+
+    /// Runs a statement that returns exactly one row.
+    pub async fn query_one<T>(&self, statement: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        one(self.query(statement, params).await?)
+    }
+
+    /// Runs a statement that returns at most one row.
+    pub async fn query_opt<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        at_most_one(self.query(statement, params).await?)
+    }
+
+    /// Runs a statement and returns the number of rows it affected.
+    pub async fn execute<T>(&self, statement: &T, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.with_conn(async |conn| self.run(conn, &mut None, statement, params).await)
+            .await
+            .map(|(_, n)| n)
+    }
+
+    /// Runs one or more statements separated by semicolons, without parameters or results.
+    pub async fn batch_execute(&self, sql: &str) -> Result<(), Error> {
+        self.with_conn(async |conn| ops::batch(conn, &mut None, sql).await)
+            .await
+    }
+
+    /// Checks that the extension answers.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.with_conn(async |conn| ops::simple(conn, Request::Ping).await)
+            .await
+    }
+
+    /// Starts a transaction. It holds one session, and one database connection once its first
+    /// statement runs, until it commits or rolls back; dropped, it rolls back.
+    pub async fn transaction(&self) -> Result<Transaction<'_>, Error> {
+        self.build_transaction().start().await
+    }
+
+    /// A transaction with options.
+    pub fn build_transaction(&self) -> TransactionBuilder<'_> {
+        TransactionBuilder {
+            client: self,
+            options: Begin::default(),
+        }
+    }
+
+    /// Runs a statement given as text or as a [`Statement`], describing it first if this client
+    /// has not seen it.
+    pub(crate) async fn run<T>(
+        &self,
+        conn: &mut Conn,
+        begin: &mut Option<Begin>,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(Vec<Row>, u64), Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let known = match statement.__statement() {
+            Some(s) => Some(s.clone()),
+            None => self.cached(statement.__sql(), &[]),
+        };
+        match known {
+            Some(s) => ops::execute(conn, begin, &s, params).await,
+            None if params.is_empty() => {
+                let (s, rows, n) = ops::prepare_and_execute(conn, begin, statement.__sql()).await?;
+                self.remember(&s);
+                Ok((rows, n))
+            }
+            None => {
+                let s = ops::prepare(conn, begin, statement.__sql(), &[]).await?;
+                self.remember(&s);
+                ops::execute(conn, begin, &s, params).await
+            }
+        }
+    }
+}
+
+pub(crate) fn one(mut rows: Vec<Row>) -> Result<Row, Error> {
+    if rows.len() != 1 {
+        return Err(Error::new(Kind::RowCount, None));
+    }
+    Ok(rows.remove(0))
+}
+
+pub(crate) fn at_most_one(mut rows: Vec<Row>) -> Result<Option<Row>, Error> {
+    match rows.len() {
+        0 => Ok(None),
+        1 => Ok(rows.pop()),
+        _ => Err(Error::new(Kind::RowCount, None)),
+    }
+}
+
+/// Options for a transaction, as tokio-postgres' `TransactionBuilder`.
+#[derive(Debug)]
+pub struct TransactionBuilder<'a> {
+    client: &'a Client,
+    options: Begin,
+}
+
+impl<'a> TransactionBuilder<'a> {
+    /// Sets the isolation level.
+    pub fn isolation_level(mut self, level: IsolationLevel) -> Self {
+        self.options.isolation = level;
+        self
+    }
+
+    /// Makes the transaction read only, or read write.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.options.read_only = Some(read_only);
+        self
+    }
+
+    /// Makes the transaction deferrable (with serializable, read only).
+    pub fn deferrable(mut self, deferrable: bool) -> Self {
+        self.options.deferrable = Some(deferrable);
+        self
+    }
+
+    /// Starts the transaction. Nothing is sent yet: Begin travels with the first statement.
+    pub async fn start(self) -> Result<Transaction<'a>, Error> {
+        let conn = self.client.take_conn().await?;
+        Ok(Transaction::new(self.client, conn, self.options))
+    }
+}

@@ -1,0 +1,40 @@
+//! Client for the `warmpool` AWS Lambda extension: PostgreSQL through pooled, pre-warmed
+//! connections that outlive the function's invocations.
+//!
+//! The API follows tokio-postgres: [`Client::query`], [`Client::execute`], [`Transaction`],
+//! `ToSql`/`FromSql` types from `postgres-types` (re-exported as [`types`]), and errors with
+//! SQLSTATE codes.
+//!
+//! # Layout
+//! - [`protocol`]: the socket protocol's frames, with no I/O (shared with the extension).
+//! - [`transport`]: frames over a byte stream, cancel safe on read.
+//! - `client`, `transaction`, `ops`: the API and the request/response exchanges.
+//! - `row`, `statement`, `error`: results, statements and errors.
+
+pub mod protocol;
+pub mod transport;
+
+mod client;
+mod conn;
+mod error;
+mod ops;
+mod row;
+mod statement;
+mod transaction;
+
+pub use client::{Client, TransactionBuilder, DEFAULT_SOCKET};
+pub use error::{DbError, Error};
+pub use protocol::IsolationLevel;
+pub use row::{Row, RowIndex};
+pub use statement::{Column, Statement, ToStatement};
+pub use transaction::Transaction;
+
+/// `postgres-types`, for `ToSql`, `FromSql`, `Type` and the derive macros.
+pub use postgres_types as types;
+pub use postgres_types::{FromSql, ToSql, Type};
+
+/// Error details, as in tokio-postgres.
+pub mod error_types {
+    pub use tokio_postgres::error::{ErrorPosition, SqlState};
+}
+pub use tokio_postgres::error::SqlState;

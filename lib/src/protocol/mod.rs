@@ -1,0 +1,56 @@
+//! The socket protocol between the `warmpool` extension and its client, with no I/O in it.
+//!
+//! Every frame is a one-byte tag, a big-endian `u32` body length and the body. Decoding is
+//! incremental: [`Request::decode`] and [`Response::decode`] take whatever bytes have arrived,
+//! return `Ok(None)` until a whole frame is there, and check the declared length against the
+//! frame limit before a byte is reserved for it. `docs/PROTOCOL.md` is the specification.
+//!
+//! Row values and parameters travel in PostgreSQL's binary format with their type, so the
+//! extension forwards them without decoding and the client decodes them with `postgres-types`.
+//! Statements are named by their SQL text, never by a server-side statement name, so any pooled
+//! connection can run any statement (see
+//! <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-EXT-QUERY>: a named
+//! prepared statement belongs to one server session).
+
+mod codec;
+mod error;
+mod request;
+mod response;
+#[cfg(test)]
+mod tests;
+mod types;
+
+pub use error::{ErrorSource, FrameError, WireError};
+pub use request::{Begin, Execute, Hello, IsolationLevel, Param, Prepare, Request};
+pub use response::{Column, HelloOk, PrepareOk, RawRow, Response};
+
+/// The protocol version this build speaks. A peer with another version is refused at Hello.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Bytes before a frame's body: the tag and the body length.
+pub const HEADER_LEN: usize = 5;
+
+/// Default largest frame body, in bytes, that either side accepts (16 MiB).
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// SQLSTATE codes that the extension raises itself.
+pub mod sqlstate {
+    /// A frame or request broke the protocol.
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    /// A frame exceeded the frame size limit.
+    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    /// No pooled connection became free within the wait timeout.
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    /// The extension is shutting down.
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    /// The database could not be reached.
+    pub const CONNECTION_FAILURE: &str = "08006";
+    /// A statement inside a transaction that has already failed.
+    pub const IN_FAILED_TRANSACTION: &str = "25P02";
+    /// A transaction request that does not fit the session's state.
+    pub const INVALID_TRANSACTION_STATE: &str = "25000";
+    /// Parameters that do not match the statement.
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    /// A failure inside the extension that no other code describes.
+    pub const INTERNAL_ERROR: &str = "XX000";
+}

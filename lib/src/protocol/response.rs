@@ -1,0 +1,198 @@
+//! Frames the extension sends.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use postgres_types::Type;
+
+use super::codec::{put_count16, put_nullable, put_str, split_frame, write_frame, Reader};
+use super::types::{put_type, read_type};
+use super::{ErrorSource, FrameError, WireError};
+
+const HELLO_OK: u8 = b'h';
+const PREPARE_OK: u8 = b'p';
+const ROWS: u8 = b'd';
+const COMPLETE: u8 = b'c';
+const OK: u8 = b'k';
+const PONG: u8 = b'y';
+const ERROR: u8 = b'e';
+
+/// Rows reserved up front when decoding a Rows frame; more grow the vector as they are read.
+const MAX_PREALLOC_ROWS: usize = 1024;
+
+/// A frame from the extension to the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    /// The handshake answer.
+    HelloOk(HelloOk),
+    /// A statement's description.
+    PrepareOk(PrepareOk),
+    /// Some of a statement's result rows; an Execute answers with zero or more of these, then
+    /// [`Response::Complete`] or [`Response::Error`].
+    Rows(Vec<RawRow>),
+    /// A statement finished; the number of rows it returned or affected.
+    Complete(u64),
+    /// A Begin, Commit, Rollback or Batch succeeded.
+    Ok,
+    /// The answer to Ping.
+    Pong,
+    /// A request failed.
+    Error(WireError),
+}
+
+/// The extension's side of the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloOk {
+    /// The protocol version the extension speaks.
+    pub version: u16,
+    /// The extension's name and version, for logs.
+    pub server: String,
+    /// The largest frame body the extension accepts; the client checks before sending.
+    pub max_frame: u32,
+}
+
+/// A statement's parameter types and result columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrepareOk {
+    /// The type of each parameter.
+    pub params: Vec<Type>,
+    /// Each result column.
+    pub columns: Vec<Column>,
+}
+
+/// One result column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    /// The column's name.
+    pub name: String,
+    /// The column's type.
+    pub type_: Type,
+}
+
+/// One row's values in PostgreSQL's binary format, `None` for NULL.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RawRow {
+    /// One entry per column.
+    pub values: Vec<Option<Bytes>>,
+}
+
+impl RawRow {
+    /// The bytes this row takes in a Rows frame.
+    pub fn encoded_len(&self) -> usize {
+        2 + self
+            .values
+            .iter()
+            .map(|v| 4 + v.as_ref().map_or(0, |b| b.len()))
+            .sum::<usize>()
+    }
+}
+
+impl Response {
+    /// Appends this frame to `buf`.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        match self {
+            Response::HelloOk(h) => write_frame(buf, HELLO_OK, |b| {
+                b.put_u16(h.version);
+                put_str(b, &h.server);
+                b.put_u32(h.max_frame);
+            }),
+            Response::PrepareOk(p) => write_frame(buf, PREPARE_OK, |b| {
+                put_count16(b, p.params.len());
+                for t in &p.params {
+                    put_type(b, t);
+                }
+                put_count16(b, p.columns.len());
+                for c in &p.columns {
+                    put_str(b, &c.name);
+                    put_type(b, &c.type_);
+                }
+            }),
+            Response::Rows(rows) => write_frame(buf, ROWS, |b| {
+                b.put_u32(u32::try_from(rows.len()).expect("row count over u32"));
+                for row in rows {
+                    put_count16(b, row.values.len());
+                    for v in &row.values {
+                        put_nullable(b, v.as_deref());
+                    }
+                }
+            }),
+            Response::Complete(n) => write_frame(buf, COMPLETE, |b| b.put_u64(*n)),
+            Response::Ok => write_frame(buf, OK, |_| {}),
+            Response::Pong => write_frame(buf, PONG, |_| {}),
+            Response::Error(e) => write_frame(buf, ERROR, |b| {
+                b.put_u8(match e.source {
+                    ErrorSource::Database => b'D',
+                    ErrorSource::Extension => b'W',
+                });
+                put_count16(b, e.fields.len());
+                for (code, value) in &e.fields {
+                    b.put_u8(*code);
+                    put_str(b, value);
+                }
+            }),
+        }
+    }
+
+    /// Decodes one frame from the front of `buf`: `Ok(None)` until a whole frame has arrived.
+    pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Response>, FrameError> {
+        let Some((tag, body)) = split_frame(buf, max_frame)? else {
+            return Ok(None);
+        };
+        Self::parse(tag, body).map(Some)
+    }
+
+    fn parse(tag: u8, body: Bytes) -> Result<Response, FrameError> {
+        let mut r = Reader::new(body);
+        let resp = match tag {
+            HELLO_OK => Response::HelloOk(HelloOk {
+                version: r.u16("protocol version")?,
+                server: r.string("server name")?,
+                max_frame: r.u32("max frame")?,
+            }),
+            PREPARE_OK => {
+                let n = r.count16(5, "parameter types")?;
+                let params = (0..n).map(|_| read_type(&mut r)).collect::<Result<_, _>>()?;
+                let n = r.count16(9, "columns")?;
+                let columns = (0..n)
+                    .map(|_| {
+                        Ok(Column {
+                            name: r.string("column name")?,
+                            type_: read_type(&mut r)?,
+                        })
+                    })
+                    .collect::<Result<_, FrameError>>()?;
+                Response::PrepareOk(PrepareOk { params, columns })
+            }
+            ROWS => {
+                let n = r.count32(2, "rows")?;
+                // A row takes 2 bytes on the wire but 24 in memory: reserving for the whole count
+                // would let a lying frame cost twelve times its size before it fails.
+                let mut rows = Vec::with_capacity(n.min(MAX_PREALLOC_ROWS));
+                for _ in 0..n {
+                    let cols = r.count16(4, "row values")?;
+                    let values = (0..cols)
+                        .map(|_| r.nullable("row value"))
+                        .collect::<Result<_, _>>()?;
+                    rows.push(RawRow { values });
+                }
+                Response::Rows(rows)
+            }
+            COMPLETE => Response::Complete(r.u64("rows affected")?),
+            OK => Response::Ok,
+            PONG => Response::Pong,
+            ERROR => {
+                let source = match r.u8("error source")? {
+                    b'D' => ErrorSource::Database,
+                    b'W' => ErrorSource::Extension,
+                    _ => return Err(FrameError::Invalid("unknown error source")),
+                };
+                let n = r.count16(5, "error fields")?;
+                let fields = (0..n)
+                    .map(|_| Ok((r.u8("error field code")?, r.string("error field")?)))
+                    .collect::<Result<_, FrameError>>()?;
+                Response::Error(WireError { source, fields })
+            }
+            other => return Err(FrameError::UnknownTag(other)),
+        };
+        r.finish(tag)?;
+        Ok(resp)
+    }
+}

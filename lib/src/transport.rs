@@ -1,0 +1,141 @@
+//! Frames over a byte stream: the one place either side reads or writes the socket.
+
+use std::io;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::{FrameError, Request, Response, HEADER_LEN};
+
+/// A frame type that one side reads.
+pub trait Decode: Sized {
+    /// Decodes one frame from the front of `buf`, or `Ok(None)` until a whole frame is there.
+    fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Self>, FrameError>;
+}
+
+impl Decode for Request {
+    fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Self>, FrameError> {
+        Request::decode(buf, max_frame)
+    }
+}
+
+impl Decode for Response {
+    fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Self>, FrameError> {
+        Response::decode(buf, max_frame)
+    }
+}
+
+/// Why reading a frame failed.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The peer closed the stream in the middle of a frame.
+    Torn,
+    /// The bytes are not a valid frame.
+    Frame(FrameError),
+    /// The stream failed.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Torn => f.write_str("the peer closed the socket in the middle of a frame"),
+            ReadError::Frame(e) => e.fmt(f),
+            ReadError::Io(e) => write!(f, "socket error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// A stream with its read buffer. Partial frames live in the buffer, not in a future, so
+/// [`Framed::read`] is cancel safe: a read dropped by `select!` loses nothing.
+#[derive(Debug)]
+pub struct Framed<S> {
+    stream: S,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    max_frame: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
+    /// Wraps `stream`, accepting frames up to `max_frame` bytes.
+    pub fn new(stream: S, max_frame: usize) -> Framed<S> {
+        Framed {
+            stream,
+            read_buf: BytesMut::with_capacity(8 * 1024),
+            write_buf: BytesMut::with_capacity(8 * 1024),
+            max_frame,
+        }
+    }
+
+    /// Changes the frame limit, for instance to the one the peer announced.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+
+    /// Reads the next frame; `Ok(None)` is a clean end of stream between frames.
+    ///
+    /// Cancel safe.
+    pub async fn read<T: Decode>(&mut self) -> Result<Option<T>, ReadError> {
+        loop {
+            if let Some(frame) = T::decode(&mut self.read_buf, self.max_frame).map_err(ReadError::Frame)? {
+                return Ok(Some(frame));
+            }
+            if self.read_buf.capacity() == self.read_buf.len() {
+                self.read_buf.reserve(8 * 1024);
+            }
+            let n = self.stream.read_buf(&mut self.read_buf).await.map_err(ReadError::Io)?;
+            if n == 0 {
+                return if self.read_buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Torn)
+                };
+            }
+        }
+    }
+
+    /// Queues a frame to be written by the next [`Framed::flush`], unless it is larger than the
+    /// frame limit, which the peer would refuse.
+    pub fn queue_request(&mut self, frame: &Request) -> Result<(), FrameError> {
+        let start = self.write_buf.len();
+        frame.encode(&mut self.write_buf);
+        let size = self.write_buf.len() - start - HEADER_LEN;
+        if size > self.max_frame {
+            self.write_buf.truncate(start);
+            return Err(FrameError::TooLarge {
+                size,
+                limit: self.max_frame,
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues a frame to be written by the next [`Framed::flush`].
+    pub fn queue_response(&mut self, frame: &Response) {
+        frame.encode(&mut self.write_buf);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.write_buf.len()
+    }
+
+    /// Writes every queued frame.
+    ///
+    /// Not cancel safe: a flush dropped half way leaves a torn frame on the stream, so the caller
+    /// must then discard the connection.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.write_buf.is_empty() {
+            self.stream.write_all(&self.write_buf).await?;
+            self.write_buf.clear();
+        }
+        self.stream.flush().await
+    }
+}

@@ -1,0 +1,198 @@
+//! The real `warmpool` extension binary, run as a child process against a test database.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use crate::pg::PgServer;
+
+/// How long the extension may take to bind its socket.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds the extension binary once per test process, with the profile of the test binary, and
+/// returns its path. Building here keeps tests from running a stale binary.
+pub fn binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary is not under target/<profile>/deps")
+            .to_owned();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "warmpool-extension", "--bin", "warmpool"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        if let Some(target_dir) = profile_dir.parent() {
+            cmd.arg("--target-dir").arg(target_dir);
+        }
+        let status = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cannot run cargo to build the extension");
+        assert!(status.success(), "building the warmpool extension failed");
+        let bin = profile_dir.join("warmpool");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+}
+
+/// A running extension process. Stopped with SIGTERM (then SIGKILL) when dropped.
+pub struct Extension {
+    child: Option<Child>,
+    dir: TempDir,
+    socket: PathBuf,
+    logs: Arc<Mutex<String>>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Extension {
+    /// Starts the extension against `pg` with verify-full TLS, plus `env` overrides, and waits
+    /// until it is listening.
+    pub fn start(pg: &PgServer, env: &[(&str, &str)]) -> Extension {
+        let mut vars: Vec<(String, String)> = pg.env();
+        vars.push(("WARMPOOL_LOG".into(), "debug".into()));
+        for (k, v) in env {
+            vars.retain(|(name, _)| name != k);
+            vars.push((k.to_string(), v.to_string()));
+        }
+        Extension::start_with_env(vars)
+    }
+
+    /// Starts the extension with exactly `vars` (plus a private socket path unless given).
+    pub fn start_with_env(mut vars: Vec<(String, String)>) -> Extension {
+        let dir = tempfile::Builder::new()
+            .prefix("warmpool-ext-")
+            .tempdir()
+            .expect("tempdir");
+        let socket = match vars.iter().find(|(k, _)| k == "WARMPOOL_SOCKET") {
+            Some((_, v)) => PathBuf::from(v),
+            None => {
+                let s = dir.path().join("warmpool.sock");
+                vars.push(("WARMPOOL_SOCKET".into(), s.display().to_string()));
+                s
+            }
+        };
+        let mut cmd = Command::new(binary());
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(vars)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("cannot start the extension");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = mpsc::channel();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push_str(&line);
+                    logs.lock().unwrap().push('\n');
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut ext = Extension {
+            child: Some(child),
+            dir,
+            socket,
+            logs,
+            lines,
+        };
+        ext.wait_for_log("listening", START_TIMEOUT);
+        ext
+    }
+
+    /// Waits until a log line containing `needle` appears; panics with the log on timeout or if
+    /// the process exits first.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("no log line with {needle:?} within {timeout:?}; log:\n{}", self.logs())
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.as_mut().and_then(|c| c.wait().ok());
+                    panic!(
+                        "the extension exited ({status:?}) before logging {needle:?}; log:\n{}",
+                        self.logs()
+                    )
+                }
+            }
+        }
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// A private directory that is removed with the extension.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the extension has logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// A client connected to this extension.
+    pub async fn client(&self) -> warmpool::Client {
+        warmpool::Client::connect_to(&self.socket)
+            .await
+            .unwrap_or_else(|e| panic!("client connect: {e}; log:\n{}", self.logs()))
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("already stopped");
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        wait_or_kill(&mut child, Duration::from_secs(10))
+    }
+}
+
+fn wait_or_kill(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            return child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+impl Drop for Extension {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            wait_or_kill(&mut child, Duration::from_secs(5));
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Test harness: a private TLS PostgreSQL server per test, and the real extension binary.
+//!
+//! - [`pg`]: [`pg::PgServer`], a fresh cluster on its own port, TLS on, scram-sha-256 over
+//!   `hostssl` only.
+//! - [`certs`]: a test CA and server certificate.
+//! - [`ext`]: [`ext::Extension`], the `warmpool` binary as a child process.
+
+pub mod certs;
+pub mod ext;
+pub mod pg;
+
+pub use ext::Extension;
+pub use pg::PgServer;
