@@ -260,9 +260,15 @@ impl Config {
             wait_timeout: ms("WARMPOOL_WAIT_TIMEOUT_MS", defaults::WAIT_TIMEOUT_MS)?,
             connect_timeout: ms("WARMPOOL_CONNECT_TIMEOUT_MS", defaults::CONNECT_TIMEOUT_MS)?,
             idle_timeout: ms("WARMPOOL_IDLE_TIMEOUT_MS", defaults::IDLE_TIMEOUT_MS)?,
-            check_after_idle: ms("WARMPOOL_CHECK_AFTER_IDLE_MS", defaults::CHECK_AFTER_IDLE_MS)?,
+            check_after_idle: ms(
+                "WARMPOOL_CHECK_AFTER_IDLE_MS",
+                defaults::CHECK_AFTER_IDLE_MS,
+            )?,
             reset_timeout: ms("WARMPOOL_RESET_TIMEOUT_MS", defaults::RESET_TIMEOUT_MS)?,
-            shutdown_timeout: ms("WARMPOOL_SHUTDOWN_TIMEOUT_MS", defaults::SHUTDOWN_TIMEOUT_MS)?,
+            shutdown_timeout: ms(
+                "WARMPOOL_SHUTDOWN_TIMEOUT_MS",
+                defaults::SHUTDOWN_TIMEOUT_MS,
+            )?,
             statement_cache_size: parse(
                 &get,
                 "WARMPOOL_STATEMENT_CACHE_SIZE",
@@ -285,10 +291,7 @@ impl Config {
             return fail("WARMPOOL_MAX_SIZE", "must be at least 1");
         }
         if self.warm_size > self.max_size {
-            return fail(
-                "WARMPOOL_WARM_SIZE",
-                "must not exceed WARMPOOL_MAX_SIZE",
-            );
+            return fail("WARMPOOL_WARM_SIZE", "must not exceed WARMPOOL_MAX_SIZE");
         }
         if self.statement_cache_size == 0 {
             return fail("WARMPOOL_STATEMENT_CACHE_SIZE", "must be at least 1");
@@ -306,7 +309,10 @@ impl Config {
             );
         }
         if self.channel_binding == ChannelBinding::Require && self.ssl_mode == SslMode::Disable {
-            return fail("PGCHANNELBINDING", "require needs TLS, but PGSSLMODE is disable");
+            return fail(
+                "PGCHANNELBINDING",
+                "require needs TLS, but PGSSLMODE is disable",
+            );
         }
         Ok(())
     }
@@ -420,14 +426,22 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_variable() {
-        let e = config(&[("PGHOST", "h"), ("PGUSER", "u"), ("WARMPOOL_MAX_SIZE", "lots")])
-            .unwrap_err();
+        let e = config(&[
+            ("PGHOST", "h"),
+            ("PGUSER", "u"),
+            ("WARMPOOL_MAX_SIZE", "lots"),
+        ])
+        .unwrap_err();
         assert_eq!(e.variable, "WARMPOOL_MAX_SIZE");
         assert!(e.to_string().contains("WARMPOOL_MAX_SIZE"), "{e}");
         let e = config(&[("PGHOST", "h"), ("PGUSER", "u"), ("PGSSLMODE", "allow")]).unwrap_err();
         assert_eq!(e.variable, "PGSSLMODE");
-        let e = config(&[("PGHOST", "h"), ("PGUSER", "u"), ("WARMPOOL_WARM_SIZE", "9")])
-            .unwrap_err();
+        let e = config(&[
+            ("PGHOST", "h"),
+            ("PGUSER", "u"),
+            ("WARMPOOL_WARM_SIZE", "9"),
+        ])
+        .unwrap_err();
         assert_eq!(e.variable, "WARMPOOL_WARM_SIZE");
         let e = config(&[("PGUSER", "u")]).unwrap_err();
         assert_eq!(e.variable, "PGHOST");

@@ -156,7 +156,8 @@ impl StatementCache {
 /// Parse only sends a declared type's OID, so a type the client named by OID alone does not need
 /// its name or kind here.
 fn type_for_oid(oid: u32) -> Type {
-    Type::from_oid(oid).unwrap_or_else(|| Type::new(String::new(), oid, Kind::Simple, String::new()))
+    Type::from_oid(oid)
+        .unwrap_or_else(|| Type::new(String::new(), oid, Kind::Simple, String::new()))
 }
 
 /// Whether a statement may leave state behind in the session. Plain reads and writes do not;
@@ -164,11 +165,30 @@ fn type_for_oid(oid: u32) -> Type {
 /// change session state from inside a query make the connection be reset before reuse.
 pub(crate) fn may_change_session(sql: &str) -> bool {
     const PLAIN: &[&str] = &[
-        "SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE", "MERGE", "SHOW",
-        "EXPLAIN", "COPY", "CALL", "LOCK", "COMMIT", "ROLLBACK", "BEGIN", "START", "END", "ABORT",
-        "SAVEPOINT", "RELEASE",
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "WITH",
+        "VALUES",
+        "TABLE",
+        "MERGE",
+        "SHOW",
+        "EXPLAIN",
+        "COPY",
+        "CALL",
+        "LOCK",
+        "COMMIT",
+        "ROLLBACK",
+        "BEGIN",
+        "START",
+        "END",
+        "ABORT",
+        "SAVEPOINT",
+        "RELEASE",
     ];
-    const SESSION_FUNCTIONS: &[&str] = &["SET_CONFIG", "ADVISORY_LOCK", "DBLINK_CONNECT", "SETSEED"];
+    const SESSION_FUNCTIONS: &[&str] =
+        &["SET_CONFIG", "ADVISORY_LOCK", "DBLINK_CONNECT", "SETSEED"];
     let upper = sql.to_ascii_uppercase();
     let keyword: String = strip_leading_noise(&upper)
         .chars()

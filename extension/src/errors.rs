@@ -178,7 +178,11 @@ mod tests {
         .unwrap();
         let e = from_pool(&PoolError::Timeout(TimeoutType::Wait), &config);
         assert_eq!(e.code(), "53300");
-        assert!(e.message().contains("WARMPOOL_WAIT_TIMEOUT_MS"), "{}", e.message());
+        assert!(
+            e.message().contains("WARMPOOL_WAIT_TIMEOUT_MS"),
+            "{}",
+            e.message()
+        );
         assert_eq!(from_pool(&PoolError::Closed, &config).code(), "57P01");
         let e = from_pool(&PoolError::Timeout(TimeoutType::Create), &config);
         assert_eq!(e.code(), "08006");

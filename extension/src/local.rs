@@ -31,7 +31,10 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Builds the pool, binds the socket, warms connections and serves until `shutdown` is
 /// cancelled; then closes the pool within the shutdown timeout and removes the socket.
-pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn serve(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), Box<dyn std::error::Error>> {
     let config = Arc::new(config);
     let pool = pool::build(&config)?;
     let (listener, uid) = socket::bind(&config.socket_path)
@@ -55,7 +58,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Bo
             let period = (config.idle_timeout / 2).max(Duration::from_millis(100));
             loop {
                 tokio::time::sleep(period).await;
-                let n = pool::reap_idle(&pool, config.warm_size, config.idle_timeout, config.shutdown_timeout).await;
+                let n = pool::reap_idle(
+                    &pool,
+                    config.warm_size,
+                    config.idle_timeout,
+                    config.shutdown_timeout,
+                )
+                .await;
                 if n > 0 {
                     tracing::debug!(closed = n, "closed idle connections");
                 }

@@ -34,7 +34,9 @@ pub struct Manager {
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // tokio_postgres::Config's Debug redacts the password.
-        f.debug_struct("Manager").field("pg", &self.pg).finish_non_exhaustive()
+        f.debug_struct("Manager")
+            .field("pg", &self.pg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -55,7 +57,11 @@ impl managed::Manager for Manager {
 
     /// Runs on every checkout of an idle connection. deadpool bounds it with the recycle timeout,
     /// and a connection that fails it is closed and replaced.
-    async fn recycle(&self, conn: &mut PgConn, _: &Metrics) -> RecycleResult<tokio_postgres::Error> {
+    async fn recycle(
+        &self,
+        conn: &mut PgConn,
+        _: &Metrics,
+    ) -> RecycleResult<tokio_postgres::Error> {
         if conn.client.is_closed() {
             return Err(RecycleError::message("connection closed"));
         }
@@ -121,7 +127,12 @@ pub async fn warm(pool: &Pool, n: usize) -> Result<usize, PoolError<tokio_postgr
             }
         }
     }
-    tracing::info!(opened, wanted = n, elapsed_ms = started.elapsed().as_millis() as u64, "pool warmed");
+    tracing::info!(
+        opened,
+        wanted = n,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "pool warmed"
+    );
     match first_error {
         Some(e) if opened == 0 && n > 0 => Err(e),
         _ => Ok(opened),
@@ -139,7 +150,12 @@ pub async fn close(pool: &Pool, budget: Duration) -> (usize, usize) {
 }
 
 /// Closes connections beyond `keep` that have been idle for `idle_timeout`.
-pub async fn reap_idle(pool: &Pool, keep: usize, idle_timeout: Duration, budget: Duration) -> usize {
+pub async fn reap_idle(
+    pool: &Pool,
+    keep: usize,
+    idle_timeout: Duration,
+    budget: Duration,
+) -> usize {
     let mut kept = 0;
     let removed = pool
         .retain(|conn, _| {

@@ -55,7 +55,10 @@ pub async fn serve(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(sessions = sessions.len(), "sessions still busy at shutdown; aborting them");
+        tracing::warn!(
+            sessions = sessions.len(),
+            "sessions still busy at shutdown; aborting them"
+        );
         sessions.shutdown().await;
     }
 }

@@ -194,7 +194,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Answers a statement's outcome and moves the transaction state on; an error only when the
     /// client's socket failed.
-    async fn finish(&mut self, outcome: Result<Response, StmtError>, lease: Lease) -> io::Result<()> {
+    async fn finish(
+        &mut self,
+        outcome: Result<Response, StmtError>,
+        lease: Lease,
+    ) -> io::Result<()> {
         let response = match outcome {
             Ok(r) => {
                 lease.release(self);
@@ -264,7 +268,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let begin = lease.take_begin();
         let max_frame = self.config().max_frame;
-        let outcome = run_execute(&mut self.framed, lease.conn(), begin.as_deref(), &ex, max_frame).await;
+        let outcome = run_execute(
+            &mut self.framed,
+            lease.conn(),
+            begin.as_deref(),
+            &ex,
+            max_frame,
+        )
+        .await;
         if let Err(StmtError::Sql(e)) = &outcome {
             if matches!(e.code(), "26000" | "0A000") {
                 // The server no longer knows the statement, or its plan changed shape after DDL:
@@ -343,7 +354,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 release(conn, self.shared.clone());
                 Response::Ok
             }
-            TxState::Open { mut conn, begin: None } => {
+            TxState::Open {
+                mut conn,
+                begin: None,
+            } => {
                 // Never retried: a COMMIT whose outcome is unknown must not run twice.
                 let result = conn.client.batch_execute("COMMIT").await;
                 match result {
@@ -411,7 +425,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 discard(conn);
             }
             Err(_) => {
-                tracing::warn!(timeout_ms = budget.as_millis() as u64, "rollback timed out; closing the connection");
+                tracing::warn!(
+                    timeout_ms = budget.as_millis() as u64,
+                    "rollback timed out; closing the connection"
+                );
                 discard(conn);
             }
         }
@@ -508,7 +525,10 @@ fn in_failed_transaction() -> WireError {
     )
 }
 
-async fn send_begin(client: &tokio_postgres::Client, begin: Option<&str>) -> Result<(), tokio_postgres::Error> {
+async fn send_begin(
+    client: &tokio_postgres::Client,
+    begin: Option<&str>,
+) -> Result<(), tokio_postgres::Error> {
     match begin {
         Some(sql) => client.batch_execute(sql).await,
         None => Ok(()),
@@ -545,7 +565,11 @@ async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
 
     let mut rows = Vec::new();
     let mut bytes = 0;
-    while let Some(row) = stream.try_next().await.map_err(|e| StmtError::from_pg(&e))? {
+    while let Some(row) = stream
+        .try_next()
+        .await
+        .map_err(|e| StmtError::from_pg(&e))?
+    {
         let raw = RawRow {
             values: (0..row.len())
                 .map(|i| {
@@ -638,10 +662,7 @@ impl ToSql for RawParam {
 struct RawValue<'a>(Option<&'a [u8]>);
 
 impl<'a> postgres_types::FromSql<'a> for RawValue<'a> {
-    fn from_sql(
-        _: &Type,
-        raw: &'a [u8],
-    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
         Ok(RawValue(Some(raw)))
     }
 

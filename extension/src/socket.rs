@@ -31,7 +31,10 @@ pub fn bind(path: &Path) -> io::Result<(UnixListener, u32)> {
         Ok(_) => {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket; refusing to replace it", path.display()),
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
             ))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}

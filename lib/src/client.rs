@@ -67,7 +67,12 @@ impl Client {
     }
 
     pub(crate) async fn take_conn(&self) -> Result<Conn, Error> {
-        let idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let idle = self
+            .inner
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
         match idle {
             Some(conn) => Ok(conn),
             None => Conn::open(&self.inner.path).await,
@@ -97,12 +102,20 @@ impl Client {
     }
 
     pub(crate) fn cached(&self, sql: &str, types: &[u32]) -> Option<Statement> {
-        let cache = self.inner.statements.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = self
+            .inner
+            .statements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         cache.get(&(sql.to_owned(), types.to_vec())).cloned()
     }
 
     pub(crate) fn remember(&self, statement: &Statement) {
-        let mut cache = self.inner.statements.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self
+            .inner
+            .statements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         cache.insert(
             (statement.sql().to_owned(), statement.declared().to_vec()),
             statement.clone(),
@@ -128,7 +141,11 @@ impl Client {
     }
 
     /// Runs a statement and returns its rows.
-    pub async fn query<T>(&self, statement: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error>
+    pub async fn query<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error>
     where
         T: ?Sized + ToStatement,
     {
@@ -138,7 +155,11 @@ impl Client {
     }
 
     /// Runs a statement that returns exactly one row.
-    pub async fn query_one<T>(&self, statement: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error>
+    pub async fn query_one<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, Error>
     where
         T: ?Sized + ToStatement,
     {
@@ -158,7 +179,11 @@ impl Client {
     }
 
     /// Runs a statement and returns the number of rows it affected.
-    pub async fn execute<T>(&self, statement: &T, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error>
+    pub async fn execute<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, Error>
     where
         T: ?Sized + ToStatement,
     {

@@ -62,9 +62,9 @@ impl Conn {
 
     /// Queues a request; a request over the frame limit fails here, before anything is sent.
     pub(crate) fn queue(&mut self, request: &Request) -> Result<(), Error> {
-        self.framed.queue_request(request).map_err(|e| {
-            Error::from_wire(WireError::extension(e.sqlstate(), e.to_string()))
-        })
+        self.framed
+            .queue_request(request)
+            .map_err(|e| Error::from_wire(WireError::extension(e.sqlstate(), e.to_string())))
     }
 
     /// Writes what is queued. Not cancel safe: a cancelled flush leaves the connection broken.
@@ -83,7 +83,9 @@ impl Conn {
             Ok(Some(frame)) => frame,
             Ok(None) => return Err(Error::closed("the extension closed the session")),
             Err(ReadError::Frame(e)) => return Err(Error::protocol(e.to_string())),
-            Err(e @ (ReadError::Torn | ReadError::Io(_))) => return Err(Error::closed(e.to_string())),
+            Err(e @ (ReadError::Torn | ReadError::Io(_))) => {
+                return Err(Error::closed(e.to_string()))
+            }
         };
         self.broken = false;
         Ok(frame)
@@ -94,7 +96,9 @@ impl Conn {
     pub(crate) fn error(&mut self, e: WireError) -> Error {
         if matches!(
             e.code(),
-            sqlstate::ADMIN_SHUTDOWN | sqlstate::PROTOCOL_VIOLATION | sqlstate::PROGRAM_LIMIT_EXCEEDED
+            sqlstate::ADMIN_SHUTDOWN
+                | sqlstate::PROTOCOL_VIOLATION
+                | sqlstate::PROGRAM_LIMIT_EXCEEDED
         ) && e.source == ErrorSource::Extension
         {
             self.broken = true;

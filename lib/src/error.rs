@@ -41,7 +41,10 @@ pub(crate) enum Kind {
 }
 
 impl Error {
-    pub(crate) fn new(kind: Kind, cause: Option<Box<dyn std::error::Error + Sync + Send>>) -> Error {
+    pub(crate) fn new(
+        kind: Kind,
+        cause: Option<Box<dyn std::error::Error + Sync + Send>>,
+    ) -> Error {
         Error(Box::new(Inner {
             kind,
             db: None,
@@ -104,8 +107,14 @@ impl Error {
     /// Whether the request timed out, waiting for a pooled connection or for the database.
     pub fn is_timeout(&self) -> bool {
         match self.0.kind {
-            Kind::Extension => matches!(self.code(), Some(c) if *c == SqlState::TOO_MANY_CONNECTIONS)
-                || self.0.db.as_ref().is_some_and(|d| d.message().contains("took longer than")),
+            Kind::Extension => {
+                matches!(self.code(), Some(c) if *c == SqlState::TOO_MANY_CONNECTIONS)
+                    || self
+                        .0
+                        .db
+                        .as_ref()
+                        .is_some_and(|d| d.message().contains("took longer than"))
+            }
             Kind::Db => matches!(self.code(), Some(c) if *c == SqlState::QUERY_CANCELED),
             _ => false,
         }
@@ -142,10 +151,9 @@ impl fmt::Display for Error {
             Kind::ToSql(i) => write!(f, "error serializing parameter {i}")?,
             Kind::FromSql(i) => write!(f, "error deserializing column {i}")?,
             Kind::Column(c) => write!(f, "invalid column `{c}`")?,
-            Kind::Parameters { expected, given } => write!(
-                f,
-                "expected {expected} parameters but got {given}"
-            )?,
+            Kind::Parameters { expected, given } => {
+                write!(f, "expected {expected} parameters but got {given}")?
+            }
             Kind::RowCount => f.write_str("query returned an unexpected number of rows")?,
         }
         if let Some(cause) = &self.0.cause {

@@ -14,7 +14,11 @@ use crate::statement::{Column, Statement};
 
 /// Queues `begin` (if still pending) and `requests`, flushes, and reads Begin's answer. Returns
 /// Begin's error, if any, for the caller to report once it has read its own answers.
-async fn send(conn: &mut Conn, begin: &mut Option<Begin>, requests: &[Request]) -> Result<Option<Error>, Error> {
+async fn send(
+    conn: &mut Conn,
+    begin: &mut Option<Begin>,
+    requests: &[Request],
+) -> Result<Option<Error>, Error> {
     let pending = begin.take();
     if let Some(b) = pending {
         conn.queue(&Request::Begin(b))?;
@@ -72,7 +76,10 @@ pub(crate) async fn prepare(
 }
 
 /// Encodes parameters in the binary format for the statement's parameter types.
-fn encode_params(statement: &Statement, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Param>, Error> {
+fn encode_params(
+    statement: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Param>, Error> {
     let types = statement.params();
     if types.len() != params.len() {
         return Err(Error::new(
@@ -122,7 +129,11 @@ async fn read_rows(conn: &mut Conn, columns: Option<&Statement>) -> Result<(Vec<
                     return Err(conn.unexpected(&Response::Rows(batch)));
                 };
                 let shared = statement.shared_columns();
-                rows.extend(batch.into_iter().map(|r| Row::new(shared.clone(), r.values)));
+                rows.extend(
+                    batch
+                        .into_iter()
+                        .map(|r| Row::new(shared.clone(), r.values)),
+                );
             }
             Response::Complete(n) => return Ok((rows, n)),
             Response::Error(e) => return Err(conn.error(e)),
@@ -171,7 +182,11 @@ pub(crate) async fn prepare_and_execute(
 }
 
 /// Runs statements with the simple query protocol.
-pub(crate) async fn batch(conn: &mut Conn, begin: &mut Option<Begin>, sql: &str) -> Result<(), Error> {
+pub(crate) async fn batch(
+    conn: &mut Conn,
+    begin: &mut Option<Begin>,
+    sql: &str,
+) -> Result<(), Error> {
     let begin_error = send(conn, begin, &[Request::Batch(sql.to_owned())]).await?;
     let result = expect_ok(conn).await;
     match begin_error {

@@ -18,7 +18,9 @@ pub struct Row {
 
 impl fmt::Debug for Row {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Row").field("columns", &self.columns).finish()
+        f.debug_struct("Row")
+            .field("columns", &self.columns)
+            .finish()
     }
 }
 
@@ -72,7 +74,14 @@ impl Row {
         if !T::accepts(ty) {
             return Err(Error::new(
                 Kind::FromSql(i),
-                Some(format!("cannot convert between the Rust type `{}` and the Postgres type `{}`", std::any::type_name::<T>(), ty).into()),
+                Some(
+                    format!(
+                        "cannot convert between the Rust type `{}` and the Postgres type `{}`",
+                        std::any::type_name::<T>(),
+                        ty
+                    )
+                    .into(),
+                ),
             ));
         }
         T::from_sql_nullable(ty, self.values[i].as_deref())
@@ -101,10 +110,11 @@ impl sealed::Sealed for str {}
 impl RowIndex for str {
     fn __idx(&self, columns: &[Column]) -> Option<usize> {
         // As tokio-postgres: an exact match first, then a case-insensitive one.
-        columns
-            .iter()
-            .position(|c| c.name() == self)
-            .or_else(|| columns.iter().position(|c| c.name().eq_ignore_ascii_case(self)))
+        columns.iter().position(|c| c.name() == self).or_else(|| {
+            columns
+                .iter()
+                .position(|c| c.name().eq_ignore_ascii_case(self))
+        })
     }
 }
 

@@ -41,7 +41,12 @@ struct StatementInner {
 }
 
 impl Statement {
-    pub(crate) fn new(sql: String, declared: Vec<u32>, params: Vec<Type>, columns: Vec<Column>) -> Statement {
+    pub(crate) fn new(
+        sql: String,
+        declared: Vec<u32>,
+        params: Vec<Type>,
+        columns: Vec<Column>,
+    ) -> Statement {
         Statement(Arc::new(StatementInner {
             sql,
             declared,

@@ -62,19 +62,29 @@ impl<'a> Transaction<'a> {
         Ok(statement)
     }
 
-    async fn run<T>(&mut self, statement: &T, params: &[&(dyn ToSql + Sync)]) -> Result<(Vec<Row>, u64), Error>
+    async fn run<T>(
+        &mut self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(Vec<Row>, u64), Error>
     where
         T: ?Sized + ToStatement,
     {
         let client = self.client;
         let mut begin = self.begin.take();
-        let result = client.run(self.conn()?, &mut begin, statement, params).await;
+        let result = client
+            .run(self.conn()?, &mut begin, statement, params)
+            .await;
         self.begin = begin;
         result
     }
 
     /// Runs a statement and returns its rows.
-    pub async fn query<T>(&mut self, statement: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error>
+    pub async fn query<T>(
+        &mut self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error>
     where
         T: ?Sized + ToStatement,
     {
@@ -82,7 +92,11 @@ impl<'a> Transaction<'a> {
     }
 
     /// Runs a statement that returns exactly one row.
-    pub async fn query_one<T>(&mut self, statement: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error>
+    pub async fn query_one<T>(
+        &mut self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, Error>
     where
         T: ?Sized + ToStatement,
     {
@@ -102,7 +116,11 @@ impl<'a> Transaction<'a> {
     }
 
     /// Runs a statement and returns the number of rows it affected.
-    pub async fn execute<T>(&mut self, statement: &T, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error>
+    pub async fn execute<T>(
+        &mut self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, Error>
     where
         T: ?Sized + ToStatement,
     {

@@ -84,13 +84,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// Cancel safe.
     pub async fn read<T: Decode>(&mut self) -> Result<Option<T>, ReadError> {
         loop {
-            if let Some(frame) = T::decode(&mut self.read_buf, self.max_frame).map_err(ReadError::Frame)? {
+            if let Some(frame) =
+                T::decode(&mut self.read_buf, self.max_frame).map_err(ReadError::Frame)?
+            {
                 return Ok(Some(frame));
             }
             if self.read_buf.capacity() == self.read_buf.len() {
                 self.read_buf.reserve(8 * 1024);
             }
-            let n = self.stream.read_buf(&mut self.read_buf).await.map_err(ReadError::Io)?;
+            let n = self
+                .stream
+                .read_buf(&mut self.read_buf)
+                .await
+                .map_err(ReadError::Io)?;
             if n == 0 {
                 return if self.read_buf.is_empty() {
                     Ok(None)

@@ -22,15 +22,21 @@ pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let exe = std::env::current_exe().expect("current_exe");
-        // target/<profile>/deps/<test> → target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary is not under target/<profile>/deps")
-            .to_owned();
+        // target/<profile>/deps/<test> or target/<profile>/<program> → target/<profile>
+        let mut profile_dir = exe.parent().expect("exe has a parent").to_owned();
+        if profile_dir.file_name().is_some_and(|n| n == "deps") {
+            profile_dir.pop();
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "warmpool-extension", "--bin", "warmpool"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "warmpool-extension",
+            "--bin",
+            "warmpool",
+        ]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -126,7 +132,10 @@ impl Extension {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!("no log line with {needle:?} within {timeout:?}; log:\n{}", self.logs())
+                    panic!(
+                        "no log line with {needle:?} within {timeout:?}; log:\n{}",
+                        self.logs()
+                    )
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = self.child.as_mut().and_then(|c| c.wait().ok());

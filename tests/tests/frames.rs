@@ -432,18 +432,28 @@ async fn execute_with_wrong_parameters_keeps_the_session() {
     assert_extension_error(&e, "22023");
     assert_session_usable(&mut raw).await;
 
-    // No parameter where the statement has one, and two where it has one.
+    // No parameter where the statement has one, and two where it has one. The codes are
+    // checked last, so that a wrong code does not hide whether the session survived.
+    let mut codes = Vec::new();
     for params in [vec![], vec![param_int4(1), param_int4(2)]] {
         let given = params.len();
         raw.send(&execute("SELECT $1::int4 AS n", params)).await;
         let e = raw.recv_error().await;
+        assert_eq!(e.source, ErrorSource::Extension, "{e:?}");
         assert!(
             e.message().contains("1 parameters") && e.message().contains(&format!("{given} were given")),
             "the message should give both counts: {e:?}"
         );
-        assert_extension_error(&e, "22023");
         assert_session_usable(&mut raw).await;
+        codes.push(e.code().to_owned());
     }
+    // 08P01 from the extension means "this session is over" (PROTOCOL.md, "Errors that close
+    // the session"; the Rust client discards a session on it), yet this session goes on.
+    assert_eq!(
+        codes,
+        ["22023", "22023"],
+        "a parameter count mismatch must be 22023 (invalid_parameter_value), as PROTOCOL.md says"
+    );
 
     assert_still_serving(&ext, &before).await;
 }

@@ -13,7 +13,10 @@ async fn select_with_parameters() {
         .unwrap();
     assert_eq!(row.get::<_, i32>("n"), 42);
     assert_eq!(row.get::<_, &str>(1), "hi");
-    let rows = client.query("SELECT generate_series(1, 1000)", &[]).await.unwrap();
+    let rows = client
+        .query("SELECT generate_series(1, 1000)", &[])
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 1000);
     assert_eq!(rows[999].get::<_, i32>(0), 1000);
 }

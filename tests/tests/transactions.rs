@@ -14,7 +14,10 @@ async fn setup(c: &warmpool::Client) {
 }
 
 async fn count(c: &warmpool::Client, id: i32) -> i32 {
-    c.query_one("SELECT n FROM acct WHERE id = $1", &[&id]).await.unwrap().get(0)
+    c.query_one("SELECT n FROM acct WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 #[tokio::test]
@@ -25,18 +28,36 @@ async fn commit_is_visible_rollback_is_not() {
     setup(&c).await;
 
     let mut tx = c.transaction().await.unwrap();
-    tx.execute("UPDATE acct SET n = n + 1 WHERE id = $1", &[&1i32]).await.unwrap();
+    tx.execute("UPDATE acct SET n = n + 1 WHERE id = $1", &[&1i32])
+        .await
+        .unwrap();
     // Inside the transaction the change is visible; outside it is not yet.
-    assert_eq!(tx.query_one("SELECT n FROM acct WHERE id = 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(
+        tx.query_one("SELECT n FROM acct WHERE id = 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
     assert_eq!(count(&c, 1).await, 0);
-    let pid_a: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
-    let pid_b: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid_a: i32 = tx
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let pid_b: i32 = tx
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(pid_a, pid_b, "a transaction stays on one connection");
     tx.commit().await.unwrap();
     assert_eq!(count(&c, 1).await, 1);
 
     let mut tx = c.transaction().await.unwrap();
-    tx.execute("UPDATE acct SET n = 100 WHERE id = $1", &[&1i32]).await.unwrap();
+    tx.execute("UPDATE acct SET n = 100 WHERE id = $1", &[&1i32])
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(count(&c, 1).await, 1);
 
@@ -52,12 +73,16 @@ async fn dropped_transaction_rolls_back() {
     setup(&c).await;
     {
         let mut tx = c.transaction().await.unwrap();
-        tx.execute("UPDATE acct SET n = 5 WHERE id = 2", &[]).await.unwrap();
+        tx.execute("UPDATE acct SET n = 5 WHERE id = 2", &[])
+            .await
+            .unwrap();
     }
     // With one pooled connection, this only runs once the abandoned transaction has been rolled
     // back and its connection returned.
     assert_eq!(count(&c, 2).await, 0);
-    c.execute("UPDATE acct SET n = n + 1 WHERE id = 2", &[]).await.unwrap();
+    c.execute("UPDATE acct SET n = n + 1 WHERE id = 2", &[])
+        .await
+        .unwrap();
     assert_eq!(count(&c, 2).await, 1);
 }
 
@@ -68,8 +93,13 @@ async fn failed_statement_aborts_the_transaction() {
     let c = ext.client().await;
     setup(&c).await;
     let mut tx = c.transaction().await.unwrap();
-    tx.execute("UPDATE acct SET n = 9 WHERE id = 1", &[]).await.unwrap();
-    let err = tx.execute("INSERT INTO acct VALUES (1, 0)", &[]).await.unwrap_err();
+    tx.execute("UPDATE acct SET n = 9 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let err = tx
+        .execute("INSERT INTO acct VALUES (1, 0)", &[])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION));
     let err = tx.query("SELECT 1", &[]).await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
@@ -92,7 +122,11 @@ async fn transaction_options_and_batches() {
         .start()
         .await
         .unwrap();
-    let level: String = tx.query_one("SHOW transaction_isolation", &[]).await.unwrap().get(0);
+    let level: String = tx
+        .query_one("SHOW transaction_isolation", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(level, "serializable");
     let err = tx.execute("UPDATE acct SET n = 1", &[]).await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::READ_ONLY_SQL_TRANSACTION));
@@ -119,21 +153,38 @@ async fn killed_client_leaves_no_lock() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert_eq!(line.trim(), "locked");
 
     // While the holder lives, its row lock blocks writers.
     let direct = pg.tokio_client().await;
-    direct.batch_execute("SET lock_timeout = '200ms'").await.unwrap();
-    let blocked = direct.execute("UPDATE acct SET n = 50 WHERE id = 1", &[]).await.unwrap_err();
-    assert_eq!(blocked.code(), Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE));
+    direct
+        .batch_execute("SET lock_timeout = '200ms'")
+        .await
+        .unwrap();
+    let blocked = direct
+        .execute("UPDATE acct SET n = 50 WHERE id = 1", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        blocked.code(),
+        Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+    );
 
     holder.kill().unwrap();
     holder.wait().unwrap();
 
     // Once the process is gone, its transaction is rolled back: the row unlocks (well within
     // the lock timeout) and its update never happened.
-    direct.batch_execute("SET lock_timeout = '1s'").await.unwrap();
-    direct.execute("UPDATE acct SET n = n + 10 WHERE id = 1", &[]).await.unwrap();
+    direct
+        .batch_execute("SET lock_timeout = '1s'")
+        .await
+        .unwrap();
+    direct
+        .execute("UPDATE acct SET n = n + 10 WHERE id = 1", &[])
+        .await
+        .unwrap();
     assert_eq!(count(&c, 1).await, 10);
 }

@@ -1,11 +1,11 @@
 //! Every common PostgreSQL type crosses the socket in binary and decodes with postgres-types.
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use postgres_types::{FromSql, ToSql};
 use rust_decimal::Decimal;
 use serde_json::json;
 use std::str::FromStr;
 use uuid::Uuid;
-use postgres_types::{FromSql, ToSql};
 use warmpool::Type;
 use warmpool_tests::{Extension, PgServer};
 
@@ -16,18 +16,27 @@ where
     T: ToSql + Sync + for<'a> FromSql<'a> + PartialEq + std::fmt::Debug,
 {
     let sql = format!("SELECT $1::{pg_type}");
-    let row = client.query_one(sql.as_str(), &[&value]).await.unwrap_or_else(|e| panic!("{pg_type}: {e}"));
+    let row = client
+        .query_one(sql.as_str(), &[&value])
+        .await
+        .unwrap_or_else(|e| panic!("{pg_type}: {e}"));
     let back: T = row.get(0);
     assert_eq!(back, value, "{pg_type}");
 
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let table = format!("t_{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let table = format!(
+        "t_{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     client
         .batch_execute(&format!("CREATE TABLE {table} (v {pg_type})"))
         .await
         .unwrap();
     client
-        .execute(format!("INSERT INTO {table} (v) VALUES ($1)").as_str(), &[&value])
+        .execute(
+            format!("INSERT INTO {table} (v) VALUES ($1)").as_str(),
+            &[&value],
+        )
         .await
         .unwrap();
     let row = client
@@ -48,11 +57,21 @@ async fn common_types_round_trip() {
     round_trip(&c, "int8", i64::MIN).await;
     round_trip(&c, "float4", 1.5f32).await;
     round_trip(&c, "float8", -2.25e300f64).await;
-    round_trip(&c, "numeric", Decimal::from_str("12345678901234567890.123456789").unwrap()).await;
+    round_trip(
+        &c,
+        "numeric",
+        Decimal::from_str("12345678901234567890.123456789").unwrap(),
+    )
+    .await;
     round_trip(&c, "text", "héllo, wörld".to_string()).await;
     round_trip(&c, "bytea", vec![0u8, 1, 2, 255]).await;
     round_trip(&c, "bool", true).await;
-    round_trip(&c, "timestamptz", Utc.with_ymd_and_hms(2026, 11, 27, 12, 30, 5).unwrap()).await;
+    round_trip(
+        &c,
+        "timestamptz",
+        Utc.with_ymd_and_hms(2026, 11, 27, 12, 30, 5).unwrap(),
+    )
+    .await;
     round_trip(&c, "date", NaiveDate::from_ymd_opt(1999, 12, 31).unwrap()).await;
     round_trip(&c, "uuid", Uuid::new_v4()).await;
     round_trip(&c, "json", json!({"a": [1, 2, {"b": null}]})).await;
@@ -72,7 +91,10 @@ async fn numeric_as_text_and_nulls_in_rows() {
     let ext = Extension::start(&pg, &[]);
     let c = ext.client().await;
     let row = c
-        .query_one("SELECT 3.14159::numeric::text AS n, NULL::int4 AS x, ''::text AS e", &[])
+        .query_one(
+            "SELECT 3.14159::numeric::text AS n, NULL::int4 AS x, ''::text AS e",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(row.get::<_, &str>("n"), "3.14159");
@@ -84,7 +106,10 @@ async fn numeric_as_text_and_nulls_in_rows() {
     // Decoding into the wrong Rust type is an error, not a panic or garbage.
     let err = row.try_get::<_, i64>("n").unwrap_err();
     assert!(err.to_string().contains("cannot convert"), "{err}");
-    assert!(row.try_get::<_, i32>("x").is_err(), "NULL into a non-Option");
+    assert!(
+        row.try_get::<_, i32>("x").is_err(),
+        "NULL into a non-Option"
+    );
     assert!(row.try_get::<_, i32>("missing").is_err());
     assert!(row.try_get::<_, i32>(7).is_err());
 }
@@ -103,8 +128,13 @@ async fn custom_enum_type() {
     let pg = PgServer::start();
     let ext = Extension::start(&pg, &[]);
     let c = ext.client().await;
-    c.batch_execute("CREATE TYPE mood AS ENUM ('happy', 'sad')").await.unwrap();
-    let row = c.query_one("SELECT $1::mood, ARRAY['sad'::mood]", &[&Mood::Happy]).await.unwrap();
+    c.batch_execute("CREATE TYPE mood AS ENUM ('happy', 'sad')")
+        .await
+        .unwrap();
+    let row = c
+        .query_one("SELECT $1::mood, ARRAY['sad'::mood]", &[&Mood::Happy])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, Mood>(0), Mood::Happy);
     assert_eq!(row.get::<_, Vec<Mood>>(1), vec![Mood::Sad]);
 }

@@ -130,14 +130,22 @@ impl Reader {
 
     /// A count of items that each take at least `min_item` bytes, checked against what is left so
     /// that a lying count cannot make the caller reserve memory for items that are not there.
-    pub(crate) fn count16(&mut self, min_item: usize, what: &'static str) -> Result<usize, FrameError> {
+    pub(crate) fn count16(
+        &mut self,
+        min_item: usize,
+        what: &'static str,
+    ) -> Result<usize, FrameError> {
         let n = self.u16(what)? as usize;
         self.need(n.saturating_mul(min_item), what)?;
         Ok(n)
     }
 
     /// As [`Reader::count16`], for a `u32` count.
-    pub(crate) fn count32(&mut self, min_item: usize, what: &'static str) -> Result<usize, FrameError> {
+    pub(crate) fn count32(
+        &mut self,
+        min_item: usize,
+        what: &'static str,
+    ) -> Result<usize, FrameError> {
         let n = self.u32(what)? as usize;
         self.need(n.saturating_mul(min_item), what)?;
         Ok(n)

@@ -149,7 +149,9 @@ impl Response {
             }),
             PREPARE_OK => {
                 let n = r.count16(5, "parameter types")?;
-                let params = (0..n).map(|_| read_type(&mut r)).collect::<Result<_, _>>()?;
+                let params = (0..n)
+                    .map(|_| read_type(&mut r))
+                    .collect::<Result<_, _>>()?;
                 let n = r.count16(9, "columns")?;
                 let columns = (0..n)
                     .map(|_| {
