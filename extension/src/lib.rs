@@ -12,6 +12,8 @@
 //! - [`errors`]: every failure as an error frame with a SQLSTATE.
 //! - [`local`]: running outside Lambda until SIGTERM or SIGINT.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod conn;
 pub mod errors;

@@ -297,3 +297,15 @@ impl<'a> TransactionBuilder<'a> {
         Ok(Transaction::new(self.client, conn, self.options))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+
+    #[test]
+    fn client_is_clone_send_sync() {
+        shareable::<super::Client>();
+        shareable::<crate::Error>();
+        shareable::<crate::Statement>();
+    }
+}

@@ -11,6 +11,10 @@
 //! - `client`, `transaction`, `ops`: the API and the request/response exchanges.
 //! - `row`, `statement`, `error`: results, statements and errors.
 
+#![warn(missing_docs, unreachable_pub)]
+// The README's examples compile as doctests.
+#![cfg_attr(doctest, doc = include_str!("../../README.md"))]
+
 pub mod protocol;
 pub mod transport;
 

@@ -60,7 +60,10 @@ impl Raw {
     }
 
     async fn send_bytes(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write to the extension");
+        self.stream
+            .write_all(bytes)
+            .await
+            .expect("write to the extension");
         self.stream.flush().await.expect("flush");
     }
 
@@ -158,12 +161,22 @@ async fn assert_still_serving(ext: &Extension, before: &warmpool::Client) {
     let n: i32 = before
         .query_one("SELECT 1", &[])
         .await
-        .unwrap_or_else(|e| panic!("client opened before the bad session: {e}; log:\n{}", ext.logs()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "client opened before the bad session: {e}; log:\n{}",
+                ext.logs()
+            )
+        })
         .get(0);
     assert_eq!(n, 1);
     let fresh = warmpool::Client::connect_to(ext.socket())
         .await
-        .unwrap_or_else(|e| panic!("new client after the bad session: {e}; log:\n{}", ext.logs()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "new client after the bad session: {e}; log:\n{}",
+                ext.logs()
+            )
+        });
     let n: i32 = fresh.query_one("SELECT 2", &[]).await.unwrap().get(0);
     assert_eq!(n, 2);
     assert!(
@@ -227,7 +240,10 @@ async fn wrong_protocol_version_is_refused_naming_both_versions() {
     let e = raw.recv_error().await;
     assert_extension_error(&e, "08P01");
     let m = e.message();
-    assert!(m.contains("version 7"), "the client's version is not named: {m}");
+    assert!(
+        m.contains("version 7"),
+        "the client's version is not named: {m}"
+    );
     assert!(
         m.contains(&format!("version {PROTOCOL_VERSION}")),
         "the extension's version is not named: {m}"
@@ -288,7 +304,10 @@ async fn oversized_frame_is_refused_from_its_header() {
     let before = ext.client().await;
 
     let (mut raw, ok) = Raw::open(&ext).await;
-    assert_eq!(ok.max_frame, 4096, "HelloOk must announce the configured limit");
+    assert_eq!(
+        ok.max_frame, 4096,
+        "HelloOk must announce the configured limit"
+    );
     // A Batch declaring a 1 MiB body. Only the 5-byte header is sent: the answer must come
     // without the body, which the extension must neither wait for nor reserve memory for.
     let mut header = BytesMut::new();
@@ -403,7 +422,10 @@ async fn torn_frame_closes_the_session_quietly() {
     let whole = frame(b'P', &body);
     // The header and half the body, then the client's side of the stream ends.
     raw.send_bytes(&whole[..5 + body.len() / 2]).await;
-    raw.stream.shutdown().await.expect("shut down the write side");
+    raw.stream
+        .shutdown()
+        .await
+        .expect("shut down the write side");
     // Nobody is left to read an error: the extension closes without one.
     raw.expect_eof().await;
 
@@ -441,7 +463,8 @@ async fn execute_with_wrong_parameters_keeps_the_session() {
         let e = raw.recv_error().await;
         assert_eq!(e.source, ErrorSource::Extension, "{e:?}");
         assert!(
-            e.message().contains("1 parameters") && e.message().contains(&format!("{given} were given")),
+            e.message().contains("1 parameters")
+                && e.message().contains(&format!("{given} were given")),
             "the message should give both counts: {e:?}"
         );
         assert_session_usable(&mut raw).await;
@@ -469,9 +492,17 @@ async fn invalid_parameter_bytes_get_postgres_error() {
     let (mut raw, _) = Raw::open(&ext).await;
     for (bytes, code, message) in [
         // int4recv reads 4 bytes: with 3, pq_getmsgint runs out of data.
-        (&b"\x00\x00\x07"[..], "08P01", "insufficient data left in message"),
+        (
+            &b"\x00\x00\x07"[..],
+            "08P01",
+            "insufficient data left in message",
+        ),
         // With 5, one byte is left over after int4recv.
-        (&b"\x00\x00\x00\x07\x00"[..], "22P03", "incorrect binary data format"),
+        (
+            &b"\x00\x00\x00\x07\x00"[..],
+            "22P03",
+            "incorrect binary data format",
+        ),
     ] {
         raw.send(&execute(
             "SELECT $1::int4 AS n",
@@ -486,7 +517,10 @@ async fn invalid_parameter_bytes_get_postgres_error() {
         assert_eq!(e.code(), code, "{e:?}");
         assert!(e.message().contains(message), "{e:?}");
         // PostgreSQL's own fields come through, not just the extension's four.
-        assert!(e.field(b'R').is_some(), "the routine field is missing: {e:?}");
+        assert!(
+            e.field(b'R').is_some(),
+            "the routine field is missing: {e:?}"
+        );
         assert_session_usable(&mut raw).await;
     }
 

@@ -61,7 +61,10 @@ async fn verify_full_with_the_test_ca_is_tls() {
     let pg = PgServer::start();
     let ext = Extension::start(&pg, &[]);
     let client = ext.client().await;
-    assert!(server_sees_tls(&client).await, "the pooled connection is not TLS");
+    assert!(
+        server_sees_tls(&client).await,
+        "the pooled connection is not TLS"
+    );
     let row = client
         .query_one(
             "SELECT version, cipher IS NOT NULL FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
@@ -98,9 +101,15 @@ async fn wrong_ca_fails_with_08006_naming_the_certificate_problem() {
 
     let e = query_error(&ext, "SELECT 1").await;
     assert_eq!(e.code(), Some(&SqlState::CONNECTION_FAILURE), "{e:?}");
-    assert!(e.is_extension(), "raised by the extension, not PostgreSQL: {e:?}");
+    assert!(
+        e.is_extension(),
+        "raised by the extension, not PostgreSQL: {e:?}"
+    );
     assert!(e.as_db_error().is_none(), "{e:?}");
-    assert!(e.is_closed(), "08006 means the database is unreachable: {e:?}");
+    assert!(
+        e.is_closed(),
+        "08006 means the database is unreachable: {e:?}"
+    );
     let text = e.to_string();
     // Helpful: says what was being done, that TLS failed, and why.
     assert!(text.contains("could not connect to the database"), "{text}");
@@ -156,7 +165,10 @@ async fn wrong_host_name_fails_verify_full_but_passes_verify_ca() {
     env.push(("PGSSLMODE", "verify-ca"));
     let ca = Extension::start(&pg, &env);
     let client = ca.client().await;
-    assert!(server_sees_tls(&client).await, "verify-ca connection is not TLS");
+    assert!(
+        server_sees_tls(&client).await,
+        "verify-ca connection is not TLS"
+    );
 
     // Control: the address part of the URL is right, so the right name passes verify-full.
     let good = url_with_host_name(&pg, pg.host());
@@ -222,9 +234,14 @@ async fn no_secret_leaks_into_logs_or_errors() {
             .get(0);
         assert_eq!(n, 42);
         let mut tx = client.transaction().await.unwrap();
-        tx.batch_execute("CREATE TEMP TABLE t (a int)").await.unwrap();
+        tx.batch_execute("CREATE TEMP TABLE t (a int)")
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
-        let e = client.query_one("SELECT * FROM no_such_table", &[]).await.unwrap_err();
+        let e = client
+            .query_one("SELECT * FROM no_such_table", &[])
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Some(&SqlState::UNDEFINED_TABLE));
         shown.push(format!("{e} {e:?}"));
     }
@@ -262,9 +279,15 @@ async fn no_secret_leaks_into_logs_or_errors() {
     assert!(logs.contains("could not open warm connections"), "{logs}");
 
     for secret in [&password, &wrong] {
-        assert!(!logs.contains(secret.as_str()), "a password is in the log:\n{logs}");
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a password is in the log:\n{logs}"
+        );
         for text in &shown {
-            assert!(!text.contains(secret.as_str()), "a password is in an error: {text}");
+            assert!(
+                !text.contains(secret.as_str()),
+                "a password is in an error: {text}"
+            );
         }
     }
 }
