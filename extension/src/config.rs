@@ -87,7 +87,8 @@ pub struct Config {
     pub channel_binding: ChannelBinding,
     /// `WARMPOOL_SOCKET`: the Unix socket path. Default `/tmp/warmpool.sock`.
     pub socket_path: PathBuf,
-    /// `WARMPOOL_MAX_SIZE`: most connections open at once. Default 4.
+    /// `WARMPOOL_MAX_SIZE`: most connections open at once. Default 4, or on Lambda Managed
+    /// Instances `AWS_LAMBDA_MAX_CONCURRENCY`, so every concurrent invocation can hold one.
     pub max_size: usize,
     /// `WARMPOOL_WARM_SIZE`: connections opened at start and kept open. Default 1.
     pub warm_size: usize,
@@ -114,6 +115,14 @@ pub struct Config {
     pub statement_cache_size: usize,
     /// `WARMPOOL_MAX_FRAME_BYTES`: the largest socket frame accepted. Default 16 MiB.
     pub max_frame: usize,
+    /// `WARMPOOL_INIT_REQUIRE_DATABASE`: fail the environment's Init when no warm connection can
+    /// be opened. Default `false`: the failure is logged and connections are retried on demand,
+    /// so a function that does not touch the database keeps working.
+    pub init_require_database: bool,
+    /// `AWS_LAMBDA_MAX_CONCURRENCY`, set by Lambda Managed Instances: concurrent invocations per
+    /// environment. Above 1 the environment is never frozen and extensions register for SHUTDOWN
+    /// only. Default 1 (classic Lambda).
+    pub max_concurrency: usize,
 }
 
 /// Defaults, in one place.
@@ -140,6 +149,8 @@ pub mod defaults {
     pub const STATEMENT_CACHE_SIZE: usize = 256;
     /// `WARMPOOL_MAX_FRAME_BYTES`.
     pub const MAX_FRAME_BYTES: usize = warmpool::protocol::DEFAULT_MAX_FRAME;
+    /// `WARMPOOL_INIT_REQUIRE_DATABASE`.
+    pub const INIT_REQUIRE_DATABASE: bool = false;
     /// `PGPORT`.
     pub const PORT: u16 = 5432;
     /// `PGAPPNAME`.
@@ -247,6 +258,12 @@ impl Config {
         let ms = |var: &'static str, default: u64| -> Result<Duration, ConfigError> {
             parse(&get, var, default).map(Duration::from_millis)
         };
+        let max_concurrency = parse(&get, "AWS_LAMBDA_MAX_CONCURRENCY", 1usize)?;
+        let default_max_size = if max_concurrency > 1 {
+            max_concurrency
+        } else {
+            defaults::MAX_SIZE
+        };
         let config = Config {
             pg,
             ssl_mode,
@@ -255,7 +272,7 @@ impl Config {
             socket_path: get("WARMPOOL_SOCKET")
                 .unwrap_or_else(|| defaults::SOCKET.into())
                 .into(),
-            max_size: parse(&get, "WARMPOOL_MAX_SIZE", defaults::MAX_SIZE)?,
+            max_size: parse(&get, "WARMPOOL_MAX_SIZE", default_max_size)?,
             warm_size: parse(&get, "WARMPOOL_WARM_SIZE", defaults::WARM_SIZE)?,
             wait_timeout: ms("WARMPOOL_WAIT_TIMEOUT_MS", defaults::WAIT_TIMEOUT_MS)?,
             connect_timeout: ms("WARMPOOL_CONNECT_TIMEOUT_MS", defaults::CONNECT_TIMEOUT_MS)?,
@@ -275,6 +292,12 @@ impl Config {
                 defaults::STATEMENT_CACHE_SIZE,
             )?,
             max_frame: parse(&get, "WARMPOOL_MAX_FRAME_BYTES", defaults::MAX_FRAME_BYTES)?,
+            init_require_database: parse(
+                &get,
+                "WARMPOOL_INIT_REQUIRE_DATABASE",
+                defaults::INIT_REQUIRE_DATABASE,
+            )?,
+            max_concurrency,
         };
         config.validate()?;
         Ok(config)
@@ -287,6 +310,9 @@ impl Config {
                 reason: reason.into(),
             })
         };
+        if self.max_concurrency == 0 {
+            return fail("AWS_LAMBDA_MAX_CONCURRENCY", "must be at least 1");
+        }
         if self.max_size == 0 {
             return fail("WARMPOOL_MAX_SIZE", "must be at least 1");
         }
@@ -408,6 +434,32 @@ mod tests {
         assert_eq!(c.pg.get_ports(), &[5432]);
         assert_eq!(c.pg.get_dbname(), Some("app"));
         assert_eq!(c.pg.get_application_name(), Some("warmpool"));
+    }
+
+    #[test]
+    fn managed_instances_size_the_pool_to_the_concurrency() {
+        let c = config(&[
+            ("PGHOST", "h"),
+            ("PGUSER", "u"),
+            ("AWS_LAMBDA_MAX_CONCURRENCY", "16"),
+        ])
+        .unwrap();
+        assert_eq!((c.max_concurrency, c.max_size), (16, 16));
+        let c = config(&[
+            ("PGHOST", "h"),
+            ("PGUSER", "u"),
+            ("AWS_LAMBDA_MAX_CONCURRENCY", "16"),
+            ("WARMPOOL_MAX_SIZE", "3"),
+        ])
+        .unwrap();
+        assert_eq!(c.max_size, 3);
+        let e = config(&[
+            ("PGHOST", "h"),
+            ("PGUSER", "u"),
+            ("WARMPOOL_INIT_REQUIRE_DATABASE", "yes"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.variable, "WARMPOOL_INIT_REQUIRE_DATABASE");
     }
 
     #[test]

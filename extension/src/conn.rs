@@ -28,6 +28,11 @@ pub struct PgConn {
     /// A batch may have opened a transaction and left it open.
     maybe_in_transaction: bool,
     pub(crate) last_used: Instant,
+    /// The pool's thaw epoch when this connection was last known alive.
+    pub(crate) checked_epoch: u64,
+    /// BEGIN was sent and neither COMMIT nor ROLLBACK has succeeded since. Such a connection is
+    /// never handed out again, whatever dropped it.
+    pub(crate) in_transaction: bool,
 }
 
 impl std::fmt::Debug for PgConn {
@@ -48,6 +53,8 @@ impl PgConn {
             dirty: false,
             maybe_in_transaction: false,
             last_used: Instant::now(),
+            checked_epoch: 0,
+            in_transaction: false,
         }
     }
 

@@ -10,6 +10,9 @@
 //! - [`server`]: the accept loop.
 //! - [`session`]: one client session and its transaction state.
 //! - [`errors`]: every failure as an error frame with a SQLSTATE.
+//! - [`service`]: what both modes share: start serving, stop in order.
+//! - [`lifecycle`]: the Lambda lifecycle state machine (Init, Ready, Draining, Closed).
+//! - [`lambda`]: running as a Lambda extension: register, warm at Init, INVOKE, SHUTDOWN.
 //! - [`local`]: running outside Lambda until SIGTERM or SIGINT.
 
 #![warn(missing_docs)]
@@ -17,9 +20,12 @@
 pub mod config;
 pub mod conn;
 pub mod errors;
+pub mod lambda;
+pub mod lifecycle;
 pub mod local;
 pub mod pool;
 pub mod server;
+pub mod service;
 pub mod session;
 pub mod socket;
 pub mod tls;

@@ -35,7 +35,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(warmpool_extension::local::run(config)) {
+    // Lambda sets AWS_LAMBDA_RUNTIME_API for every process of an execution environment.
+    let result = if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        runtime.block_on(warmpool_extension::lambda::run(config))
+    } else {
+        runtime
+            .block_on(warmpool_extension::local::run(config))
+            .map_err(|e| e.to_string().into())
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("warmpool: {e}");

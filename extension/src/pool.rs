@@ -6,18 +6,18 @@
 //! (wait, create and recycle timeouts, fair queueing) and closes connections properly.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use futures_util::future::join_all;
+use tokio::sync::watch;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::Config;
 use crate::conn::PgConn;
 use crate::tls;
-
-/// The pool.
-pub type Pool = managed::Pool<Manager>;
 
 /// A connection checked out of the pool; it goes back when dropped.
 pub type PooledConn = Object<Manager>;
@@ -29,6 +29,9 @@ pub struct Manager {
     cache_size: NonZeroUsize,
     check_after_idle: Duration,
     reset_timeout: Duration,
+    /// Bumped when the environment thaws: a connection checked before the bump is checked again
+    /// before its next use.
+    thaw_epoch: AtomicU64,
 }
 
 impl std::fmt::Debug for Manager {
@@ -52,7 +55,9 @@ impl managed::Manager for Manager {
             }
         });
         tracing::debug!("opened a database connection");
-        Ok(PgConn::new(client, driver, self.cache_size))
+        let mut conn = PgConn::new(client, driver, self.cache_size);
+        conn.checked_epoch = self.thaw_epoch.load(Ordering::Acquire);
+        Ok(conn)
     }
 
     /// Runs on every checkout of an idle connection. deadpool bounds it with the recycle timeout,
@@ -65,13 +70,21 @@ impl managed::Manager for Manager {
         if conn.client.is_closed() {
             return Err(RecycleError::message("connection closed"));
         }
+        if conn.in_transaction {
+            return Err(RecycleError::message(
+                "connection left inside a transaction",
+            ));
+        }
         if conn.needs_reset() {
             conn.reset().await.map_err(RecycleError::Backend)?;
-        } else if conn.last_used.elapsed() > self.check_after_idle {
+        }
+        let epoch = self.thaw_epoch.load(Ordering::Acquire);
+        if conn.checked_epoch < epoch || conn.last_used.elapsed() > self.check_after_idle {
             // After an idle gap (on Lambda, a freeze) a socket the server or a NAT has closed can
             // still read as open; one empty query tells.
             conn.check().await.map_err(RecycleError::Backend)?;
         }
+        conn.checked_epoch = epoch;
         conn.last_used = Instant::now();
         Ok(())
     }
@@ -88,6 +101,56 @@ pub enum BuildError {
     Pool(#[from] managed::BuildError),
 }
 
+/// The pool of database connections.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    inner: managed::Pool<Manager>,
+    /// How many thaw checks are running; while one is, a request waits for it rather than open
+    /// a new connection beside the ones being checked.
+    checking: Arc<watch::Sender<usize>>,
+    wait_timeout: Duration,
+}
+
+impl Pool {
+    /// A connection, checked first if it sat idle across a gap or a thaw.
+    pub async fn get(&self) -> Result<PooledConn, PoolError<tokio_postgres::Error>> {
+        if *self.checking.borrow() > 0 && self.inner.status().available == 0 {
+            let mut done = self.checking.subscribe();
+            let _ = tokio::time::timeout(self.wait_timeout, done.wait_for(|n| *n == 0)).await;
+        }
+        self.inner.get().await
+    }
+
+    /// Connections open now, in use or idle.
+    pub fn size(&self) -> usize {
+        self.inner.status().size
+    }
+
+    /// The manager's reset bound, for session code that rolls back abandoned transactions.
+    pub fn reset_timeout(&self) -> Duration {
+        self.inner.manager().reset_timeout
+    }
+
+    /// The environment has just thawed: every idle connection is suspect. Starts checking them
+    /// all at once in the background, replacing any that died, and returns at once.
+    pub fn check_after_thaw(&self) -> tokio::task::JoinHandle<usize> {
+        self.inner
+            .manager()
+            .thaw_epoch
+            .fetch_add(1, Ordering::AcqRel);
+        let idle = self.inner.status().available;
+        self.checking.send_modify(|n| *n += 1);
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let checked = join_all((0..idle).map(|_| pool.inner.get())).await;
+            let ok = checked.iter().filter(|c| c.is_ok()).count();
+            drop(checked);
+            pool.checking.send_modify(|n| *n -= 1);
+            ok
+        })
+    }
+}
+
 /// Builds the pool from the configuration. No connection is opened yet.
 pub fn build(config: &Config) -> Result<Pool, BuildError> {
     let (tls, ssl_mode) = tls::connector(config)?;
@@ -100,8 +163,9 @@ pub fn build(config: &Config) -> Result<Pool, BuildError> {
         cache_size: NonZeroUsize::new(config.statement_cache_size).unwrap_or(NonZeroUsize::MIN),
         check_after_idle: config.check_after_idle,
         reset_timeout: config.reset_timeout,
+        thaw_epoch: AtomicU64::new(0),
     };
-    let pool = Pool::builder(manager)
+    let inner = managed::Pool::builder(manager)
         .max_size(config.max_size)
         .timeouts(Timeouts {
             wait: Some(config.wait_timeout),
@@ -110,13 +174,17 @@ pub fn build(config: &Config) -> Result<Pool, BuildError> {
         })
         .runtime(deadpool::Runtime::Tokio1)
         .build()?;
-    Ok(pool)
+    Ok(Pool {
+        inner,
+        checking: Arc::new(watch::Sender::new(0)),
+        wait_timeout: config.wait_timeout,
+    })
 }
 
 /// Opens up to `n` connections at once and returns them to the pool; returns how many opened.
 pub async fn warm(pool: &Pool, n: usize) -> Result<usize, PoolError<tokio_postgres::Error>> {
     let started = Instant::now();
-    let results = join_all((0..n).map(|_| pool.get())).await;
+    let results = join_all((0..n).map(|_| pool.inner.get())).await;
     let mut opened = 0;
     let mut first_error = None;
     for r in results {
@@ -142,8 +210,8 @@ pub async fn warm(pool: &Pool, n: usize) -> Result<usize, PoolError<tokio_postgr
 /// Closes every idle connection with Terminate, all at once, within `budget`; then closes the
 /// pool so connections still in use are closed when they come back.
 pub async fn close(pool: &Pool, budget: Duration) -> (usize, usize) {
-    let idle = pool.retain(|_, _| false).removed;
-    pool.close();
+    let idle = pool.inner.retain(|_, _| false).removed;
+    pool.inner.close();
     let results = join_all(idle.into_iter().map(|c| c.close(budget))).await;
     let clean = results.iter().filter(|ok| **ok).count();
     (clean, results.len() - clean)
@@ -158,6 +226,7 @@ pub async fn reap_idle(
 ) -> usize {
     let mut kept = 0;
     let removed = pool
+        .inner
         .retain(|conn, _| {
             if conn.last_used.elapsed() < idle_timeout || kept < keep {
                 kept += 1;
@@ -170,9 +239,4 @@ pub async fn reap_idle(
     let n = removed.len();
     join_all(removed.into_iter().map(|c| c.close(budget))).await;
     n
-}
-
-/// The manager's reset bound, for session code that rolls back abandoned transactions.
-pub fn reset_timeout(pool: &Pool) -> Duration {
-    pool.manager().reset_timeout
 }

@@ -9,8 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::session::{self, Shared};
 
-/// Accepts sessions on `listener` until `shutdown` is cancelled, then gives running sessions
-/// `drain` to finish (each rolls back its transaction and says 57P01) before aborting them.
+/// Accepts sessions on `listener` until `shutdown` is cancelled, then waits for running sessions
+/// to finish (each rolls back its transaction and says 57P01). If this future is dropped first,
+/// the sessions still running are aborted; a connection they held is closed, never reused.
 ///
 /// Only clients running as `uid` are served: the socket's mode already keeps others out, and the
 /// peer check holds even if the mode is changed.
@@ -19,7 +20,6 @@ pub async fn serve(
     uid: u32,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-    drain: Duration,
 ) {
     let mut sessions = JoinSet::new();
     loop {
@@ -50,15 +50,5 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let drained = tokio::time::timeout(drain, async {
-        while sessions.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            sessions = sessions.len(),
-            "sessions still busy at shutdown; aborting them"
-        );
-        sessions.shutdown().await;
-    }
+    while sessions.join_next().await.is_some() {}
 }

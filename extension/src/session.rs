@@ -10,6 +10,7 @@
 
 use std::io;
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,8 @@ pub struct Shared {
     pub pool: Pool,
     /// The configuration.
     pub config: Arc<Config>,
+    /// Wall-clock ms when a request last finished: a gap since then means a freeze.
+    pub last_activity_ms: AtomicU64,
 }
 
 /// The transaction state of a session.
@@ -173,6 +176,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Request::Ping => self.send(&Response::Pong).await.is_ok(),
                 Request::Terminate => false,
             };
+            self.shared
+                .last_activity_ms
+                .store(crate::lifecycle::now_ms(), Ordering::Relaxed);
             if !keep_going {
                 return;
             }
@@ -299,6 +305,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             send_begin(&conn.client, begin.as_deref()),
             conn.client.batch_execute(&sql)
         );
+        if begin.is_some() && began.is_ok() {
+            conn.in_transaction = true;
+        }
         if pinned {
             conn.note_statement(&sql);
         } else {
@@ -362,6 +371,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let result = conn.client.batch_execute("COMMIT").await;
                 match result {
                     Ok(()) => {
+                        conn.in_transaction = false;
                         release(conn, self.shared.clone());
                         Response::Ok
                     }
@@ -371,7 +381,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         } else {
                             // A failed COMMIT (a deferred constraint, a serialization failure)
                             // ends the transaction on the server; the connection is clean.
-                            conn.last_used = Instant::now();
+                            conn.in_transaction = false;
                             release(conn, self.shared.clone());
                         }
                         Response::Error(errors::from_pg(&e))
@@ -412,14 +422,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Rolls back on `conn` within the reset timeout and returns it to the pool, or closes it
     /// if the rollback fails: a connection is never pooled inside a transaction.
-    async fn roll_back(&self, conn: PooledConn, begun: bool) {
+    async fn roll_back(&self, mut conn: PooledConn, begun: bool) {
         if !begun {
             release(conn, self.shared.clone());
             return;
         }
         let budget = self.config().reset_timeout;
         match tokio::time::timeout(budget, conn.client.batch_execute("ROLLBACK")).await {
-            Ok(Ok(())) => release(conn, self.shared.clone()),
+            Ok(Ok(())) => {
+                conn.in_transaction = false;
+                release(conn, self.shared.clone());
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "rollback failed; closing the connection");
                 discard(conn);
@@ -544,7 +557,10 @@ async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
     max_frame: usize,
 ) -> Result<u64, StmtError> {
     let PgConn {
-        client, statements, ..
+        client,
+        statements,
+        in_transaction,
+        ..
     } = conn;
     let client = &*client;
     let statement = async {
@@ -561,6 +577,9 @@ async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let (began, stream) = tokio::join!(send_begin(client, begin), statement);
     began.map_err(|e| StmtError::from_pg(&e))?;
+    if begin.is_some() {
+        *in_transaction = true;
+    }
     let mut stream = pin!(stream?);
 
     let mut rows = Vec::new();

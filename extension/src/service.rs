@@ -1,0 +1,129 @@
+//! What local mode and Lambda mode share: the socket, the pool, the server task, and an orderly
+//! stop.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::lifecycle::now_ms;
+use crate::session::Shared;
+use crate::{pool, server, socket};
+
+/// A running extension: socket bound, server accepting, pool built.
+pub struct Service {
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    server: JoinHandle<()>,
+    maintenance: Option<JoinHandle<()>>,
+}
+
+/// What stopping did.
+#[derive(Debug, Clone, Copy)]
+pub struct StopReport {
+    /// Connections closed with Terminate.
+    pub closed: usize,
+    /// Connections dropped because they did not close in time.
+    pub dropped: usize,
+    /// How long the stop took.
+    pub elapsed: Duration,
+}
+
+impl Service {
+    /// Builds the pool and binds the socket, then starts serving. The socket is bound first,
+    /// so function code can connect while connections are still opening.
+    pub fn start(config: Config) -> Result<Service, Box<dyn std::error::Error>> {
+        let config = Arc::new(config);
+        let pool = pool::build(&config)?;
+        let (listener, uid) = socket::bind(&config.socket_path)
+            .map_err(|e| format!("cannot bind {}: {e}", config.socket_path.display()))?;
+        tracing::info!(socket = %config.socket_path.display(), "listening");
+        let shared = Arc::new(Shared {
+            pool,
+            config,
+            last_activity_ms: AtomicU64::new(now_ms()),
+        });
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(server::serve(
+            listener,
+            uid,
+            shared.clone(),
+            shutdown.clone(),
+        ));
+        Ok(Service {
+            shared,
+            shutdown,
+            server,
+            maintenance: None,
+        })
+    }
+
+    /// What sessions share: the pool, the configuration, the last activity.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Opens the warm connections, all at once.
+    pub async fn warm(&self) -> Result<usize, deadpool::managed::PoolError<tokio_postgres::Error>> {
+        pool::warm(&self.shared.pool, self.shared.config.warm_size).await
+    }
+
+    /// Checks idle connections and closes those beyond the warm size that have idled past the
+    /// idle timeout, on a timer. Timers only run in an environment that is never frozen: local
+    /// mode and Lambda Managed Instances.
+    pub fn start_maintenance(&mut self) {
+        let shared = self.shared.clone();
+        self.maintenance = Some(tokio::spawn(async move {
+            let config = &shared.config;
+            let period = config
+                .check_after_idle
+                .min(config.idle_timeout / 2)
+                .max(Duration::from_millis(100));
+            loop {
+                tokio::time::sleep(period).await;
+                let closed = pool::reap_idle(
+                    &shared.pool,
+                    config.warm_size,
+                    config.idle_timeout,
+                    config.shutdown_timeout,
+                )
+                .await;
+                if closed > 0 {
+                    tracing::debug!(closed, "closed idle connections");
+                }
+                shared.pool.check_after_thaw();
+            }
+        }));
+    }
+
+    /// Stops: no new sessions; open transactions roll back; every connection closes with
+    /// Terminate within `budget`, or is dropped; the socket file is removed.
+    pub async fn stop(self, budget: Duration) -> StopReport {
+        let started = Instant::now();
+        if let Some(m) = &self.maintenance {
+            m.abort();
+        }
+        self.shutdown.cancel();
+        // Sessions get part of the budget to roll back; the rest closes connections.
+        let drain = budget / 2;
+        let mut server = self.server;
+        if tokio::time::timeout(drain, &mut server).await.is_err() {
+            // Aborting the server aborts its sessions; the connections they held are then closed
+            // with the rest, never reused.
+            tracing::warn!("sessions did not finish in time; aborting them");
+            server.abort();
+            let _ = server.await;
+        }
+        let left = budget.saturating_sub(started.elapsed());
+        let (closed, dropped) = pool::close(&self.shared.pool, left).await;
+        socket::remove(&self.shared.config.socket_path);
+        StopReport {
+            closed,
+            dropped,
+            elapsed: started.elapsed(),
+        }
+    }
+}
