@@ -143,9 +143,9 @@ pub fn protocol(message: impl Into<String>) -> WireError {
     WireError::extension(sqlstate::PROTOCOL_VIOLATION, message)
 }
 
-/// tokio-postgres' Display shows one cause; TLS failures nest deeper, and the innermost cause
-/// (an unknown issuer, a name mismatch) is the one a user needs.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error and all its causes. tokio-postgres' Display omits the cause, and for TLS failures the
+/// innermost cause (an unknown issuer, a name mismatch) is the one a user needs.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

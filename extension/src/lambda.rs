@@ -88,12 +88,12 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
     match service.warm().await {
         Ok(opened) => tracing::info!(opened, "Init: warm connections open"),
         Err(e) if require_database => {
-            tracing::error!(error = %e, "Init: the database is unreachable (WARMPOOL_INIT_REQUIRE_DATABASE)");
+            tracing::error!(error = %crate::errors::error_chain(&e), "Init: the database is unreachable (WARMPOOL_INIT_REQUIRE_DATABASE)");
             report_init_error(&registered.extension_id).await;
             return Err(format!("the database is unreachable: {e}").into());
         }
         Err(e) => {
-            tracing::warn!(error = %e, "Init: the database is unreachable; connections will be opened on demand")
+            tracing::warn!(error = %crate::errors::error_chain(&e), "Init: the database is unreachable; connections will be opened on demand")
         }
     }
     lifecycle.lock().unwrap_or_else(|p| p.into_inner()).ready();

@@ -10,7 +10,12 @@ fn main() -> ExitCode {
         println!("warmpool {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let filter = EnvFilter::try_from_env("WARMPOOL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let directives = std::env::var("WARMPOOL_LOG").unwrap_or_else(|_| "info".into());
+    let mut filter = EnvFilter::new(&directives);
+    if !directives.contains("tokio_postgres") {
+        // tokio-postgres logs bound parameter values at debug level; they may be secrets.
+        filter = filter.add_directive("tokio_postgres=info".parse().expect("static directive"));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -51,7 +51,7 @@ impl managed::Manager for Manager {
         let (client, connection) = self.pg.connect(self.tls.clone()).await?;
         let driver = tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "database connection ended with an error");
+                tracing::debug!(error = %crate::errors::error_chain(&e), "database connection ended with an error");
             }
         });
         tracing::debug!("opened a database connection");

@@ -434,7 +434,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 release(conn, self.shared.clone());
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "rollback failed; closing the connection");
+                tracing::warn!(error = %errors::error_chain(&e), "rollback failed; closing the connection");
                 discard(conn);
             }
             Err(_) => {
@@ -515,7 +515,7 @@ fn release(mut conn: PooledConn, shared: Arc<Shared>) {
         match tokio::time::timeout(budget, conn.reset()).await {
             Ok(Ok(())) => drop(conn),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "session reset failed; closing the connection");
+                tracing::warn!(error = %errors::error_chain(&e), "session reset failed; closing the connection");
                 discard(conn);
             }
             Err(_) => {
@@ -625,7 +625,7 @@ async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
 fn check_params(expected: &[Type], given: &[warmpool::protocol::Param]) -> Result<(), StmtError> {
     if expected.len() != given.len() {
         return Err(StmtError::Sql(WireError::extension(
-            sqlstate::PROTOCOL_VIOLATION,
+            sqlstate::INVALID_PARAMETER_VALUE,
             format!(
                 "the statement has {} parameters but {} were given",
                 expected.len(),

@@ -95,7 +95,8 @@ async fn warmpool_backends(admin: &tokio_postgres::Client) -> Vec<i32> {
         .collect()
 }
 
-/// Server log lines of backend `pid` (the harness sets `log_line_prefix` to `%m [%p] `).
+/// Server log lines of backend `pid` ([`server_logging_disconnections`] sets `log_line_prefix`
+/// to `%m [%p] `).
 fn backend_lines(log: &str, pid: i32) -> Vec<&str> {
     let tag = format!("[{pid}] ");
     log.lines().filter(|l| l.contains(&tag)).collect()
@@ -404,16 +405,24 @@ async fn sigterm_rolls_back_an_open_transaction() {
         tx.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap(),
         1
     );
-    let state: String = admin
+    // The insert's backend holds a transaction id: the transaction is open on the server, and
+    // the row is not visible to anyone else.
+    let open: i64 = admin
         .query_one(
-            "SELECT state FROM pg_stat_activity WHERE application_name = 'warmpool' \
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'warmpool' \
              AND backend_xid IS NOT NULL",
             &[],
         )
         .await
-        .expect("the transaction's backend")
+        .unwrap()
         .get(0);
-    assert_eq!(state, "idle in transaction");
+    assert_eq!(open, 1, "no open transaction on the server");
+    let n: i64 = admin
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
     let pids = warmpool_backends(&admin).await;
 
     let status = ext.terminate();
@@ -453,12 +462,15 @@ async fn sigterm_rolls_back_an_open_transaction() {
 #[tokio::test]
 async fn database_going_away_is_08006_and_recovers() {
     let pg = PgServer::start();
-    let ext = Extension::start(&pg, &[]);
+    let mut ext = Extension::start(&pg, &[]);
     let client = ext.client().await;
     let n: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(n, 1);
 
     pg.stop();
+    // The pooled connection has seen the server go: the next request finds it closed instead of
+    // racing the server's goodbye on it.
+    ext.wait_for_log("database connection ended", LOG_GUARD);
     let e = client
         .query_one("SELECT 1", &[])
         .await

@@ -159,6 +159,10 @@ async fn wrong_host_name_fails_verify_full_but_passes_verify_ca() {
         text.contains("not valid for name") && text.contains("db.invalid.example"),
         "verify-full must fail on the name, and say so: {text}"
     );
+    assert!(
+        !text.contains(pg.password()) && !format!("{e:?}").contains(pg.password()),
+        "the password in DATABASE_URL shows in the error: {text}"
+    );
 
     // The same settings with verify-ca check the chain only, which is good.
     env.retain(|(k, _)| *k != "PGSSLMODE");

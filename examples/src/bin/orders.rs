@@ -1,0 +1,110 @@
+//! An orders function on `lambda_runtime` that reaches PostgreSQL through the warmpool
+//! extension. Deploy it as the `bootstrap` of a `provided.al2023` function with the warmpool
+//! layer attached; it needs no database settings of its own.
+//!
+//! Events (`action` picks one):
+//! - `{"action":"setup"}` creates the table.
+//! - `{"action":"create","customer":"ada","item":"widget","qty":2}` inserts an order and counts
+//!   the customer's orders, in one transaction.
+//! - `{"action":"get","id":1}` reads an order.
+//! - `{"action":"backend"}` returns the server process id of the connection that answered.
+//! - `{"action":"noop"}` touches no database.
+//! - `{"action":"crash_in_transaction","id":1}` locks an order in a transaction and then kills
+//!   the process, as a crashing function would.
+
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+
+/// One client per process, created on first use and shared by every invocation (and, on
+/// Lambda Managed Instances, by concurrent ones).
+static CLIENT: OnceCell<warmpool::Client> = OnceCell::const_new();
+
+async fn client() -> Result<&'static warmpool::Client, warmpool::Error> {
+    CLIENT.get_or_try_init(warmpool::Client::connect).await
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+enum Request {
+    Setup,
+    Create { customer: String, item: String, qty: i32 },
+    Get { id: i64 },
+    Backend,
+    Noop,
+    CrashInTransaction { id: i64 },
+}
+
+async fn handle(event: LambdaEvent<Request>) -> Result<Value, Error> {
+    match event.payload {
+        Request::Setup => {
+            client()
+                .await?
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS orders (
+                        id bigserial PRIMARY KEY,
+                        customer text NOT NULL,
+                        item text NOT NULL,
+                        qty int NOT NULL CHECK (qty > 0),
+                        created_at timestamptz NOT NULL DEFAULT now())",
+                )
+                .await?;
+            Ok(json!({"ok": true}))
+        }
+        Request::Create { customer, item, qty } => {
+            let db = client().await?;
+            let mut tx = db.transaction().await?;
+            let id: i64 = tx
+                .query_one(
+                    "INSERT INTO orders (customer, item, qty) VALUES ($1, $2, $3) RETURNING id",
+                    &[&customer, &item, &qty],
+                )
+                .await?
+                .get(0);
+            let count: i64 = tx
+                .query_one("SELECT count(*) FROM orders WHERE customer = $1", &[&customer])
+                .await?
+                .get(0);
+            tx.commit().await?;
+            Ok(json!({"id": id, "customer_orders": count}))
+        }
+        Request::Get { id } => {
+            let row = client()
+                .await?
+                .query_opt("SELECT customer, item, qty FROM orders WHERE id = $1", &[&id])
+                .await?;
+            Ok(match row {
+                Some(r) => json!({
+                    "id": id,
+                    "customer": r.get::<_, &str>(0),
+                    "item": r.get::<_, &str>(1),
+                    "qty": r.get::<_, i32>(2),
+                }),
+                None => json!({"id": id, "found": false}),
+            })
+        }
+        Request::Backend => {
+            let pid: i32 = client()
+                .await?
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await?
+                .get(0);
+            Ok(json!({"pid": pid, "request_id": event.context.request_id}))
+        }
+        Request::Noop => Ok(json!({"ok": true})),
+        Request::CrashInTransaction { id } => {
+            let db = client().await?;
+            let mut tx = db.transaction().await?;
+            tx.execute("UPDATE orders SET qty = qty + 1000 WHERE id = $1", &[&id])
+                .await?;
+            std::process::exit(70);
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    // Sequential on classic Lambda; concurrent when AWS_LAMBDA_MAX_CONCURRENCY is above 1.
+    lambda_runtime::run_concurrent(service_fn(handle)).await
+}
