@@ -20,38 +20,40 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// returns its path. Building here keeps tests from running a stale binary.
 pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        // target/<profile>/deps/<test> or target/<profile>/<program> → target/<profile>
-        let mut profile_dir = exe.parent().expect("exe has a parent").to_owned();
-        if profile_dir.file_name().is_some_and(|n| n == "deps") {
-            profile_dir.pop();
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "warmpool-extension",
-            "--bin",
-            "warmpool",
-        ]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        if let Some(target_dir) = profile_dir.parent() {
-            cmd.arg("--target-dir").arg(target_dir);
-        }
-        let status = cmd
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cannot run cargo to build the extension");
-        assert!(status.success(), "building the warmpool extension failed");
-        let bin = profile_dir.join("warmpool");
-        assert!(bin.exists(), "{} missing after build", bin.display());
-        bin
-    })
+    BINARY.get_or_init(|| built("warmpool-extension", "warmpool"))
+}
+
+/// The example `orders` function (a `lambda_runtime` bootstrap), built like [`binary`].
+pub fn orders_function() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| built("warmpool-examples", "orders"))
+}
+
+/// Builds `bin` of `package` with the profile of the running test or program.
+pub fn built(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> or target/<profile>/<program> → target/<profile>
+    let mut profile_dir = exe.parent().expect("exe has a parent").to_owned();
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir.pop();
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    if let Some(target_dir) = profile_dir.parent() {
+        cmd.arg("--target-dir").arg(target_dir);
+    }
+    let status = cmd
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cannot run cargo to build a test binary");
+    assert!(status.success(), "building {package} --bin {bin} failed");
+    let path = profile_dir.join(bin);
+    assert!(path.exists(), "{} missing after build", path.display());
+    path
 }
 
 /// A running extension process. Stopped with SIGTERM (then SIGKILL) when dropped.

@@ -7,7 +7,9 @@
 
 pub mod certs;
 pub mod ext;
+pub mod lambda_env;
 pub mod pg;
 
 pub use ext::Extension;
+pub use lambda_env::LambdaEnv;
 pub use pg::PgServer;

@@ -7,6 +7,7 @@
 //! - `{"action":"create","customer":"ada","item":"widget","qty":2}` inserts an order and counts
 //!   the customer's orders, in one transaction.
 //! - `{"action":"get","id":1}` reads an order.
+//! - `{"action":"count"}` counts the orders.
 //! - `{"action":"backend"}` returns the server process id of the connection that answered.
 //! - `{"action":"noop"}` touches no database.
 //! - `{"action":"crash_in_transaction","id":1}` locks an order in a transaction and then kills
@@ -29,11 +30,20 @@ async fn client() -> Result<&'static warmpool::Client, warmpool::Error> {
 #[serde(tag = "action", rename_all = "snake_case")]
 enum Request {
     Setup,
-    Create { customer: String, item: String, qty: i32 },
-    Get { id: i64 },
+    Create {
+        customer: String,
+        item: String,
+        qty: i32,
+    },
+    Get {
+        id: i64,
+    },
+    Count,
     Backend,
     Noop,
-    CrashInTransaction { id: i64 },
+    CrashInTransaction {
+        id: i64,
+    },
 }
 
 async fn handle(event: LambdaEvent<Request>) -> Result<Value, Error> {
@@ -52,7 +62,11 @@ async fn handle(event: LambdaEvent<Request>) -> Result<Value, Error> {
                 .await?;
             Ok(json!({"ok": true}))
         }
-        Request::Create { customer, item, qty } => {
+        Request::Create {
+            customer,
+            item,
+            qty,
+        } => {
             let db = client().await?;
             let mut tx = db.transaction().await?;
             let id: i64 = tx
@@ -63,7 +77,10 @@ async fn handle(event: LambdaEvent<Request>) -> Result<Value, Error> {
                 .await?
                 .get(0);
             let count: i64 = tx
-                .query_one("SELECT count(*) FROM orders WHERE customer = $1", &[&customer])
+                .query_one(
+                    "SELECT count(*) FROM orders WHERE customer = $1",
+                    &[&customer],
+                )
                 .await?
                 .get(0);
             tx.commit().await?;
@@ -72,7 +89,10 @@ async fn handle(event: LambdaEvent<Request>) -> Result<Value, Error> {
         Request::Get { id } => {
             let row = client()
                 .await?
-                .query_opt("SELECT customer, item, qty FROM orders WHERE id = $1", &[&id])
+                .query_opt(
+                    "SELECT customer, item, qty FROM orders WHERE id = $1",
+                    &[&id],
+                )
                 .await?;
             Ok(match row {
                 Some(r) => json!({
@@ -83,6 +103,14 @@ async fn handle(event: LambdaEvent<Request>) -> Result<Value, Error> {
                 }),
                 None => json!({"id": id, "found": false}),
             })
+        }
+        Request::Count => {
+            let n: i64 = client()
+                .await?
+                .query_one("SELECT count(*) FROM orders", &[])
+                .await?
+                .get(0);
+            Ok(json!({"orders": n}))
         }
         Request::Backend => {
             let pid: i32 = client()

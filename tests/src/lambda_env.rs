@@ -1,0 +1,99 @@
+//! An execution environment for end-to-end tests: the local Lambda running the real `warmpool`
+//! extension (as a layer's `extensions/warmpool`) and the example `orders` function, against a
+//! test database.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use local_lambda::{Invocation, LocalLambda, Outcome};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::ext;
+use crate::pg::PgServer;
+
+/// A local Lambda environment with warmpool attached.
+pub struct LambdaEnv {
+    /// The environment; dropping it shuts everything down.
+    pub lambda: LocalLambda,
+    socket: PathBuf,
+    _dir: TempDir,
+}
+
+impl LambdaEnv {
+    /// Classic Lambda (freeze between invocations), the extension configured from `pg` plus
+    /// `env` overrides.
+    pub fn classic(pg: &PgServer, env: &[(&str, &str)]) -> LambdaEnv {
+        LambdaEnv::build(pg, env, 1)
+    }
+
+    /// Lambda Managed Instances with `concurrency` invocations per environment.
+    pub fn managed_instances(pg: &PgServer, env: &[(&str, &str)], concurrency: u32) -> LambdaEnv {
+        LambdaEnv::build(pg, env, concurrency)
+    }
+
+    fn build(pg: &PgServer, env: &[(&str, &str)], concurrency: u32) -> LambdaEnv {
+        let dir = tempfile::Builder::new()
+            .prefix("warmpool-lambda-")
+            .tempdir()
+            .expect("tempdir");
+        let extensions = dir.path().join("extensions");
+        std::fs::create_dir(&extensions).expect("extensions dir");
+        // Lambda names an extension after its file: /opt/extensions/warmpool.
+        std::os::unix::fs::symlink(ext::binary(), extensions.join("warmpool")).expect("symlink");
+        let socket = dir.path().join("warmpool.sock");
+
+        let mut vars = pg.env();
+        vars.push(("WARMPOOL_SOCKET".into(), socket.display().to_string()));
+        vars.push(("WARMPOOL_LOG".into(), "debug".into()));
+        for (k, v) in env {
+            vars.retain(|(name, _)| name != k);
+            vars.push((k.to_string(), v.to_string()));
+        }
+        let mut builder = LocalLambda::builder()
+            .extensions_dir(&extensions)
+            .bootstrap(ext::orders_function())
+            .timeout(Duration::from_secs(10))
+            .concurrency(concurrency);
+        for (k, v) in vars {
+            builder = builder.env(k, v);
+        }
+        LambdaEnv {
+            lambda: builder.build().expect("local lambda"),
+            socket,
+            _dir: dir,
+        }
+    }
+
+    /// The extension's socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Invokes and expects success; panics with the outcome and the extension's log otherwise.
+    pub async fn call(&self, payload: Value) -> Value {
+        let inv = self.lambda.invoke(payload.clone()).await;
+        match inv.outcome {
+            Outcome::Ok(v) => v,
+            other => panic!(
+                "invocation {payload} failed: {other:?}\noutput:\n{}",
+                self.output()
+            ),
+        }
+    }
+
+    /// Invokes and returns whatever happened.
+    pub async fn invoke(&self, payload: Value) -> Invocation {
+        self.lambda.invoke(payload).await
+    }
+
+    /// Everything every process has written.
+    pub fn output(&self) -> String {
+        self.lambda
+            .output()
+            .iter()
+            .map(|l| format!("{l:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
