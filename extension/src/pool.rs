@@ -105,7 +105,8 @@ pub enum BuildError {
 #[derive(Clone, Debug)]
 pub struct Pool {
     inner: managed::Pool<Manager>,
-    /// How many thaw checks are running; while one is, a request waits for it rather than open
+    /// How many thaw checks and session resets are running on connections taken out of the
+    /// idle list; while one is, a request with no idle connection waits for it rather than open
     /// a new connection beside the ones being checked.
     checking: Arc<watch::Sender<usize>>,
     wait_timeout: Duration,
@@ -131,6 +132,13 @@ impl Pool {
         self.inner.manager().reset_timeout
     }
 
+    /// Marks maintenance on a connection (a reset) as running until the guard is dropped; drop
+    /// the connection first, so a waiter finds it idle.
+    pub fn maintenance(&self) -> Maintenance {
+        self.checking.send_modify(|n| *n += 1);
+        Maintenance(self.checking.clone())
+    }
+
     /// The environment has just thawed: every idle connection is suspect. Starts checking them
     /// all at once in the background, replacing any that died, and returns at once.
     pub fn check_after_thaw(&self) -> tokio::task::JoinHandle<usize> {
@@ -139,15 +147,25 @@ impl Pool {
             .thaw_epoch
             .fetch_add(1, Ordering::AcqRel);
         let idle = self.inner.status().available;
-        self.checking.send_modify(|n| *n += 1);
+        let guard = self.maintenance();
         let pool = self.clone();
         tokio::spawn(async move {
             let checked = join_all((0..idle).map(|_| pool.inner.get())).await;
             let ok = checked.iter().filter(|c| c.is_ok()).count();
             drop(checked);
-            pool.checking.send_modify(|n| *n -= 1);
+            drop(guard);
             ok
         })
+    }
+}
+
+/// Maintenance in progress; see [`Pool::maintenance`].
+#[derive(Debug)]
+pub struct Maintenance(Arc<watch::Sender<usize>>);
+
+impl Drop for Maintenance {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 

@@ -511,7 +511,9 @@ fn release(mut conn: PooledConn, shared: Arc<Shared>) {
         return;
     }
     let budget = shared.config.reset_timeout;
+    let guard = shared.pool.maintenance();
     tokio::spawn(async move {
+        let _guard = guard;
         match tokio::time::timeout(budget, conn.reset()).await {
             Ok(Ok(())) => drop(conn),
             Ok(Err(e)) => {
