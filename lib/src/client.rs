@@ -301,11 +301,13 @@ impl<'a> TransactionBuilder<'a> {
 #[cfg(test)]
 mod tests {
     fn shareable<T: Clone + Send + Sync + 'static>() {}
+    fn sendable<T: Send + Sync + 'static>() {}
 
     #[test]
     fn client_is_clone_send_sync() {
         shareable::<super::Client>();
-        shareable::<crate::Error>();
         shareable::<crate::Statement>();
+        sendable::<crate::Error>();
+        sendable::<crate::Row>();
     }
 }
