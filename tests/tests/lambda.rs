@@ -280,3 +280,28 @@ async fn managed_instances_serve_concurrent_invocations() {
     assert!(!env.lambda.is_frozen(), "never frozen");
     assert!(warmpool_backends(&pg).await.len() <= 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_when_the_database_hangs() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let pg = PgServer::start();
+    let env = LambdaEnv::classic(&pg, &[("WARMPOOL_WARM_SIZE", "2")]);
+    env.call(json!({"action": "setup"})).await;
+    backend_pid(&env).await;
+    let backends = warmpool_backends(&pg).await;
+    assert!(!backends.is_empty());
+    // The server processes behind warmpool's connections stop answering.
+    for pid in &backends {
+        kill(Pid::from_raw(*pid), Signal::SIGSTOP).unwrap();
+    }
+    let report = env.lambda.shutdown().await;
+    for pid in &backends {
+        kill(Pid::from_raw(*pid), Signal::SIGCONT).unwrap();
+    }
+    let ext = report.extension("warmpool").expect("warmpool took part in the shutdown");
+    assert!(ext.shutdown_delivered, "{report}");
+    assert!(!ext.killed, "closes are bounded, so the extension exits on its own: {report}");
+    eprintln!("{report}");
+}
