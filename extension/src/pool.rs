@@ -132,6 +132,16 @@ impl Pool {
         self.inner.manager().reset_timeout
     }
 
+    /// Asks the server to cancel whatever `token`'s connection is running, over a new connection
+    /// with the same TLS settings, as PostgreSQL's CancelRequest requires:
+    /// <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-CANCELING-REQUESTS>.
+    pub async fn cancel(
+        &self,
+        token: &tokio_postgres::CancelToken,
+    ) -> Result<(), tokio_postgres::Error> {
+        token.cancel_query(self.inner.manager().tls.clone()).await
+    }
+
     /// Marks maintenance on a connection (a reset) as running until the guard is dropped; drop
     /// the connection first, so a waiter finds it idle.
     pub fn maintenance(&self) -> Maintenance {

@@ -75,6 +75,9 @@ enum StmtError {
     Lost(WireError),
     /// The client's socket failed; the session is over.
     Client(io::Error),
+    /// The client went away while the statement ran: the statement must be cancelled on the
+    /// server before its connection can be used again.
+    Gone(tokio_postgres::CancelToken),
 }
 
 impl StmtError {
@@ -213,6 +216,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(StmtError::Client(e)) => {
                 lease.release(self);
                 return Err(e);
+            }
+            Err(StmtError::Gone(token)) => {
+                let mut lease = lease;
+                let settled = settle(
+                    &self.shared.pool,
+                    lease.conn(),
+                    &token,
+                    self.config().reset_timeout,
+                )
+                .await;
+                tracing::info!(
+                    settled,
+                    "the client left mid-statement; cancelled it on the server"
+                );
+                lease.fail(self, settled);
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the client went away",
+                ));
             }
             Err(StmtError::Sql(e)) => {
                 lease.fail(self, true);
@@ -577,7 +599,11 @@ async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
             .await
             .map_err(|e| StmtError::from_pg(&e))
     };
-    let (began, stream) = tokio::join!(send_begin(client, begin), statement);
+    let cancel = client.cancel_token();
+    let (began, stream) = watch(framed, &cancel, async {
+        tokio::join!(send_begin(client, begin), statement)
+    })
+    .await?;
     began.map_err(|e| StmtError::from_pg(&e))?;
     if begin.is_some() {
         *in_transaction = true;
@@ -586,9 +612,8 @@ async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
 
     let mut rows = Vec::new();
     let mut bytes = 0;
-    while let Some(row) = stream
-        .try_next()
-        .await
+    while let Some(row) = watch(framed, &cancel, stream.try_next())
+        .await?
         .map_err(|e| StmtError::from_pg(&e))?
     {
         let raw = RawRow {
@@ -622,6 +647,45 @@ async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
         framed.queue_response(&Response::Rows(rows));
     }
     Ok(stream.rows_affected().unwrap_or(0))
+}
+
+/// Runs `work` unless the client closes its socket first, in which case the statement `work`
+/// started must be cancelled. A long statement (a lock wait, `pg_sleep`) would otherwise keep
+/// running, and holding its locks, for a client that is gone.
+async fn watch<S, T>(
+    framed: &mut Framed<S>,
+    cancel: &tokio_postgres::CancelToken,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, StmtError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::select! {
+        biased;
+        out = work => Ok(out),
+        _ = framed.closed() => Err(StmtError::Gone(cancel.clone())),
+    }
+}
+
+/// Cancels what the connection is running and waits until it is idle again, so the cancel
+/// cannot hit the next statement; false if that did not happen within `budget`.
+async fn settle(
+    pool: &crate::pool::Pool,
+    conn: &mut PgConn,
+    token: &tokio_postgres::CancelToken,
+    budget: Duration,
+) -> bool {
+    let settled = tokio::time::timeout(budget, async {
+        if let Err(e) = pool.cancel(token).await {
+            tracing::warn!(error = %errors::error_chain(&e), "CancelRequest failed");
+            return false;
+        }
+        // The empty query queues behind the cancelled statement; if the cancel lands on it
+        // instead, the second one proves the connection is idle.
+        conn.check().await.is_ok() || conn.check().await.is_ok()
+    })
+    .await;
+    matches!(settled, Ok(true))
 }
 
 fn check_params(expected: &[Type], given: &[warmpool::protocol::Param]) -> Result<(), StmtError> {

@@ -107,6 +107,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         }
     }
 
+    /// Resolves once the peer has closed its end of the stream. Bytes that arrive in the
+    /// meantime (a pipelined request) are kept for the next [`Framed::read`]; once a whole
+    /// frame's worth is buffered it stops reading, so a busy peer cannot make it buffer more.
+    ///
+    /// Cancel safe: this is what a server selects on while a long statement runs, to notice a
+    /// client that went away.
+    pub async fn closed(&mut self) -> io::Result<()> {
+        loop {
+            if self.read_buf.len() > self.max_frame + HEADER_LEN {
+                return std::future::pending().await;
+            }
+            if self.read_buf.capacity() == self.read_buf.len() {
+                self.read_buf.reserve(8 * 1024);
+            }
+            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
     /// Queues a frame to be written by the next [`Framed::flush`], unless it is larger than the
     /// frame limit, which the peer would refuse.
     pub fn queue_request(&mut self, frame: &Request) -> Result<(), FrameError> {
