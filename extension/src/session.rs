@@ -77,7 +77,7 @@ enum StmtError {
     Client(io::Error),
     /// The client went away while the statement ran: the statement must be cancelled on the
     /// server before its connection can be used again.
-    Gone(tokio_postgres::CancelToken),
+    Gone(Box<tokio_postgres::CancelToken>),
 }
 
 impl StmtError {
@@ -663,7 +663,7 @@ where
     tokio::select! {
         biased;
         out = work => Ok(out),
-        _ = framed.closed() => Err(StmtError::Gone(cancel.clone())),
+        _ = framed.closed() => Err(StmtError::Gone(Box::new(cancel.clone()))),
     }
 }
 
