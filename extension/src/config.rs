@@ -119,6 +119,15 @@ pub struct Config {
     /// be opened. Default `false`: the failure is logged and connections are retried on demand,
     /// so a function that does not touch the database keeps working.
     pub init_require_database: bool,
+    /// `WARMPOOL_MAX_SESSIONS`: most client sessions (socket connections) served at once; past
+    /// it a new session waits up to the wait timeout, then gets 53300. Default 1024.
+    pub max_sessions: usize,
+    /// `WARMPOOL_HANDSHAKE_TIMEOUT_MS`: how long a new session may take to send Hello.
+    /// Default 5000.
+    pub handshake_timeout: Duration,
+    /// `WARMPOOL_LOG_STATEMENTS`: log every statement with its parameter values at debug level,
+    /// for debugging. Default `false`: parameters can hold secrets and personal data.
+    pub log_statements: bool,
     /// `AWS_LAMBDA_MAX_CONCURRENCY`, set by Lambda Managed Instances: concurrent invocations per
     /// environment. Above 1 the environment is never frozen and extensions register for SHUTDOWN
     /// only. Default 1 (classic Lambda).
@@ -151,6 +160,12 @@ pub mod defaults {
     pub const MAX_FRAME_BYTES: usize = warmpool::protocol::DEFAULT_MAX_FRAME;
     /// `WARMPOOL_INIT_REQUIRE_DATABASE`.
     pub const INIT_REQUIRE_DATABASE: bool = false;
+    /// `WARMPOOL_MAX_SESSIONS`.
+    pub const MAX_SESSIONS: usize = 1024;
+    /// `WARMPOOL_HANDSHAKE_TIMEOUT_MS`.
+    pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+    /// `WARMPOOL_LOG_STATEMENTS`.
+    pub const LOG_STATEMENTS: bool = false;
     /// `PGPORT`.
     pub const PORT: u16 = 5432;
     /// `PGAPPNAME`.
@@ -298,6 +313,12 @@ impl Config {
                 defaults::INIT_REQUIRE_DATABASE,
             )?,
             max_concurrency,
+            max_sessions: parse(&get, "WARMPOOL_MAX_SESSIONS", defaults::MAX_SESSIONS)?,
+            handshake_timeout: ms(
+                "WARMPOOL_HANDSHAKE_TIMEOUT_MS",
+                defaults::HANDSHAKE_TIMEOUT_MS,
+            )?,
+            log_statements: parse(&get, "WARMPOOL_LOG_STATEMENTS", defaults::LOG_STATEMENTS)?,
         };
         config.validate()?;
         Ok(config)
@@ -312,6 +333,12 @@ impl Config {
         };
         if self.max_concurrency == 0 {
             return fail("AWS_LAMBDA_MAX_CONCURRENCY", "must be at least 1");
+        }
+        if self.max_sessions == 0 {
+            return fail("WARMPOOL_MAX_SESSIONS", "must be at least 1");
+        }
+        if self.handshake_timeout.is_zero() {
+            return fail("WARMPOOL_HANDSHAKE_TIMEOUT_MS", "must be greater than zero");
         }
         if self.max_size == 0 {
             return fail("WARMPOOL_MAX_SIZE", "must be at least 1");

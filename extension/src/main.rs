@@ -11,11 +11,15 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let directives = std::env::var("WARMPOOL_LOG").unwrap_or_else(|_| "info".into());
-    let mut filter = EnvFilter::new(&directives);
-    if !directives.contains("tokio_postgres") {
-        // tokio-postgres logs bound parameter values at debug level; they may be secrets.
-        filter = filter.add_directive("tokio_postgres=info".parse().expect("static directive"));
-    }
+    // tokio-postgres logs every statement with its bound parameter values at debug level, and
+    // those may be secrets: only WARMPOOL_LOG_STATEMENTS=true lets them through.
+    let statements = if std::env::var("WARMPOOL_LOG_STATEMENTS").as_deref() == Ok("true") {
+        "tokio_postgres=debug"
+    } else {
+        "tokio_postgres=info"
+    };
+    let filter =
+        EnvFilter::new(&directives).add_directive(statements.parse().expect("static directive"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -3,9 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use warmpool::protocol::{sqlstate, Response, WireError};
+use warmpool::transport::Framed;
 
 use crate::session::{self, Shared};
 
@@ -22,6 +25,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let mut sessions = JoinSet::new();
+    let permits = Arc::new(Semaphore::new(shared.config.max_sessions));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -39,7 +43,7 @@ pub async fn serve(
                             continue;
                         }
                     }
-                    sessions.spawn(session::run(stream, shared.clone(), shutdown.clone()));
+                    sessions.spawn(admit(stream, permits.clone(), shared.clone(), shutdown.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: back off instead of spinning.
@@ -51,4 +55,36 @@ pub async fn serve(
     }
     drop(listener);
     while sessions.join_next().await.is_some() {}
+}
+
+/// Serves a session once one of `WARMPOOL_MAX_SESSIONS` slots is free; a session that waits
+/// longer than the wait timeout is told why (53300) and closed, never left hanging.
+async fn admit(
+    stream: UnixStream,
+    permits: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let wait = shared.config.wait_timeout;
+    match tokio::time::timeout(wait, permits.acquire_owned()).await {
+        Ok(Ok(_permit)) => session::run(stream, shared, shutdown).await,
+        _ => {
+            tracing::warn!(
+                max_sessions = shared.config.max_sessions,
+                "refused a session: too many sessions"
+            );
+            let e = WireError::extension(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                format!(
+                    "too many sessions: all {} (WARMPOOL_MAX_SESSIONS) are in use, and none became \
+                     free within {} ms (WARMPOOL_WAIT_TIMEOUT_MS)",
+                    shared.config.max_sessions,
+                    wait.as_millis()
+                ),
+            );
+            let mut framed = Framed::new(stream, shared.config.max_frame);
+            framed.queue_response(&Response::Error(e));
+            let _ = framed.flush().await;
+        }
+    }
 }

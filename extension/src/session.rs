@@ -31,9 +31,6 @@ use crate::conn::PgConn;
 use crate::errors;
 use crate::pool::{Pool, PooledConn};
 
-/// How long a new session may take to send Hello.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Rows are sent in frames of about this many bytes, so a large result streams instead of being
 /// held whole in memory.
 const ROWS_CHUNK: usize = 64 * 1024;
@@ -115,7 +112,11 @@ struct Session<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Reads Hello and answers it; false if the session must end.
     async fn handshake(&mut self) -> bool {
-        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.framed.read::<Request>()).await;
+        let first = tokio::time::timeout(
+            self.shared.config.handshake_timeout,
+            self.framed.read::<Request>(),
+        )
+        .await;
         let refusal = match first {
             Err(_) => errors::protocol("no Hello within the handshake timeout"),
             Ok(Ok(Some(Request::Hello(Hello { version, client })))) => {
