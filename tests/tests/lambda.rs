@@ -300,8 +300,13 @@ async fn shutdown_is_bounded_when_the_database_hangs() {
     for pid in &backends {
         kill(Pid::from_raw(*pid), Signal::SIGCONT).unwrap();
     }
-    let ext = report.extension("warmpool").expect("warmpool took part in the shutdown");
+    let ext = report
+        .extension("warmpool")
+        .expect("warmpool took part in the shutdown");
     assert!(ext.shutdown_delivered, "{report}");
-    assert!(!ext.killed, "closes are bounded, so the extension exits on its own: {report}");
+    assert!(
+        !ext.killed,
+        "closes are bounded, so the extension exits on its own: {report}"
+    );
     eprintln!("{report}");
 }

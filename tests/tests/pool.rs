@@ -265,17 +265,28 @@ async fn sessions_past_the_limit_wait_then_get_53300() {
     let pg = PgServer::start();
     let ext = Extension::start(
         &pg,
-        &[("WARMPOOL_MAX_SESSIONS", "2"), ("WARMPOOL_WAIT_TIMEOUT_MS", "300")],
+        &[
+            ("WARMPOOL_MAX_SESSIONS", "2"),
+            ("WARMPOOL_WAIT_TIMEOUT_MS", "300"),
+        ],
     );
     // Each client keeps its first session open.
     let a = ext.client().await;
     let b = ext.client().await;
-    let err = warmpool::Client::connect_to(ext.socket()).await.unwrap_err();
+    let err = warmpool::Client::connect_to(ext.socket())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
     assert!(err.to_string().contains("WARMPOOL_MAX_SESSIONS"), "{err}");
     // A freed slot admits the next session.
     drop(b);
     let c = ext.client().await;
-    assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
-    assert_eq!(a.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0), 2);
+    assert_eq!(
+        c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
+    assert_eq!(
+        a.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0),
+        2
+    );
 }
