@@ -1,1 +1,340 @@
-fn main() {}
+//! warmpool's load test: what it saves against connect-per-invocation, in-function static
+//! connections and PgBouncer, measured in one run on one private PostgreSQL (TLS, SCRAM).
+//!
+//! ```text
+//! cargo run --release -p warmpool-bench            # the full run (a few minutes)
+//! cargo run --release -p warmpool-bench -- --quick # smaller counts (under two minutes)
+//! cargo run --release -p warmpool-bench -- --help
+//! ```
+//!
+//! See bench/README.md for the method. Results go to bench/results/.
+
+mod lambda;
+mod micro;
+mod pgbouncer;
+mod report;
+mod setup;
+mod stats;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use lambda::{Scenario, Workload};
+
+const USAGE: &str = "\
+usage: warmpool-bench [--quick] [options]
+
+Starts a private PostgreSQL (TLS, scram-sha-256) and a PgBouncer, then measures:
+the socket hop (micro), the scenarios through the local Lambda at each concurrency level,
+cold starts, server connections, and a server-side kill during a freeze.
+
+  --quick                 smaller counts and levels 1,8 (under two minutes)
+  --levels 1,8,32         concurrent environments (each its own local Lambda)
+  --invocations N         measured invocations per workload and level, spread over the
+                          environments (default 1000; quick 120)
+  --rounds N              scenarios alternate in N rounds of bursts (default 10; quick 3)
+  --scenarios LIST        connect,static-naive,static-prepared,warmpool,pgbouncer
+  --workloads w1,w2       which workloads
+  --w2-selects N          point selects in W2 (default 3)
+  --rows N                rows in the seeded table (default 10000)
+  --pgbouncer-pool N      PgBouncer default_pool_size (default 10)
+  --micro-seconds S       seconds per micro-benchmark load (default 2; quick 0.5)
+  --micro-concurrency L   concurrency levels of the micro-benchmark (default 1,4)
+  --no-micro, --no-lambda, --no-kill   skip a part
+  --extension PATH        the extension binary to measure (default: build it)
+  --out DIR               results directory (default bench/results)
+  --name NAME             results file name (default latest; quick)
+
+warmpool-bench --render bench/results/latest.json
+                          writes the Markdown, the chart (and, for a full run, the README
+                          summary) again from a results file";
+
+pub struct Opts {
+    pub quick: bool,
+    pub levels: Vec<usize>,
+    pub invocations: usize,
+    pub rounds: usize,
+    pub scenarios: Vec<Scenario>,
+    pub workloads: Vec<Workload>,
+    pub w2_selects: usize,
+    pub rows: u32,
+    pub pgbouncer_pool: u32,
+    pub micro_seconds: f64,
+    pub micro_concurrency: Vec<usize>,
+    pub micro: bool,
+    pub lambda: bool,
+    pub kill: bool,
+    pub extension: Option<PathBuf>,
+    pub out: PathBuf,
+    pub name: String,
+    pub args: Vec<String>,
+}
+
+fn list<T>(s: &str, f: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, String> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| f(x.trim()).ok_or_else(|| format!("bad value {x:?}")))
+        .collect()
+}
+
+fn parse_args() -> Result<Opts, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut o = Opts {
+        quick,
+        levels: if quick { vec![1, 8] } else { vec![1, 8, 32] },
+        invocations: if quick { 120 } else { 1000 },
+        rounds: if quick { 3 } else { 10 },
+        scenarios: Scenario::ALL.to_vec(),
+        workloads: vec![Workload::W1, Workload::W2],
+        w2_selects: 3,
+        rows: 10_000,
+        pgbouncer_pool: 10,
+        micro_seconds: if quick { 0.5 } else { 2.0 },
+        micro_concurrency: vec![1, 4],
+        micro: true,
+        lambda: true,
+        kill: true,
+        extension: None,
+        out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),
+        name: if quick { "quick" } else { "latest" }.into(),
+        args: args.clone(),
+    };
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let mut v = || it.next().ok_or(format!("{a} needs a value"));
+        let num = |s: String| s.parse::<usize>().map_err(|_| format!("not a number: {s}"));
+        match a.as_str() {
+            "--quick" => {}
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--levels" => o.levels = list(&v()?, |x| x.parse().ok().filter(|&n| n > 0))?,
+            "--invocations" => o.invocations = num(v()?)?.max(1),
+            "--rounds" => o.rounds = num(v()?)?.clamp(1, 100),
+            "--scenarios" => o.scenarios = list(&v()?, Scenario::parse)?,
+            "--workloads" => {
+                o.workloads = list(&v()?, |x| match x.to_ascii_lowercase().as_str() {
+                    "w1" => Some(Workload::W1),
+                    "w2" => Some(Workload::W2),
+                    _ => None,
+                })?
+            }
+            "--w2-selects" => o.w2_selects = num(v()?)?.clamp(1, 100),
+            "--rows" => o.rows = num(v()?)?.clamp(100, 10_000_000) as u32,
+            "--pgbouncer-pool" => o.pgbouncer_pool = num(v()?)?.clamp(1, 200) as u32,
+            "--micro-seconds" => {
+                let s = v()?;
+                o.micro_seconds = s
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| (0.05..=60.0).contains(x))
+                    .ok_or(format!("bad seconds {s}"))?
+            }
+            "--micro-concurrency" => {
+                o.micro_concurrency =
+                    list(&v()?, |x| x.parse().ok().filter(|&n| (1..=16).contains(&n)))?
+            }
+            "--no-micro" => o.micro = false,
+            "--no-lambda" => o.lambda = false,
+            "--no-kill" => o.kill = false,
+            "--extension" => o.extension = Some(PathBuf::from(v()?)),
+            "--out" => o.out = PathBuf::from(v()?),
+            "--name" => o.name = v()?,
+            other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
+        }
+    }
+    if o.levels.iter().any(|&l| l > 64) {
+        return Err("at most 64 environments at once on this machine".into());
+    }
+    Ok(o)
+}
+
+fn main() {
+    // The floor's echo process: this binary, started again by itself.
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("--pingpong-echo") {
+        if let Some(path) = args.next() {
+            micro::echo(std::path::Path::new(&path));
+        }
+        return;
+    }
+    if let (Some("--render"), Some(path)) =
+        (std::env::args().nth(1).as_deref(), std::env::args().nth(2))
+    {
+        match report::render_file(std::path::Path::new(&path)) {
+            Ok(written) => written
+                .iter()
+                .for_each(|p| eprintln!("wrote {}", p.display())),
+            Err(e) => {
+                eprintln!("warmpool-bench: {e}");
+                std::process::exit(2);
+            }
+        }
+        return;
+    }
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("warmpool-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let load = report::loadavg();
+    if load
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse::<f64>().ok())
+        .is_some_and(|l| l > 1.5)
+    {
+        eprintln!("warning: load average {load}: other work is running; numbers will be noisier");
+    }
+    if !setup::is_release() {
+        eprintln!("warning: a debug build; run with --release for meaningful numbers");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(opts));
+}
+
+/// Progress on stderr, with the seconds since the start.
+macro_rules! progress {
+    ($started:expr, $($arg:tt)*) => {
+        eprintln!("[{:6.1} s] {}", $started.elapsed().as_secs_f64(), format!($($arg)*))
+    };
+}
+
+async fn run(opts: Opts) {
+    let started = Instant::now();
+    progress!(started, "building the extension and the bench function ...");
+    let extension = match &opts.extension {
+        Some(path) => path.clone(),
+        None => warmpool_tests::ext::binary().to_path_buf(),
+    };
+    let function = setup::build_function();
+
+    progress!(
+        started,
+        "starting PostgreSQL (TLS, scram-sha-256) and seeding {} rows ...",
+        opts.rows
+    );
+    let pg = setup::start_postgres();
+    let roles: Vec<String> = Scenario::ALL.iter().map(|&s| lambda::role(s)).collect();
+    setup::seed(&pg, opts.rows, &roles);
+
+    let mut results = report::Results::new(&opts, &pg, &extension);
+
+    if opts.micro {
+        progress!(started, "micro-benchmark of the socket hop ...");
+        results.micro = Some(
+            micro::run(
+                &pg,
+                &extension,
+                Duration::from_secs_f64(opts.micro_seconds),
+                &opts.micro_concurrency,
+                if opts.quick { 5_000 } else { 20_000 },
+            )
+            .await,
+        );
+    }
+
+    let need_bouncer = (opts.lambda || opts.kill) && opts.scenarios.contains(&Scenario::Pgbouncer);
+    let bouncer = if need_bouncer {
+        progress!(
+            started,
+            "PgBouncer: building or finding a current release ..."
+        );
+        match pgbouncer::find_or_build() {
+            Ok(b) => {
+                if let Some(l) = &b.limitation {
+                    eprintln!("  warning: {l}");
+                }
+                results.pgbouncer = Some(report::BouncerInfo {
+                    version: b.version.clone(),
+                    limitation: b.limitation.clone(),
+                    pool_size: opts.pgbouncer_pool,
+                });
+                Some(b)
+            }
+            Err(e) => {
+                eprintln!("  {e}: the pgbouncer scenario is skipped");
+                results.notes.push(format!("PgBouncer unavailable: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let layer = tempfile::Builder::new()
+        .prefix("warmpool-bench-layer-")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::os::unix::fs::symlink(&extension, layer.path().join("warmpool"))
+        .expect("symlink the extension");
+    let sockets = tempfile::Builder::new()
+        .prefix("warmpool-bench-sock-")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let ctx = lambda::Ctx {
+        pg: &pg,
+        function,
+        layer: layer.path().to_owned(),
+        sockets: sockets.path().to_owned(),
+        pgbouncer: bouncer,
+        pgbouncer_pool: opts.pgbouncer_pool,
+        rows: opts.rows,
+        w2_selects: opts.w2_selects,
+        warmup: if opts.quick { 2 } else { 6 },
+        phase_limit: Duration::from_secs(if opts.quick { 20 } else { 90 }),
+        timeout: Duration::from_secs(10),
+    };
+
+    if opts.lambda {
+        for &level in &opts.levels {
+            let per_env = opts.invocations.div_ceil(level).max(opts.rounds);
+            progress!(
+                started,
+                "{level} environment(s) per scenario, {per_env} invocations each per workload, \
+                 interleaved in {} rounds ...",
+                opts.rounds
+            );
+            let runs = lambda::run_level(
+                &ctx,
+                &opts.scenarios,
+                level,
+                per_env,
+                opts.rounds,
+                &opts.workloads,
+            )
+            .await;
+            for r in runs {
+                eprintln!(" {}", r.scenario.name());
+                report::print_run(&r);
+                results.runs.push(r);
+            }
+        }
+    }
+    if opts.kill {
+        for &scenario in &opts.scenarios {
+            progress!(
+                started,
+                "server kill during a freeze: {} ...",
+                scenario.name()
+            );
+            let k = lambda::after_kill(&ctx, scenario, Duration::from_millis(1500)).await;
+            results.after_kill.push(k);
+        }
+    }
+
+    results.elapsed_s = started.elapsed().as_secs_f64();
+    results.machine.load_end = report::loadavg();
+    let written = report::write(&results, &opts);
+    for path in written {
+        eprintln!("wrote {}", path.display());
+    }
+    progress!(started, "done");
+}

@@ -1,0 +1,516 @@
+//! The micro-benchmark of the socket hop: the same statements through warmpool and on pooled
+//! tokio-postgres connections inside this process, against the same server, in the same run;
+//! plus the floor, a raw Unix-socket ping-pong between two processes.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::pin::Pin;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use warmpool_tests::PgServer;
+
+use crate::stats::Summary;
+
+/// The 100-row statement: a range of the seeded table.
+const ROWS100: &str =
+    "SELECT id, name, balance FROM bench_accounts WHERE id BETWEEN $1 AND $1 + 99";
+const SELECT1: &str = "SELECT 1";
+/// Direct and warmpool loads alternate in this many rounds, so that bursts of other work on the
+/// machine touch both alike.
+const ROUNDS: u32 = 10;
+/// Bytes per ping-pong message, about the size of a small request frame.
+const PING_BYTES: usize = 32;
+
+/// One load: `concurrency` tasks, each running one statement after another.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Load {
+    pub concurrency: usize,
+    pub latency: Summary,
+    pub ops_per_s: f64,
+}
+
+/// One statement, direct and through warmpool, at one concurrency.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Comparison {
+    pub statement: String,
+    pub concurrency: usize,
+    pub direct: Load,
+    pub warmpool: Load,
+    /// warmpool's p50 minus the direct p50, µs per query.
+    pub overhead_p50_us: f64,
+    /// warmpool's mean minus the direct mean (mean = concurrency / throughput), µs per query.
+    pub overhead_mean_us: f64,
+    /// warmpool's throughput over the direct throughput.
+    pub throughput_ratio: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MicroResults {
+    pub seconds_per_load: f64,
+    /// Raw Unix-socket ping-pong between two processes, one at a time.
+    pub floor: Summary,
+    /// `Client::ping` through warmpool: the hop without a database.
+    pub warmpool_ping: Load,
+    pub comparisons: Vec<Comparison>,
+    /// Extension start to socket bound ("listening"), median of several starts, µs.
+    pub start_to_listening_us: f64,
+    /// Extension start to its warm connection open, median, µs.
+    pub start_to_warm_us: f64,
+    /// The extension's peak RSS after the loads (pool of 4 warm), KiB.
+    pub extension_peak_rss_kib: Option<u64>,
+}
+
+type Op =
+    Arc<dyn Fn(usize) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// Runs `op(task)` in `concurrency` tasks for `duration` (at most `max_ops` each), after
+/// `warmup` untimed calls per task.
+async fn load(
+    op: Op,
+    concurrency: usize,
+    duration: Duration,
+    warmup: usize,
+    max_ops: usize,
+) -> (Vec<f64>, usize, usize, Duration) {
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    let deadline = started + duration;
+    for t in 0..concurrency {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..warmup {
+                let _ = op(t).await;
+            }
+            let mut samples = Vec::with_capacity(4096);
+            let mut errors = 0;
+            let mut busy = Duration::ZERO;
+            while samples.len() + errors < max_ops && Instant::now() < deadline {
+                let s = Instant::now();
+                let r = op(t).await;
+                let d = s.elapsed();
+                busy += d;
+                match r {
+                    Ok(()) => samples.push(d.as_secs_f64() * 1e6),
+                    Err(_) => errors += 1,
+                }
+            }
+            (samples, errors, busy)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    let mut busy = Duration::ZERO;
+    for t in tasks {
+        let (s, e, b) = t.await.expect("load task");
+        all.extend(s);
+        errors += e;
+        busy = busy.max(b);
+    }
+    let n = all.len();
+    (all, n, errors, busy)
+}
+
+/// Alternates direct and warmpool loads in `rounds` rounds, merging the samples, so drift on
+/// the machine touches both alike.
+async fn compare(
+    statement: &str,
+    direct: Op,
+    warmpool: Op,
+    concurrency: usize,
+    per_load: Duration,
+    rounds: u32,
+) -> Comparison {
+    let mut d = (Vec::new(), 0usize, Duration::ZERO);
+    let mut w = (Vec::new(), 0usize, Duration::ZERO);
+    for _ in 0..rounds {
+        for (op, acc) in [(&direct, &mut d), (&warmpool, &mut w)] {
+            let (s, _, e, busy) =
+                load(op.clone(), concurrency, per_load / rounds, 50, 1_000_000).await;
+            acc.0.extend(s);
+            acc.1 += e;
+            acc.2 += busy;
+        }
+    }
+    let summarise = |(samples, errors, busy): (Vec<f64>, usize, Duration)| Load {
+        concurrency,
+        ops_per_s: samples.len() as f64 / busy.as_secs_f64().max(1e-9),
+        latency: Summary::of(&samples, errors),
+    };
+    let direct = summarise(d);
+    let warmpool = summarise(w);
+    Comparison {
+        statement: statement.to_owned(),
+        concurrency,
+        overhead_p50_us: warmpool.latency.p50_us - direct.latency.p50_us,
+        overhead_mean_us: (concurrency as f64 * 1e6 / warmpool.ops_per_s)
+            - (concurrency as f64 * 1e6 / direct.ops_per_s),
+        throughput_ratio: warmpool.ops_per_s / direct.ops_per_s,
+        direct,
+        warmpool,
+    }
+}
+
+struct DirectConn {
+    client: tokio_postgres::Client,
+    select1: tokio_postgres::Statement,
+    rows100: tokio_postgres::Statement,
+}
+
+pub async fn run(
+    pg: &PgServer,
+    extension: &Path,
+    per_load: Duration,
+    concurrencies: &[usize],
+    floor_iters: usize,
+) -> MicroResults {
+    let max_conc = concurrencies.iter().copied().max().unwrap_or(1);
+    let (start_to_listening_us, start_to_warm_us) = start_times(pg, extension, 5);
+    // The floor, half before the loads and half after them.
+    let before = tokio::task::spawn_blocking(move || socket_floor(floor_iters / 2))
+        .await
+        .expect("floor task");
+    let mut floor_samples = before.0;
+
+    let size = max_conc.to_string();
+    let ext = Ext::start(
+        pg,
+        extension,
+        &[
+            ("WARMPOOL_MAX_SIZE", size.as_str()),
+            ("WARMPOOL_WARM_SIZE", size.as_str()),
+        ],
+    );
+    ext.wait_for("pool warmed", Duration::from_secs(30))
+        .expect("the extension opened its warm connections");
+
+    // The in-process pool: one TLS connection per task, statements prepared once.
+    let mut direct = Vec::new();
+    for _ in 0..max_conc {
+        let client = pg.tokio_client().await;
+        let select1 = client.prepare(SELECT1).await.expect("prepare");
+        let rows100 = client.prepare(ROWS100).await.expect("prepare");
+        direct.push(DirectConn {
+            client,
+            select1,
+            rows100,
+        });
+    }
+    let direct = Arc::new(direct);
+    let wp = warmpool::Client::connect_to(&ext.socket)
+        .await
+        .expect("connect to the extension");
+    let wp_select1 = wp.prepare(SELECT1).await.expect("prepare through warmpool");
+    let wp_rows100 = wp.prepare(ROWS100).await.expect("prepare through warmpool");
+
+    let d1: Op = {
+        let direct = direct.clone();
+        Arc::new(move |t| {
+            let direct = direct.clone();
+            Box::pin(async move {
+                let c = &direct[t];
+                let row = c
+                    .client
+                    .query_one(&c.select1, &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _: i32 = row.get(0);
+                Ok(())
+            })
+        })
+    };
+    let w1: Op = {
+        let (wp, st) = (wp.clone(), wp_select1.clone());
+        Arc::new(move |_| {
+            let (wp, st) = (wp.clone(), st.clone());
+            Box::pin(async move {
+                let row = wp.query_one(&st, &[]).await.map_err(|e| e.to_string())?;
+                let _: i32 = row.get(0);
+                Ok(())
+            })
+        })
+    };
+    let d100: Op = {
+        let direct = direct.clone();
+        Arc::new(move |t| {
+            let direct = direct.clone();
+            Box::pin(async move {
+                let c = &direct[t];
+                let rows = c
+                    .client
+                    .query(&c.rows100, &[&1000i32])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                consume_pg(&rows)
+            })
+        })
+    };
+    let w100: Op = {
+        let (wp, st) = (wp.clone(), wp_rows100.clone());
+        Arc::new(move |_| {
+            let (wp, st) = (wp.clone(), st.clone());
+            Box::pin(async move {
+                let rows = wp
+                    .query(&st, &[&1000i32])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                consume_wp(&rows)
+            })
+        })
+    };
+    let ping: Op = {
+        let wp = wp.clone();
+        Arc::new(move |_| {
+            let wp = wp.clone();
+            Box::pin(async move { wp.ping().await.map_err(|e| e.to_string()) })
+        })
+    };
+
+    let mut comparisons = Vec::new();
+    for &c in concurrencies {
+        eprintln!("  micro: SELECT 1 at concurrency {c}");
+        comparisons.push(compare("SELECT 1", d1.clone(), w1.clone(), c, per_load, ROUNDS).await);
+        eprintln!("  micro: 100-row select at concurrency {c}");
+        comparisons.push(
+            compare(
+                "100-row select",
+                d100.clone(),
+                w100.clone(),
+                c,
+                per_load,
+                ROUNDS,
+            )
+            .await,
+        );
+    }
+    eprintln!("  micro: warmpool ping and the socket floor");
+    let (samples, _, errors, busy) = load(ping, 1, per_load / 2, 50, 1_000_000).await;
+    let warmpool_ping = Load {
+        concurrency: 1,
+        ops_per_s: samples.len() as f64 / busy.as_secs_f64().max(1e-9),
+        latency: Summary::of(&samples, errors),
+    };
+    let extension_peak_rss_kib = crate::setup::peak_rss_kib(ext.pid());
+    drop(wp);
+    drop(ext);
+    drop(direct);
+    let after = tokio::task::spawn_blocking(move || socket_floor(floor_iters / 2))
+        .await
+        .expect("floor task");
+    floor_samples.extend(after.0);
+    let floor = Summary::of(&floor_samples, before.1 + after.1);
+
+    MicroResults {
+        seconds_per_load: per_load.as_secs_f64(),
+        floor,
+        warmpool_ping,
+        comparisons,
+        start_to_listening_us,
+        start_to_warm_us,
+        extension_peak_rss_kib,
+    }
+}
+
+fn consume_pg(rows: &[tokio_postgres::Row]) -> Result<(), String> {
+    let mut sum = 0i64;
+    for r in rows {
+        let id: i32 = r.get(0);
+        let name: &str = r.get(1);
+        let balance: i64 = r.get(2);
+        sum += i64::from(id) + name.len() as i64 + balance;
+    }
+    (rows.len() == 100 && sum > 0)
+        .then_some(())
+        .ok_or_else(|| "expected 100 rows".into())
+}
+
+fn consume_wp(rows: &[warmpool::Row]) -> Result<(), String> {
+    let mut sum = 0i64;
+    for r in rows {
+        let id: i32 = r.get(0);
+        let name: &str = r.get(1);
+        let balance: i64 = r.get(2);
+        sum += i64::from(id) + name.len() as i64 + balance;
+    }
+    (rows.len() == 100 && sum > 0)
+        .then_some(())
+        .ok_or_else(|| "expected 100 rows".into())
+}
+
+/// Medians over `n` fresh starts of the extension (local mode, one warm connection): time to
+/// a socket that accepts connections, and to the "pool warmed" log line.
+fn start_times(pg: &PgServer, extension: &Path, n: usize) -> (f64, f64) {
+    let mut listening = Vec::new();
+    let mut warm = Vec::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        let ext = Ext::start(pg, extension, &[("WARMPOOL_WARM_SIZE", "1")]);
+        let deadline = started + Duration::from_secs(10);
+        while UnixStream::connect(&ext.socket).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        listening.push(started.elapsed().as_secs_f64() * 1e6);
+        if ext.wait_for("pool warmed", Duration::from_secs(10)).is_ok() {
+            warm.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    (
+        Summary::of(&listening, 0).p50_us,
+        Summary::of(&warm, 0).p50_us,
+    )
+}
+
+/// The extension in local mode as a child process, with its log read on a thread. Stopped with
+/// SIGTERM (then SIGKILL) when dropped.
+struct Ext {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+    lines: std::sync::mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Ext {
+    fn start(pg: &PgServer, binary: &Path, env: &[(&str, &str)]) -> Ext {
+        let dir = tempfile::Builder::new()
+            .prefix("warmpool-bench-ext-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let socket = dir.path().join("warmpool.sock");
+        let mut cmd = Command::new(binary);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(pg.env())
+            .env("WARMPOOL_LOG", "info")
+            .env("WARMPOOL_SOCKET", &socket)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start the extension");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ext {
+            child,
+            socket,
+            lines,
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a log line containing `needle`.
+    fn wait_for(&self, needle: &str, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("no {needle:?} from the extension: {e}")),
+            }
+        }
+    }
+}
+
+impl Drop for Ext {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The floor: a small message and its echo over a Unix socket between this process and a child,
+/// blocking, one at a time. Returns the samples (µs) and the failures.
+fn socket_floor(iters: usize) -> (Vec<f64>, usize) {
+    let dir = tempfile::Builder::new()
+        .prefix("warmpool-bench-floor-")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let path = dir.path().join("floor.sock");
+    let listener = UnixListener::bind(&path).expect("bind floor socket");
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut child = Command::new(exe)
+        .arg("--pingpong-echo")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the echo process");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => panic!("the echo process did not connect: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let msg = [7u8; PING_BYTES];
+    let mut buf = [0u8; PING_BYTES];
+    let mut samples = Vec::with_capacity(iters);
+    let mut errors = 0;
+    let stop = Instant::now() + Duration::from_secs(20);
+    for i in 0..iters + 1000 {
+        if Instant::now() > stop {
+            break;
+        }
+        let s = Instant::now();
+        let ok = stream.write_all(&msg).is_ok() && stream.read_exact(&mut buf).is_ok();
+        let d = s.elapsed().as_secs_f64() * 1e6;
+        if !ok {
+            errors += 1;
+            break;
+        }
+        if i >= 1000 {
+            samples.push(d);
+        }
+    }
+    drop(stream);
+    let _ = child.wait();
+    (samples, errors)
+}
+
+/// The child side of [`socket_floor`]: echoes fixed-size messages until the parent hangs up.
+pub fn echo(path: &Path) {
+    let Ok(mut stream) = UnixStream::connect(path) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf = [0u8; PING_BYTES];
+    while stream.read_exact(&mut buf).is_ok() {
+        if stream.write_all(&buf).is_err() {
+            return;
+        }
+    }
+}
