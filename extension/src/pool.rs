@@ -160,8 +160,16 @@ impl Pool {
         let guard = self.maintenance();
         let pool = self.clone();
         tokio::spawn(async move {
-            let checked = join_all((0..idle).map(|_| pool.inner.get())).await;
-            let ok = checked.iter().filter(|c| c.is_ok()).count();
+            // Only connections that are idle now: once a request has taken one, a get() here would
+            // open a new connection beside it, which classic Lambda would then keep for good.
+            let checked = join_all((0..idle).map(|_| async {
+                if pool.inner.status().available == 0 {
+                    return None;
+                }
+                Some(pool.inner.get().await)
+            }))
+            .await;
+            let ok = checked.iter().filter(|c| matches!(c, Some(Ok(_)))).count();
             drop(checked);
             drop(guard);
             ok
