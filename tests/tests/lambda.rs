@@ -35,6 +35,11 @@ async fn terminate(pg: &PgServer, pid: i64) {
         .execute("SELECT pg_terminate_backend($1::int)", &[&(pid as i32)])
         .await
         .unwrap();
+    wait_until_gone(&direct, pid).await;
+}
+
+/// Waits until the server no longer lists backend `pid`.
+async fn wait_until_gone(direct: &tokio_postgres::Client, pid: i64) {
     loop {
         let alive: i64 = direct
             .query_one(
@@ -102,21 +107,7 @@ async fn idle_session_timeout_during_a_freeze_costs_no_error() {
     let fresh = backend_pid(&env).await;
     assert!(env.lambda.is_frozen());
     // Wait (frozen) until the server has ended that session by its idle timeout.
-    let direct = pg.tokio_client().await;
-    loop {
-        let alive: i64 = direct
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1::int",
-                &[&(fresh as i32)],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if alive == 0 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    wait_until_gone(&pg.tokio_client().await, fresh).await;
     let after = backend_pid(&env).await;
     assert_ne!(fresh, after);
 }
