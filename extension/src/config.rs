@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use tokio_postgres::config::ChannelBinding;
+use tokio_postgres::config::{ChannelBinding, Host};
+
+use crate::credentials::http::Endpoint;
+use crate::credentials::secrets_manager::{default_endpoint, SecretsManagerSettings};
+use crate::credentials::{Auth, AuthMode, AwsCredentials, AwsSettings, Secret};
 
 /// libpq's `sslmode` values. <https://www.postgresql.org/docs/current/libpq-ssl.html#LIBPQ-SSL-PROTECTION>
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +76,8 @@ impl std::error::Error for ConfigError {}
 
 /// The extension's configuration.
 ///
-/// `Debug` never shows the password: `tokio_postgres::Config` redacts it.
+/// `Debug` never shows a password, a secret key or a token: `tokio_postgres::Config` redacts the
+/// password, and the credential types in [`crate::credentials`] redact theirs.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Connection parameters: `DATABASE_URL`, then `PGHOST`, `PGPORT` (5432), `PGUSER`,
@@ -132,6 +137,16 @@ pub struct Config {
     /// environment. Above 1 the environment is never frozen and extensions register for SHUTDOWN
     /// only. Default 1 (classic Lambda).
     pub max_concurrency: usize,
+    /// `WARMPOOL_AUTH`: where each new connection's credentials come from: `static` (the
+    /// password in `DATABASE_URL` or `PGPASSWORD`), `secrets-manager` (`WARMPOOL_SECRET_ID`) or
+    /// `rds-iam` (an IAM token per connection). Default `static`. The AWS modes read the role's
+    /// credentials from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` and
+    /// the region from `AWS_REGION` (or `AWS_DEFAULT_REGION`), all set by Lambda.
+    pub auth: Auth,
+    /// `WARMPOOL_MAX_CONNECTION_LIFETIME_MS`: a connection older than this is closed instead of
+    /// being handed out, so none outlives a credential rotation (or a failover's DNS change)
+    /// by long. `0` means no limit. Default 3600000 (one hour, PgBouncer's `server_lifetime`).
+    pub max_connection_lifetime: Option<Duration>,
 }
 
 /// Defaults, in one place.
@@ -170,6 +185,15 @@ pub mod defaults {
     pub const PORT: u16 = 5432;
     /// `PGAPPNAME`.
     pub const APPLICATION_NAME: &str = "warmpool";
+    /// `WARMPOOL_AUTH`.
+    pub const AUTH: &str = "static";
+    /// `WARMPOOL_SECRET_TTL_MS`: five minutes, the default of AWS's own Parameters and Secrets
+    /// Lambda Extension (`SECRETS_MANAGER_TTL`), so a rotated secret is picked up by new
+    /// connections within minutes even before the old password stops working.
+    /// <https://docs.aws.amazon.com/secretsmanager/latest/userguide/retrieving-secrets_lambda.html>
+    pub const SECRET_TTL_MS: u64 = 300_000;
+    /// `WARMPOOL_MAX_CONNECTION_LIFETIME_MS`.
+    pub const MAX_CONNECTION_LIFETIME_MS: u64 = 3_600_000;
 }
 
 impl Config {
@@ -181,6 +205,17 @@ impl Config {
     /// Reads settings through `lookup`, so tests can pass their own environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let get = |k: &str| lookup(k).filter(|v| !v.is_empty());
+        let mode: AuthMode = get("WARMPOOL_AUTH")
+            .unwrap_or_else(|| defaults::AUTH.into())
+            .trim()
+            .parse()
+            .map_err(|reason| ConfigError {
+                variable: "WARMPOOL_AUTH",
+                reason,
+            })?;
+        // A secret names the user, and may name the host, port and database: with one, the
+        // settings may leave those out, and what they leave out is filled in per connection.
+        let from_secret = mode == AuthMode::SecretsManager;
 
         let mut url_ssl_mode = None;
         let mut url_root_cert = None;
@@ -204,6 +239,7 @@ impl Config {
                         pg.host(host);
                     }
                 }
+                None if from_secret => {}
                 None => {
                     return Err(ConfigError {
                         variable: "PGHOST",
@@ -212,15 +248,16 @@ impl Config {
                 }
             }
         }
-        if pg.get_ports().is_empty() {
-            let port = parse(&get, "PGPORT", defaults::PORT)?;
-            pg.port(port);
+        // With a secret and no PGPORT, the secret's port (or 5432) is used per connection.
+        if pg.get_ports().is_empty() && (get("PGPORT").is_some() || !from_secret) {
+            pg.port(parse(&get, "PGPORT", defaults::PORT)?);
         }
         if pg.get_user().is_none() {
             match get("PGUSER") {
                 Some(u) => {
                     pg.user(&u);
                 }
+                None if from_secret => {}
                 None => {
                     return Err(ConfigError {
                         variable: "PGUSER",
@@ -229,13 +266,33 @@ impl Config {
                 }
             }
         }
-        if pg.get_password().is_none() {
+        if mode != AuthMode::Static {
+            // A password beside a secret or a token would be ignored, or worse, used: refuse it.
+            let variable = if pg.get_password().is_some() {
+                Some("DATABASE_URL")
+            } else if get("PGPASSWORD").is_some() {
+                Some("PGPASSWORD")
+            } else {
+                None
+            };
+            if let Some(variable) = variable {
+                return Err(ConfigError {
+                    variable,
+                    reason: format!(
+                        "sets a password, but with WARMPOOL_AUTH={mode} the password comes from \
+                         the provider; remove it"
+                    ),
+                });
+            }
+        } else if pg.get_password().is_none() {
             if let Some(p) = get("PGPASSWORD") {
                 pg.password(p);
             }
         }
         if pg.get_dbname().is_none() {
-            let db = get("PGDATABASE").or_else(|| pg.get_user().map(str::to_owned));
+            // With a secret, the user (and so libpq's default database) is known per connection.
+            let user = if from_secret { None } else { pg.get_user() };
+            let db = get("PGDATABASE").or_else(|| user.map(str::to_owned));
             if let Some(db) = db {
                 pg.dbname(&db);
             }
@@ -319,6 +376,12 @@ impl Config {
                 defaults::HANDSHAKE_TIMEOUT_MS,
             )?,
             log_statements: parse(&get, "WARMPOOL_LOG_STATEMENTS", defaults::LOG_STATEMENTS)?,
+            auth: auth(&get, mode)?,
+            max_connection_lifetime: Some(ms(
+                "WARMPOOL_MAX_CONNECTION_LIFETIME_MS",
+                defaults::MAX_CONNECTION_LIFETIME_MS,
+            )?)
+            .filter(|d| !d.is_zero()),
         };
         config.validate()?;
         Ok(config)
@@ -367,8 +430,112 @@ impl Config {
                 "require needs TLS, but PGSSLMODE is disable",
             );
         }
+        if let Auth::SecretsManager(sm) = &self.auth {
+            if sm.ttl.is_zero() {
+                return fail("WARMPOOL_SECRET_TTL_MS", "must be greater than zero");
+            }
+        }
+        if matches!(self.auth, Auth::RdsIam(_)) {
+            // RDS takes the token as a cleartext password: without TLS it would cross the
+            // network readable, and `prefer` falls back to no TLS silently.
+            // <https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/UsingWithRDS.IAMDBAuth.Connecting.html>
+            if matches!(self.ssl_mode, SslMode::Disable | SslMode::Prefer) {
+                return fail(
+                    "PGSSLMODE",
+                    "WARMPOOL_AUTH=rds-iam sends a token as the password and needs TLS: use \
+                     require, verify-ca or verify-full",
+                );
+            }
+            // A token is signed for one host and port.
+            match self.pg.get_hosts() {
+                [Host::Tcp(_)] => {}
+                [Host::Tcp(_), _, ..] => {
+                    return fail(
+                        "PGHOST",
+                        "WARMPOOL_AUTH=rds-iam signs each token for one host: name exactly one",
+                    )
+                }
+                _ => return fail("PGHOST", "WARMPOOL_AUTH=rds-iam needs a TCP host"),
+            }
+            if self.pg.get_ports().len() > 1 {
+                return fail("PGPORT", "WARMPOOL_AUTH=rds-iam needs exactly one port");
+            }
+        }
         Ok(())
     }
+}
+
+/// The credential settings for `mode`.
+fn auth(get: &impl Fn(&str) -> Option<String>, mode: AuthMode) -> Result<Auth, ConfigError> {
+    let secret_id = get("WARMPOOL_SECRET_ID");
+    if mode != AuthMode::SecretsManager && secret_id.is_some() {
+        return Err(ConfigError {
+            variable: "WARMPOOL_SECRET_ID",
+            reason: format!(
+                "is set, but WARMPOOL_AUTH is {mode}: set WARMPOOL_AUTH=secrets-manager to use it"
+            ),
+        });
+    }
+    match mode {
+        AuthMode::Static => Ok(Auth::Static),
+        AuthMode::RdsIam => Ok(Auth::RdsIam(aws_settings(get)?)),
+        AuthMode::SecretsManager => {
+            let secret_id = secret_id.ok_or(ConfigError {
+                variable: "WARMPOOL_SECRET_ID",
+                reason: "WARMPOOL_AUTH=secrets-manager needs the secret's name or ARN".into(),
+            })?;
+            let aws = aws_settings(get)?;
+            let ttl = parse(get, "WARMPOOL_SECRET_TTL_MS", defaults::SECRET_TTL_MS)?;
+            // The SDKs' service-specific endpoint variable first, then the global one, unless
+            // configured endpoints are switched off.
+            // <https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html>
+            let ignore = parse(get, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", false)?;
+            let (variable, url) = match (
+                ignore,
+                get("AWS_ENDPOINT_URL_SECRETS_MANAGER"),
+                get("AWS_ENDPOINT_URL"),
+            ) {
+                (false, Some(url), _) => ("AWS_ENDPOINT_URL_SECRETS_MANAGER", url),
+                (false, None, Some(url)) => ("AWS_ENDPOINT_URL", url),
+                _ => ("AWS_REGION", default_endpoint(&aws.region)),
+            };
+            let endpoint =
+                Endpoint::parse(url.trim()).map_err(|reason| ConfigError { variable, reason })?;
+            Ok(Auth::SecretsManager(SecretsManagerSettings {
+                secret_id,
+                ttl: Duration::from_millis(ttl),
+                endpoint,
+                aws,
+            }))
+        }
+    }
+}
+
+/// The role's credentials and region, from the variables Lambda sets
+/// (<https://docs.aws.amazon.com/lambda/latest/dg/configuration-envvars.html#configuration-envvars-runtime>).
+fn aws_settings(get: &impl Fn(&str) -> Option<String>) -> Result<AwsSettings, ConfigError> {
+    let region = get("AWS_REGION")
+        .or_else(|| get("AWS_DEFAULT_REGION"))
+        .ok_or(ConfigError {
+            variable: "AWS_REGION",
+            reason: "not set: Lambda sets it; elsewhere set AWS_REGION".into(),
+        })?;
+    let required = |variable: &'static str| {
+        get(variable).ok_or(ConfigError {
+            variable,
+            reason: "not set: the AWS credential modes sign with the role's credentials, which \
+                     Lambda sets in the environment"
+                .into(),
+        })
+    };
+    Ok(AwsSettings {
+        region: region.trim().to_owned(),
+        credentials: AwsCredentials {
+            access_key_id: required("AWS_ACCESS_KEY_ID")?,
+            secret_access_key: Secret::new(required("AWS_SECRET_ACCESS_KEY")?),
+            session_token: get("AWS_SESSION_TOKEN").map(Secret::new),
+        },
+    })
 }
 
 fn parse<T: FromStr>(
@@ -526,6 +693,238 @@ mod tests {
         assert_eq!(e.variable, "PGHOST");
         let e = config(&[("DATABASE_URL", "postgres://h:notaport/d")]).unwrap_err();
         assert_eq!(e.variable, "DATABASE_URL");
+    }
+
+    const AWS: [(&str, &str); 4] = [
+        ("AWS_REGION", "eu-west-1"),
+        ("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        ),
+        ("AWS_SESSION_TOKEN", "session-token-value"),
+    ];
+
+    fn with_aws(vars: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let mut all = AWS.to_vec();
+        all.extend_from_slice(vars);
+        config(&all)
+    }
+
+    #[test]
+    fn credential_defaults_are_spelled_out() {
+        let c = config(&[("PGHOST", "db"), ("PGUSER", "app"), ("PGPASSWORD", "pw")]).unwrap();
+        assert!(matches!(c.auth, Auth::Static));
+        assert_eq!(
+            c.max_connection_lifetime,
+            Some(Duration::from_millis(defaults::MAX_CONNECTION_LIFETIME_MS))
+        );
+        assert_eq!(defaults::MAX_CONNECTION_LIFETIME_MS, 3_600_000);
+        let c = config(&[
+            ("PGHOST", "db"),
+            ("PGUSER", "app"),
+            ("WARMPOOL_MAX_CONNECTION_LIFETIME_MS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.max_connection_lifetime, None, "0 means no limit");
+
+        let c = with_aws(&[
+            ("WARMPOOL_AUTH", "secrets-manager"),
+            ("WARMPOOL_SECRET_ID", "prod/app/db"),
+        ])
+        .unwrap();
+        let Auth::SecretsManager(sm) = &c.auth else {
+            panic!("{:?}", c.auth)
+        };
+        assert_eq!(sm.secret_id, "prod/app/db");
+        assert_eq!(sm.ttl, Duration::from_millis(defaults::SECRET_TTL_MS));
+        assert_eq!(defaults::SECRET_TTL_MS, 300_000);
+        assert_eq!(
+            sm.endpoint.url(),
+            "https://secretsmanager.eu-west-1.amazonaws.com/"
+        );
+        // Host, port, user and database may all come from the secret.
+        assert!(c.pg.get_hosts().is_empty());
+        assert!(c.pg.get_ports().is_empty());
+        assert_eq!(c.pg.get_user(), None);
+        assert_eq!(c.pg.get_dbname(), None);
+    }
+
+    #[test]
+    fn secrets_manager_settings() {
+        let c = with_aws(&[
+            ("WARMPOOL_AUTH", "secrets-manager"),
+            (
+                "WARMPOOL_SECRET_ID",
+                "arn:aws:secretsmanager:eu-west-1:1:secret:x",
+            ),
+            ("WARMPOOL_SECRET_TTL_MS", "1000"),
+            ("AWS_ENDPOINT_URL", "https://vpce.example.com"),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", "http://127.0.0.1:4566"),
+            ("PGHOST", "proxy.example.com"),
+            ("PGUSER", "ignored-for-the-secret-s"),
+        ])
+        .unwrap();
+        let Auth::SecretsManager(sm) = &c.auth else {
+            panic!()
+        };
+        assert_eq!(sm.ttl, Duration::from_millis(1000));
+        assert_eq!(sm.endpoint.url(), "http://127.0.0.1:4566/");
+        assert_eq!(c.pg.get_hosts().len(), 1);
+        // The database defaults to the secret's user, known per connection.
+        assert_eq!(c.pg.get_dbname(), None);
+
+        let c = with_aws(&[
+            ("WARMPOOL_AUTH", "secrets-manager"),
+            ("WARMPOOL_SECRET_ID", "x"),
+            ("AWS_ENDPOINT_URL", "https://vpce.example.com"),
+        ])
+        .unwrap();
+        let Auth::SecretsManager(sm) = &c.auth else {
+            panic!()
+        };
+        assert_eq!(sm.endpoint.url(), "https://vpce.example.com/");
+        let c = with_aws(&[
+            ("WARMPOOL_AUTH", "secrets-manager"),
+            ("WARMPOOL_SECRET_ID", "x"),
+            ("AWS_ENDPOINT_URL", "https://vpce.example.com"),
+            ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true"),
+        ])
+        .unwrap();
+        let Auth::SecretsManager(sm) = &c.auth else {
+            panic!()
+        };
+        assert_eq!(
+            sm.endpoint.url(),
+            "https://secretsmanager.eu-west-1.amazonaws.com/"
+        );
+    }
+
+    #[test]
+    fn bad_credential_settings_name_their_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("WARMPOOL_AUTH", "iam")], "WARMPOOL_AUTH"),
+            (
+                &[("WARMPOOL_AUTH", "secrets-manager")],
+                "WARMPOOL_SECRET_ID",
+            ),
+            (&[("WARMPOOL_SECRET_ID", "x")], "WARMPOOL_SECRET_ID"),
+            (
+                &[
+                    ("WARMPOOL_AUTH", "secrets-manager"),
+                    ("WARMPOOL_SECRET_ID", "x"),
+                    ("PGPASSWORD", "pw"),
+                ],
+                "PGPASSWORD",
+            ),
+            (
+                &[
+                    ("WARMPOOL_AUTH", "secrets-manager"),
+                    ("WARMPOOL_SECRET_ID", "x"),
+                    ("DATABASE_URL", "postgres://u:pw@h/d"),
+                ],
+                "DATABASE_URL",
+            ),
+            (
+                &[
+                    ("WARMPOOL_AUTH", "secrets-manager"),
+                    ("WARMPOOL_SECRET_ID", "x"),
+                    ("WARMPOOL_SECRET_TTL_MS", "soon"),
+                ],
+                "WARMPOOL_SECRET_TTL_MS",
+            ),
+            (
+                &[
+                    ("WARMPOOL_AUTH", "secrets-manager"),
+                    ("WARMPOOL_SECRET_ID", "x"),
+                    ("WARMPOOL_SECRET_TTL_MS", "0"),
+                ],
+                "WARMPOOL_SECRET_TTL_MS",
+            ),
+            (
+                &[
+                    ("WARMPOOL_AUTH", "secrets-manager"),
+                    ("WARMPOOL_SECRET_ID", "x"),
+                    ("AWS_ENDPOINT_URL_SECRETS_MANAGER", "http://sm.example.com"),
+                ],
+                "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+            ),
+            (
+                &[("WARMPOOL_AUTH", "rds-iam"), ("PGSSLMODE", "disable")],
+                "PGSSLMODE",
+            ),
+            (
+                &[("WARMPOOL_AUTH", "rds-iam"), ("PGSSLMODE", "prefer")],
+                "PGSSLMODE",
+            ),
+            (
+                &[
+                    ("WARMPOOL_AUTH", "rds-iam"),
+                    ("PGHOST", "a,b"),
+                    ("PGUSER", "u"),
+                ],
+                "PGHOST",
+            ),
+            (
+                &[
+                    ("WARMPOOL_AUTH", "rds-iam"),
+                    ("PGHOST", "/tmp"),
+                    ("PGUSER", "u"),
+                ],
+                "PGHOST",
+            ),
+            (
+                &[("WARMPOOL_MAX_CONNECTION_LIFETIME_MS", "-1")],
+                "WARMPOOL_MAX_CONNECTION_LIFETIME_MS",
+            ),
+        ];
+        for (vars, variable) in cases {
+            let mut all = vec![("PGHOST", "h"), ("PGUSER", "u")];
+            all.extend_from_slice(vars);
+            let e = with_aws(&all).unwrap_err();
+            assert_eq!(e.variable, *variable, "{vars:?}: {e}");
+            assert!(e.to_string().contains(variable), "{e}");
+        }
+        // The AWS modes need the role's credentials and the region.
+        for missing in ["AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            let mut all: Vec<(&str, &str)> =
+                AWS.iter().copied().filter(|(k, _)| *k != missing).collect();
+            all.extend([
+                ("PGHOST", "h"),
+                ("PGUSER", "u"),
+                ("WARMPOOL_AUTH", "rds-iam"),
+            ]);
+            assert_eq!(config(&all).unwrap_err().variable, missing);
+        }
+        let e = with_aws(&[("WARMPOOL_AUTH", "rds-iam"), ("PGHOST", "h")]).unwrap_err();
+        assert_eq!(e.variable, "PGUSER");
+        // PGPASSWORD beside rds-iam is refused, and the message shows no password.
+        let e = with_aws(&[
+            ("WARMPOOL_AUTH", "rds-iam"),
+            ("PGHOST", "h"),
+            ("PGUSER", "u"),
+            ("PGPASSWORD", "hunter2-secret"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.variable, "PGPASSWORD");
+        assert!(!format!("{e} {e:?}").contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn rds_iam_settings() {
+        let c = with_aws(&[
+            ("WARMPOOL_AUTH", "rds-iam"),
+            ("PGHOST", "db.abc.eu-west-1.rds.amazonaws.com"),
+            ("PGUSER", "iam_user"),
+        ])
+        .unwrap();
+        assert!(matches!(c.auth, Auth::RdsIam(_)));
+        assert_eq!(c.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(c.pg.get_ports(), &[5432]);
+        assert_eq!(c.pg.get_dbname(), Some("iam_user"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
+        assert!(!shown.contains("session-token-value"), "{shown}");
     }
 
     #[test]

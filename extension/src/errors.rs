@@ -6,6 +6,12 @@ use tokio_postgres::error::{DbError, ErrorPosition, Severity};
 use warmpool::protocol::{sqlstate, ErrorSource, FrameError, WireError};
 
 use crate::config::Config;
+use crate::credentials::Origin;
+use crate::pool::ConnectError;
+
+/// 08001 sqlclient_unable_to_establish_sqlconnection: libpq's code for a connection the client
+/// side could not set up, here because its credentials could not be obtained.
+pub const UNABLE_TO_CONNECT: &str = "08001";
 
 /// A database error with every field of PostgreSQL's ErrorResponse.
 pub fn from_db(db: &DbError) -> WireError {
@@ -86,7 +92,7 @@ pub fn connection_lost(e: &tokio_postgres::Error) -> bool {
 }
 
 /// An error getting a connection from the pool, naming the setting that governs it.
-pub fn from_pool(e: &PoolError<tokio_postgres::Error>, config: &Config) -> WireError {
+pub fn from_pool(e: &PoolError<ConnectError>, config: &Config) -> WireError {
     match e {
         PoolError::Timeout(TimeoutType::Wait) => WireError::extension(
             sqlstate::TOO_MANY_CONNECTIONS,
@@ -111,16 +117,57 @@ pub fn from_pool(e: &PoolError<tokio_postgres::Error>, config: &Config) -> WireE
                 config.reset_timeout.as_millis()
             ),
         ),
-        PoolError::Backend(e) => match e.as_db_error() {
+        PoolError::Backend(e) => from_connect(e),
+        PoolError::Closed => shutting_down(),
+        PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => {
+            WireError::extension(sqlstate::INTERNAL_ERROR, e.to_string())
+        }
+    }
+}
+
+/// A connection that could not be opened. An authentication failure keeps the server's
+/// SQLSTATE and fields and gains a DETAIL naming the credentials provider and the secret's id;
+/// the secret itself is never part of any error.
+pub fn from_connect(e: &ConnectError) -> WireError {
+    match e {
+        ConnectError::Database(e) => match e.as_db_error() {
             Some(db) => from_db(db),
             None => WireError::extension(
                 sqlstate::CONNECTION_FAILURE,
                 format!("could not connect to the database: {}", error_chain(e)),
             ),
         },
-        PoolError::Closed => shutting_down(),
-        PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => {
-            WireError::extension(sqlstate::INTERNAL_ERROR, e.to_string())
+        ConnectError::Auth {
+            error,
+            origin,
+            retried,
+        } => {
+            let mut wire = from_pg(error);
+            let mut detail = format!("warmpool connected with {origin}");
+            if *retried {
+                detail.push_str(
+                    "; after the refusal it fetched the credentials again and retried once,                      and was refused again",
+                );
+            }
+            detail.push('.');
+            if *origin == Origin::Static {
+                detail.push_str(" Static credentials cannot be refreshed: check PGPASSWORD.");
+            }
+            match wire.fields.iter_mut().find(|(code, _)| *code == b'D') {
+                Some((_, existing)) => {
+                    existing.push('\n');
+                    existing.push_str(&detail);
+                }
+                None => wire.fields.push((b'D', detail)),
+            }
+            wire
+        }
+        ConnectError::Credentials(e) => WireError::extension(
+            UNABLE_TO_CONNECT,
+            format!("could not obtain database credentials: {e}"),
+        ),
+        ConnectError::Timeout { .. } => {
+            WireError::extension(sqlstate::CONNECTION_FAILURE, e.to_string())
         }
     }
 }
@@ -186,5 +233,41 @@ mod tests {
         assert_eq!(from_pool(&PoolError::Closed, &config).code(), "57P01");
         let e = from_pool(&PoolError::Timeout(TimeoutType::Create), &config);
         assert_eq!(e.code(), "08006");
+    }
+
+    #[test]
+    fn credential_failures_name_the_provider_and_secret() {
+        use crate::credentials::{CredentialsError, ErrorKind};
+        use std::time::Duration;
+        let origin = Origin::SecretsManager {
+            secret_id: "prod/app/db".into(),
+        };
+        let e = ConnectError::from(CredentialsError::new(
+            origin,
+            ErrorKind::Refused {
+                status: 400,
+                error_type: "AccessDeniedException".into(),
+                message: "not authorized".into(),
+            },
+        ));
+        let wire = from_connect(&e);
+        assert_eq!(wire.code(), UNABLE_TO_CONNECT);
+        assert!(
+            wire.message()
+                .contains("secrets-manager secret \"prod/app/db\""),
+            "{wire}"
+        );
+        assert!(wire.message().contains("AccessDeniedException"), "{wire}");
+        let e = ConnectError::Timeout {
+            phase: "connecting to the database",
+            after: Duration::from_millis(250),
+        };
+        let wire = from_connect(&e);
+        assert_eq!(wire.code(), "08006");
+        assert!(
+            wire.message()
+                .contains("250 ms (WARMPOOL_CONNECT_TIMEOUT_MS)"),
+            "{wire}"
+        );
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: settings from the environment, with every default spelled out.
+//! - [`credentials`]: each new connection's credentials: static, a Secrets Manager secret, or
+//!   an RDS IAM token.
 //! - [`tls`]: rustls for each libpq `sslmode`.
 //! - [`conn`]: one database connection, its statement cache and session-state tracking.
 //! - [`pool`]: the deadpool pool of those connections: warm-up, health checks, clean close.
@@ -19,6 +21,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod credentials;
 pub mod errors;
 pub mod lambda;
 pub mod lifecycle;

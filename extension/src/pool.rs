@@ -4,6 +4,10 @@
 //! task when dropped, so a closed connection never sends Terminate and the server logs an
 //! unexpected EOF; and its statement cache has no bound. This manager keeps deadpool's pool
 //! (wait, create and recycle timeouts, fair queueing) and closes connections properly.
+//!
+//! Every new connection asks the credentials provider for its login, so a rotated secret or a
+//! new IAM token is used from the next connection on, while open connections stay open. A
+//! refusal with 28P01 or 28000 gets one fresh login and one retry before it becomes an error.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +21,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::Config;
 use crate::conn::PgConn;
+use crate::credentials::{CredentialsError, ErrorKind, Login, Origin, Provider};
 use crate::tls;
 
 /// A connection checked out of the pool; it goes back when dropped.
@@ -24,11 +29,15 @@ pub type PooledConn = Object<Manager>;
 
 /// Opens and recycles connections.
 pub struct Manager {
+    /// The connection settings, without whatever the credentials provider supplies.
     pg: tokio_postgres::Config,
     tls: MakeRustlsConnect,
+    credentials: Provider,
     cache_size: NonZeroUsize,
     check_after_idle: Duration,
     reset_timeout: Duration,
+    connect_timeout: Duration,
+    max_lifetime: Option<Duration>,
     /// Bumped when the environment thaws: a connection checked before the bump is checked again
     /// before its next use.
     thaw_epoch: AtomicU64,
@@ -39,36 +48,168 @@ impl std::fmt::Debug for Manager {
         // tokio_postgres::Config's Debug redacts the password.
         f.debug_struct("Manager")
             .field("pg", &self.pg)
+            .field("credentials", &self.credentials)
             .finish_non_exhaustive()
     }
 }
 
-impl managed::Manager for Manager {
-    type Type = PgConn;
-    type Error = tokio_postgres::Error;
+/// Why a connection could not be opened or kept.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The credentials provider failed: Secrets Manager unreachable or refusing, a malformed
+    /// secret, a token that could not be signed.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    /// The server refused the credentials (28P01 or 28000), after the one retry with fresh ones
+    /// when the provider has fresh ones to give.
+    #[error("{error} (credentials: {origin}{})", if *.retried { "; fetched again and retried once" } else { "" })]
+    Auth {
+        /// The server's refusal.
+        #[source]
+        error: tokio_postgres::Error,
+        /// Where the refused credentials came from.
+        origin: Origin,
+        /// Whether fresh credentials were tried too.
+        retried: bool,
+    },
+    /// Any other failure of the database connection.
+    #[error(transparent)]
+    Database(#[from] tokio_postgres::Error),
+    /// Obtaining credentials or connecting took longer than `WARMPOOL_CONNECT_TIMEOUT_MS`.
+    #[error("{phase} took longer than {} ms (WARMPOOL_CONNECT_TIMEOUT_MS)", .after.as_millis())]
+    Timeout {
+        /// What was under way.
+        phase: &'static str,
+        /// The bound.
+        after: Duration,
+    },
+}
 
-    async fn create(&self) -> Result<PgConn, tokio_postgres::Error> {
-        let (client, connection) = self.pg.connect(self.tls.clone()).await?;
+impl ConnectError {
+    /// The server refused the credentials: a wrong password, an expired token, a user that may
+    /// not log in. Fresh credentials may succeed where these failed.
+    pub fn is_auth_failure(&self) -> bool {
+        match self {
+            ConnectError::Auth { .. } => true,
+            ConnectError::Database(e) => is_auth_failure(e),
+            _ => false,
+        }
+    }
+}
+
+/// 28P01 invalid_password (a wrong password or an expired IAM token) and 28000
+/// invalid_authorization_specification (no pg_hba entry, or RDS refusing an IAM login).
+fn is_auth_failure(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    )
+}
+
+impl Manager {
+    /// One connection attempt with `login`, bounded by the connect timeout (TCP, TLS and
+    /// authentication together).
+    async fn connect(&self, login: &Login) -> Result<PgConn, ConnectError> {
+        let pg = login
+            .apply(&self.pg)
+            .map_err(|kind| CredentialsError::new(self.credentials.origin().clone(), kind))?;
+        let connecting = pg.connect(self.tls.clone());
+        let (client, connection) = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                phase: "connecting to the database",
+                after: self.connect_timeout,
+            })??;
         let driver = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %crate::errors::error_chain(&e), "database connection ended with an error");
             }
         });
-        tracing::debug!("opened a database connection");
+        tracing::debug!(
+            user = pg.get_user().unwrap_or_default(),
+            secret_version = login.version.as_deref(),
+            "opened a database connection"
+        );
         let mut conn = PgConn::new(client, driver, self.cache_size);
         conn.checked_epoch = self.thaw_epoch.load(Ordering::Acquire);
         Ok(conn)
     }
 
+    /// Credentials from the provider, bounded by the connect timeout: a request waiting on
+    /// another's fetch gives up as that one would.
+    async fn bounded<T>(
+        &self,
+        fetching: impl std::future::Future<Output = Result<T, CredentialsError>>,
+    ) -> Result<T, ConnectError> {
+        match tokio::time::timeout(self.connect_timeout, fetching).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(CredentialsError::new(
+                self.credentials.origin().clone(),
+                ErrorKind::Timeout(self.connect_timeout),
+            )
+            .into()),
+        }
+    }
+}
+
+impl managed::Manager for Manager {
+    type Type = PgConn;
+    type Error = ConnectError;
+
+    /// Opens a connection with the provider's current login. When the server refuses it
+    /// (rotated password, expired token), asks the provider for a fresh login and tries once
+    /// more; only that second refusal becomes an error, naming where the credentials came from.
+    async fn create(&self) -> Result<PgConn, ConnectError> {
+        let login = self.bounded(self.credentials.login()).await?;
+        let first = match self.connect(&login).await {
+            Err(ConnectError::Database(e)) if is_auth_failure(&e) => e,
+            other => return other,
+        };
+        let origin = self.credentials.origin().clone();
+        let Some(fresh) = self.bounded(self.credentials.fresh_login(&login)).await? else {
+            return Err(ConnectError::Auth {
+                error: first,
+                origin,
+                retried: false,
+            });
+        };
+        tracing::info!(
+            credentials = %origin,
+            code = first.code().map(|c| c.code()).unwrap_or_default(),
+            "the database refused the credentials; retrying once with fresh ones"
+        );
+        match self.connect(&fresh).await {
+            Err(ConnectError::Database(error)) if is_auth_failure(&error) => {
+                Err(ConnectError::Auth {
+                    error,
+                    origin,
+                    retried: true,
+                })
+            }
+            other => other,
+        }
+    }
+
     /// Runs on every checkout of an idle connection. deadpool bounds it with the recycle timeout,
     /// and a connection that fails it is closed and replaced.
-    async fn recycle(
-        &self,
-        conn: &mut PgConn,
-        _: &Metrics,
-    ) -> RecycleResult<tokio_postgres::Error> {
+    async fn recycle(&self, conn: &mut PgConn, metrics: &Metrics) -> RecycleResult<ConnectError> {
         if conn.client.is_closed() {
             return Err(RecycleError::message("connection closed"));
+        }
+        if let Some(max) = self.max_lifetime {
+            // Measured from the connect on the monotonic clock. A connection this old may be
+            // logged in with a rotated-away password or point at a failed-over host; it is
+            // closed here (dropping it sends Terminate) and a new one opened in its place.
+            if metrics.age() >= max {
+                tracing::debug!(
+                    age_ms = metrics.age().as_millis() as u64,
+                    "closing a connection past WARMPOOL_MAX_CONNECTION_LIFETIME_MS"
+                );
+                return Err(RecycleError::message(
+                    "connection older than WARMPOOL_MAX_CONNECTION_LIFETIME_MS",
+                ));
+            }
         }
         if conn.in_transaction {
             return Err(RecycleError::message(
@@ -76,13 +217,17 @@ impl managed::Manager for Manager {
             ));
         }
         if conn.needs_reset() {
-            conn.reset().await.map_err(RecycleError::Backend)?;
+            conn.reset()
+                .await
+                .map_err(|e| RecycleError::Backend(e.into()))?;
         }
         let epoch = self.thaw_epoch.load(Ordering::Acquire);
         if conn.checked_epoch < epoch || conn.last_used.elapsed() > self.check_after_idle {
             // After an idle gap (on Lambda, a freeze) a socket the server or a NAT has closed can
             // still read as open; one empty query tells.
-            conn.check().await.map_err(RecycleError::Backend)?;
+            conn.check()
+                .await
+                .map_err(|e| RecycleError::Backend(e.into()))?;
         }
         conn.checked_epoch = epoch;
         conn.last_used = Instant::now();
@@ -114,12 +259,17 @@ pub struct Pool {
 
 impl Pool {
     /// A connection, checked first if it sat idle across a gap or a thaw.
-    pub async fn get(&self) -> Result<PooledConn, PoolError<tokio_postgres::Error>> {
+    pub async fn get(&self) -> Result<PooledConn, GetError> {
         if *self.checking.borrow() > 0 && self.inner.status().available == 0 {
             let mut done = self.checking.subscribe();
             let _ = tokio::time::timeout(self.wait_timeout, done.wait_for(|n| *n == 0)).await;
         }
         self.inner.get().await
+    }
+
+    /// Where new connections' credentials come from.
+    pub fn credentials(&self) -> &Origin {
+        self.inner.manager().credentials.origin()
     }
 
     /// Connections open now, in use or idle.
@@ -187,25 +337,40 @@ impl Drop for Maintenance {
     }
 }
 
+/// Why a connection could not be had from the pool.
+pub type GetError = PoolError<ConnectError>;
+
 /// Builds the pool from the configuration. No connection is opened yet.
 pub fn build(config: &Config) -> Result<Pool, BuildError> {
+    build_with(config, Provider::from_config(config))
+}
+
+/// Builds the pool with the given credentials provider (tests inject one with a fixed clock).
+pub fn build_with(config: &Config, credentials: Provider) -> Result<Pool, BuildError> {
     let (tls, ssl_mode) = tls::connector(config)?;
     let mut pg = config.pg.clone();
     pg.ssl_mode(ssl_mode);
     pg.connect_timeout(config.connect_timeout);
+    tracing::debug!(credentials = %credentials.origin(), "credentials provider");
     let manager = Manager {
         pg,
         tls,
+        credentials,
         cache_size: NonZeroUsize::new(config.statement_cache_size).unwrap_or(NonZeroUsize::MIN),
         check_after_idle: config.check_after_idle,
         reset_timeout: config.reset_timeout,
+        connect_timeout: config.connect_timeout,
+        max_lifetime: config.max_connection_lifetime,
         thaw_epoch: AtomicU64::new(0),
     };
     let inner = managed::Pool::builder(manager)
         .max_size(config.max_size)
         .timeouts(Timeouts {
             wait: Some(config.wait_timeout),
-            create: Some(config.connect_timeout),
+            // Not bounded as a whole: create bounds each of its steps (fetching credentials,
+            // connecting, and the one retry of both) by the connect timeout itself, so an error
+            // says which step overran.
+            create: None,
             recycle: Some(config.reset_timeout),
         })
         .runtime(deadpool::Runtime::Tokio1)
@@ -218,7 +383,7 @@ pub fn build(config: &Config) -> Result<Pool, BuildError> {
 }
 
 /// Opens up to `n` connections at once and returns them to the pool; returns how many opened.
-pub async fn warm(pool: &Pool, n: usize) -> Result<usize, PoolError<tokio_postgres::Error>> {
+pub async fn warm(pool: &Pool, n: usize) -> Result<usize, GetError> {
     let started = Instant::now();
     let results = join_all((0..n).map(|_| pool.inner.get())).await;
     let mut opened = 0;

@@ -67,7 +67,7 @@ impl Service {
     }
 
     /// Opens the warm connections, all at once.
-    pub async fn warm(&self) -> Result<usize, deadpool::managed::PoolError<tokio_postgres::Error>> {
+    pub async fn warm(&self) -> Result<usize, pool::GetError> {
         pool::warm(&self.shared.pool, self.shared.config.warm_size).await
     }
 

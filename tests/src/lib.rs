@@ -4,11 +4,13 @@
 //!   `hostssl` only.
 //! - [`certs`]: a test CA and server certificate.
 //! - [`ext`]: [`ext::Extension`], the `warmpool` binary as a child process.
+//! - [`secrets_manager`]: a Secrets Manager stand-in on loopback.
 
 pub mod certs;
 pub mod ext;
 pub mod lambda_env;
 pub mod pg;
+pub mod secrets_manager;
 
 pub use ext::Extension;
 pub use lambda_env::LambdaEnv;
