@@ -363,10 +363,14 @@ fn summary(r: &Results) -> String {
     );
     s.push_str(&headlines(r));
     s.push('\n');
+    s.push_str(&goals(r));
+    s.push('\n');
     for &w in &r.settings.workloads {
         s.push_str(&scenario_table(r, w));
         s.push('\n');
     }
+    s.push_str(&steps_table(r, Workload::W2));
+    s.push('\n');
     s.push_str(&connections_table(r));
     s.push_str(
         "\nEverything else (cold starts, percentiles, the socket hop, footprint, the kill \

@@ -55,15 +55,18 @@ const ARM64: Arch = Arch {
 
 const ARCHS: [&Arch; 2] = [&X86_64, &ARM64];
 
-/// The libraries a glibc program may need that every glibc system has. Notably absent:
-/// `libgcc_s.so.1`, which a plain `cargo build` links for unwinding.
-const GLIBC_LIBS: [&str; 6] = [
+/// glibc's own libraries, the only ones the binaries may need. Notably absent: `libgcc_s.so.1`,
+/// which a plain `cargo build` links for unwinding; zig links its unwinder statically, so the
+/// layer relies on nothing of the runtime image but glibc.
+const GLIBC_LIBS: [&str; 8] = [
     "libc.so.6",
     "libm.so.6",
     "libdl.so.2",
     "libpthread.so.0",
     "librt.so.1",
     "libutil.so.1",
+    "ld-linux-x86-64.so.2",
+    "ld-linux-aarch64.so.1",
 ];
 
 fn repo_root() -> PathBuf {
@@ -302,6 +305,11 @@ fn needed_libraries(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Whether a `GLIBC_` version (its numbers) is newer than Amazon Linux 2023's.
+fn newer_than_al2023(version: &[u32]) -> bool {
+    version > &[MAX_GLIBC.0, MAX_GLIBC.1][..]
+}
+
 fn check_runs_on_al2023(arch: &Arch, path: &Path) {
     let (machine, interp) = elf_machine_and_interpreter(path);
     assert_eq!(machine, arch.machine, "{}: e_machine", path.display());
@@ -339,13 +347,36 @@ fn check_runs_on_al2023(arch: &Arch, path: &Path) {
         versions.iter().map(show).collect::<Vec<_>>().join(" ")
     );
     assert!(
-        newest[..] <= [MAX_GLIBC.0, MAX_GLIBC.1][..],
+        !newer_than_al2023(newest),
         "{} requires GLIBC_{}, newer than Amazon Linux 2023's {}.{}",
         path.display(),
         show(newest),
         MAX_GLIBC.0,
         MAX_GLIBC.1
     );
+}
+
+/// Not ignored, and quick: the check above catches a binary from a plain `cargo build` (this
+/// test program), which needs `libgcc_s.so.1`.
+#[test]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+fn the_al2023_check_rejects_a_plain_cargo_build() {
+    let me = std::env::current_exe().expect("current_exe");
+    let (machine, _) = elf_machine_and_interpreter(&me);
+    assert_eq!(machine, X86_64.machine);
+    assert!(
+        !glibc_versions(&me).is_empty(),
+        "objdump -T found no GLIBC_ versions"
+    );
+    assert!(newer_than_al2023(&[2, 35]) && newer_than_al2023(&[3, 0]));
+    assert!(!newer_than_al2023(&[2, 34]) && !newer_than_al2023(&[2, 3, 4]));
+    let verdict = std::panic::catch_unwind(|| check_runs_on_al2023(&X86_64, &me));
+    let message = verdict
+        .expect_err("a plain cargo build passed the Amazon Linux 2023 check")
+        .downcast::<String>()
+        .map(|m| *m)
+        .unwrap_or_default();
+    assert!(message.contains("libgcc_s.so.1"), "{message}");
 }
 
 #[test]
