@@ -1026,7 +1026,10 @@ mod tests {
             ("PGHOST", "h"),
             ("PGUSER", "u"),
             ("WARMPOOL_PREPARE", r#"["SELECT 1"]"#),
-            ("WARMPOOL_WARMUP", r#"{"c": {"sql": "SELECT 2", "ttl_ms": 5}}"#),
+            (
+                "WARMPOOL_WARMUP",
+                r#"{"c": {"sql": "SELECT 2", "ttl_ms": 5}}"#,
+            ),
             ("WARMPOOL_STATE_MAX_BYTES", "1000"),
         ])
         .unwrap();
@@ -1039,7 +1042,11 @@ mod tests {
         let file = dir.join("prepare.json");
         std::fs::write(&file, r#"["SELECT 3", "SELECT 4"]"#).unwrap();
         let path = file.display().to_string();
-        let c = config(&[("PGHOST", "h"), ("PGUSER", "u"), ("WARMPOOL_PREPARE_FILE", &path)]);
+        let c = config(&[
+            ("PGHOST", "h"),
+            ("PGUSER", "u"),
+            ("WARMPOOL_PREPARE_FILE", &path),
+        ]);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(c.unwrap().prepare.len(), 2);
 
@@ -1054,8 +1061,14 @@ mod tests {
                 &[("WARMPOOL_PREPARE_FILE", "/nonexistent/warmpool.json")],
                 "WARMPOOL_PREPARE_FILE",
             ),
-            (&[("WARMPOOL_WARMUP_TIMEOUT_MS", "0")], "WARMPOOL_WARMUP_TIMEOUT_MS"),
-            (&[("WARMPOOL_STATE_MAX_BYTES", "lots")], "WARMPOOL_STATE_MAX_BYTES"),
+            (
+                &[("WARMPOOL_WARMUP_TIMEOUT_MS", "0")],
+                "WARMPOOL_WARMUP_TIMEOUT_MS",
+            ),
+            (
+                &[("WARMPOOL_STATE_MAX_BYTES", "lots")],
+                "WARMPOOL_STATE_MAX_BYTES",
+            ),
             (
                 &[("WARMPOOL_QUERY_CACHE_MAX_BYTES", "-1")],
                 "WARMPOOL_QUERY_CACHE_MAX_BYTES",

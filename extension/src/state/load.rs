@@ -34,7 +34,12 @@ pub async fn warm_up(shared: &Arc<Shared>) -> usize {
         .count();
     let total = warmup.queries().count();
     if finished {
-        tracing::info!(loaded, total, elapsed_ms = started.elapsed().as_millis() as u64, "warm-up data loaded");
+        tracing::info!(
+            loaded,
+            total,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "warm-up data loaded"
+        );
     } else {
         tracing::warn!(
             loaded,

@@ -105,8 +105,8 @@ async fn run(
 }
 
 fn check_params(expected: &[postgres_types::Type], given: &[Param]) -> Result<(), WireError> {
-    let mismatch = expected.len() != given.len()
-        || expected.iter().zip(given).any(|(t, p)| t.oid() != p.oid);
+    let mismatch =
+        expected.len() != given.len() || expected.iter().zip(given).any(|(t, p)| t.oid() != p.oid);
     if mismatch {
         return Err(WireError::extension(
             sqlstate::INVALID_PARAMETER_VALUE,

@@ -211,7 +211,10 @@ async fn cached<S: AsyncRead + AsyncWrite + Unpin>(
                 let key = key.clone();
                 tokio::spawn(async move {
                     if fill(&shared, key.clone(), &c).await.is_err() {
-                        shared.state.cache().refresh_failed(&key, shared.state.now());
+                        shared
+                            .state
+                            .cache()
+                            .refresh_failed(&key, shared.state.now());
                     }
                 });
             }

@@ -142,17 +142,23 @@ mod tests {
     fn compare_and_set() {
         let mut s = Store::new(1 << 20);
         // Absent → set only when absence is expected.
-        assert!(!s.compare_and_set("n", Some(b"0"), Some(b"1"), None, 0).unwrap());
+        assert!(!s
+            .compare_and_set("n", Some(b"0"), Some(b"1"), None, 0)
+            .unwrap());
         assert!(s.compare_and_set("n", None, Some(b"1"), None, 0).unwrap());
         assert!(!s.compare_and_set("n", None, Some(b"9"), None, 0).unwrap());
-        assert!(s.compare_and_set("n", Some(b"1"), Some(b"2"), None, 0).unwrap());
+        assert!(s
+            .compare_and_set("n", Some(b"1"), Some(b"2"), None, 0)
+            .unwrap());
         assert_eq!(s.get("n", 0).as_deref(), Some(&b"2"[..]));
         // Delete by CAS.
         assert!(s.compare_and_set("n", Some(b"2"), None, None, 0).unwrap());
         assert_eq!(s.get("n", 0), None);
         // An expired key counts as absent.
         s.put("e".into(), b"x", SECOND, 0).unwrap();
-        assert!(s.compare_and_set("e", None, Some(b"y"), None, 5_000).unwrap());
+        assert!(s
+            .compare_and_set("e", None, Some(b"y"), None, 5_000)
+            .unwrap());
     }
 
     #[test]
@@ -181,7 +187,10 @@ mod tests {
         s.put("api-token-key".into(), b"hunter2-secret", None, 0)
             .unwrap();
         let shown = format!("{s:?}");
-        assert!(!shown.contains("hunter2") && !shown.contains("api-token"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("api-token"),
+            "{shown}"
+        );
         assert!(shown.contains("entries: 1"), "{shown}");
     }
 }

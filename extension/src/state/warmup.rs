@@ -30,8 +30,7 @@ pub struct WarmQuery {
 /// Parses `WARMPOOL_WARMUP`: a JSON object from name to either the SQL text or an object
 /// `{"sql": "...", "ttl_ms": 60000}`.
 pub fn parse_warmup(json: &str) -> Result<Vec<WarmQuery>, String> {
-    let value: Value =
-        serde_json::from_str(json).map_err(|e| format!("not valid JSON: {e}"))?;
+    let value: Value = serde_json::from_str(json).map_err(|e| format!("not valid JSON: {e}"))?;
     let Value::Object(map) = value else {
         return Err(
             "must be a JSON object from name to SQL, e.g. {\"countries\": \"SELECT code, name \
@@ -61,9 +60,7 @@ pub fn parse_warmup(json: &str) -> Result<Vec<WarmQuery>, String> {
                             }
                             Some(ms) => Some(Duration::from_millis(ms)),
                         },
-                        Some(_) => {
-                            return Err(format!("{name:?}: \"ttl_ms\" must be a number"))
-                        }
+                        Some(_) => return Err(format!("{name:?}: \"ttl_ms\" must be a number")),
                     };
                     if let Some(k) = o.keys().next() {
                         return Err(format!(
@@ -88,8 +85,7 @@ pub fn parse_warmup(json: &str) -> Result<Vec<WarmQuery>, String> {
 
 /// Parses `WARMPOOL_PREPARE`: a JSON array of SQL statements.
 pub fn parse_prepare(json: &str) -> Result<Vec<String>, String> {
-    let value: Value =
-        serde_json::from_str(json).map_err(|e| format!("not valid JSON: {e}"))?;
+    let value: Value = serde_json::from_str(json).map_err(|e| format!("not valid JSON: {e}"))?;
     let Value::Array(items) = value else {
         return Err("must be a JSON array of SQL statements, e.g. [\"SELECT ...\"]".into());
     };
@@ -105,7 +101,9 @@ pub fn parse_prepare(json: &str) -> Result<Vec<String>, String> {
 
 /// The wait before retry number `failures` (1 for the first retry).
 pub fn backoff(failures: u32) -> Duration {
-    let factor = 1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX);
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX);
     RETRY_FIRST.saturating_mul(factor).min(RETRY_MAX)
 }
 
@@ -200,8 +198,8 @@ impl Warmup {
             .values()
             .filter(|q| {
                 let slot = slots.entry(q.name.clone()).or_default();
-                let due = !slot.loading
-                    && slot.data.as_ref().is_some_and(|d| is_expired(q, d, now_ms));
+                let due =
+                    !slot.loading && slot.data.as_ref().is_some_and(|d| is_expired(q, d, now_ms));
                 if due {
                     slot.loading = true;
                 }
@@ -247,9 +245,9 @@ impl Warmup {
 }
 
 fn is_expired(query: &WarmQuery, data: &WarmSet, now_ms: u64) -> bool {
-    query.ttl.is_some_and(|ttl| {
-        now_ms >= data.loaded_ms.saturating_add(ttl.as_millis() as u64)
-    })
+    query
+        .ttl
+        .is_some_and(|ttl| now_ms >= data.loaded_ms.saturating_add(ttl.as_millis() as u64))
 }
 
 #[cfg(test)]

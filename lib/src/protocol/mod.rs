@@ -26,7 +26,9 @@ mod types;
 pub use error::{ErrorSource, FrameError, WireError};
 pub use request::{Begin, Execute, Hello, IsolationLevel, Param, Prepare, Request};
 pub use response::{Column, HelloOk, PrepareOk, RawRow, Response};
-pub use state::{CacheOutcome, CachedExecute, CompareAndSet, Put, StateRequest, StateResponse, WarmOk};
+pub use state::{
+    CacheOutcome, CachedExecute, CompareAndSet, Put, StateRequest, StateResponse, WarmOk,
+};
 
 /// The protocol version this build speaks. A peer with another version is refused at Hello.
 pub const PROTOCOL_VERSION: u16 = 1;

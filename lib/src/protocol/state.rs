@@ -195,7 +195,9 @@ impl StateRequest {
             CACHED_EXECUTE => {
                 let ttl_ms = r.u64("time to live")?;
                 if ttl_ms == 0 {
-                    return Err(FrameError::Invalid("a cached statement needs a time to live"));
+                    return Err(FrameError::Invalid(
+                        "a cached statement needs a time to live",
+                    ));
                 }
                 StateRequest::CachedExecute(CachedExecute {
                     ttl_ms,

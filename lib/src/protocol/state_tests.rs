@@ -122,7 +122,10 @@ fn all_responses() -> Vec<Response> {
 fn every_state_frame_round_trips() {
     for r in all_requests() {
         let mut buf = encode_req(&r);
-        assert_eq!(Request::decode(&mut buf, DEFAULT_MAX_FRAME).unwrap(), Some(r));
+        assert_eq!(
+            Request::decode(&mut buf, DEFAULT_MAX_FRAME).unwrap(),
+            Some(r)
+        );
         assert!(buf.is_empty());
     }
     for r in all_responses() {
@@ -146,12 +149,14 @@ fn state_layouts() {
     body.extend_from_slice(&7u64.to_be_bytes());
     assert_eq!(&put[..], &frame(b'S', &body)[..]);
 
-    let cas = encode_req(&Request::State(StateRequest::CompareAndSet(CompareAndSet {
-        key: "k".into(),
-        expected: None,
-        new: Some(Bytes::from_static(b"x")),
-        ttl_ms: None,
-    })));
+    let cas = encode_req(&Request::State(StateRequest::CompareAndSet(
+        CompareAndSet {
+            key: "k".into(),
+            expected: None,
+            new: Some(Bytes::from_static(b"x")),
+            ttl_ms: None,
+        },
+    )));
     let mut body = vec![0, 0, 0, 1, b'k', 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, b'x'];
     body.extend_from_slice(&0u64.to_be_bytes());
     assert_eq!(&cas[..], &frame(b'A', &body)[..]);
@@ -174,11 +179,13 @@ fn state_layouts() {
     );
     // The cached execute is two u64s and then exactly an Execute body.
     let mut plain = encode_req(&Request::Execute(execute()));
-    let cached = encode_req(&Request::State(StateRequest::CachedExecute(CachedExecute {
-        ttl_ms: 1,
-        swr_ms: 2,
-        execute: execute(),
-    })));
+    let cached = encode_req(&Request::State(StateRequest::CachedExecute(
+        CachedExecute {
+            ttl_ms: 1,
+            swr_ms: 2,
+            execute: execute(),
+        },
+    )));
     assert_eq!(cached[0], b'K');
     assert_eq!(&cached[5..13], &1u64.to_be_bytes());
     assert_eq!(&cached[13..21], &2u64.to_be_bytes());
@@ -192,7 +199,9 @@ fn malformed_state_frames_are_refused() {
         (
             frame(
                 b'S',
-                &[0, 0, 0, 1, b'k', 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0],
+                &[
+                    0, 0, 0, 1, b'k', 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0,
+                ],
             ),
             true,
         ),
