@@ -86,3 +86,36 @@ impl State {
         &self.warmup
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_injected_clock_drives_expiry() {
+        let config = Config::from_lookup(|k| match k {
+            "PGHOST" => Some("h".into()),
+            "PGUSER" => Some("u".into()),
+            "WARMPOOL_STATE_MAX_BYTES" => Some("100000".into()),
+            _ => None,
+        })
+        .unwrap();
+        let now = Arc::new(AtomicU64::new(1_000));
+        let clock = now.clone();
+        let state = State::with_clock(&config, Arc::new(move || clock.load(Ordering::SeqCst)));
+        let t = state.now();
+        state
+            .store()
+            .put("k".into(), b"v", Some(Duration::from_millis(10)), t)
+            .unwrap();
+        now.store(1_009, Ordering::SeqCst);
+        assert!(state.store().get("k", state.now()).is_some());
+        now.store(1_010, Ordering::SeqCst);
+        assert!(state.store().get("k", state.now()).is_none());
+        let shown = format!("{state:?}");
+        assert!(shown.contains("budget_bytes: 100000"), "{shown}");
+    }
+}
