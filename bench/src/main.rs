@@ -15,6 +15,7 @@ mod pgbouncer;
 mod report;
 mod setup;
 mod stats;
+mod warm_state;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -44,6 +45,11 @@ cold starts, server connections, and a server-side kill during a freeze.
   --extension PATH        the extension binary to measure (default: build it)
   --out DIR               results directory (default bench/results)
   --name NAME             results file name (default latest; quick)
+
+warmpool-bench --warm-state [--quick]
+                          the warm-state scenario alone: reference data from warm state
+                          against a query, and the extension's memory with 10,000 store
+                          entries (bench/results/warm_state.{json,md})
 
 warmpool-bench --render bench/results/latest.json
                           writes the Markdown, the chart (and, for a full run, the README
@@ -172,6 +178,19 @@ fn main() {
                 std::process::exit(2);
             }
         }
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("--warm-state") {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let opts = warm_state::parse(&args).unwrap_or_else(|e| {
+            eprintln!("warmpool-bench: {e}");
+            std::process::exit(2);
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(warm_state::run(opts));
         return;
     }
     let opts = match parse_args() {

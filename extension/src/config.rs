@@ -15,6 +15,7 @@ use tokio_postgres::config::{ChannelBinding, Host};
 use crate::credentials::http::Endpoint;
 use crate::credentials::secrets_manager::{default_endpoint, SecretsManagerSettings};
 use crate::credentials::{Auth, AuthMode, AwsCredentials, AwsSettings, Secret};
+use crate::state::warmup::{parse_prepare, parse_warmup, WarmQuery};
 
 /// libpq's `sslmode` values. <https://www.postgresql.org/docs/current/libpq-ssl.html#LIBPQ-SSL-PROTECTION>
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +148,23 @@ pub struct Config {
     /// being handed out, so none outlives a credential rotation (or a failover's DNS change)
     /// by long. `0` means no limit. Default 3600000 (one hour, PgBouncer's `server_lifetime`).
     pub max_connection_lifetime: Option<Duration>,
+    /// `WARMPOOL_PREPARE` (a JSON array of SQL statements) or `WARMPOOL_PREPARE_FILE` (a file
+    /// holding one): statements prepared on every connection as it opens, so their first
+    /// execution costs no Parse. Default none.
+    pub prepare: Vec<String>,
+    /// `WARMPOOL_WARMUP` (a JSON object from name to SQL, or to `{"sql": ..., "ttl_ms": ...}`)
+    /// or `WARMPOOL_WARMUP_FILE` (a file holding one): data sets read at Init and served from
+    /// memory. Default none.
+    pub warmup: Vec<WarmQuery>,
+    /// `WARMPOOL_WARMUP_TIMEOUT_MS`: how long Init waits for the warm-up data sets; those not
+    /// loaded by then keep being retried in the background. Default 2000.
+    pub warmup_timeout: Duration,
+    /// `WARMPOOL_STATE_MAX_BYTES`: the state store's budget (keys, values and 96 bytes per
+    /// entry); least recently used entries are evicted past it. Default 16 MiB.
+    pub state_max_bytes: usize,
+    /// `WARMPOOL_QUERY_CACHE_MAX_BYTES`: the query result cache's budget, counted like the
+    /// store's. Default 16 MiB.
+    pub query_cache_max_bytes: usize,
 }
 
 /// Defaults, in one place.
@@ -194,6 +212,12 @@ pub mod defaults {
     pub const SECRET_TTL_MS: u64 = 300_000;
     /// `WARMPOOL_MAX_CONNECTION_LIFETIME_MS`.
     pub const MAX_CONNECTION_LIFETIME_MS: u64 = 3_600_000;
+    /// `WARMPOOL_WARMUP_TIMEOUT_MS`.
+    pub const WARMUP_TIMEOUT_MS: u64 = 2_000;
+    /// `WARMPOOL_STATE_MAX_BYTES`.
+    pub const STATE_MAX_BYTES: usize = 16 * 1024 * 1024;
+    /// `WARMPOOL_QUERY_CACHE_MAX_BYTES`.
+    pub const QUERY_CACHE_MAX_BYTES: usize = 16 * 1024 * 1024;
 }
 
 impl Config {
@@ -382,6 +406,25 @@ impl Config {
                 defaults::MAX_CONNECTION_LIFETIME_MS,
             )?)
             .filter(|d| !d.is_zero()),
+            prepare: from_json_setting(
+                &get,
+                "WARMPOOL_PREPARE",
+                "WARMPOOL_PREPARE_FILE",
+                parse_prepare,
+            )?,
+            warmup: from_json_setting(
+                &get,
+                "WARMPOOL_WARMUP",
+                "WARMPOOL_WARMUP_FILE",
+                parse_warmup,
+            )?,
+            warmup_timeout: ms("WARMPOOL_WARMUP_TIMEOUT_MS", defaults::WARMUP_TIMEOUT_MS)?,
+            state_max_bytes: parse(&get, "WARMPOOL_STATE_MAX_BYTES", defaults::STATE_MAX_BYTES)?,
+            query_cache_max_bytes: parse(
+                &get,
+                "WARMPOOL_QUERY_CACHE_MAX_BYTES",
+                defaults::QUERY_CACHE_MAX_BYTES,
+            )?,
         };
         config.validate()?;
         Ok(config)
@@ -417,6 +460,19 @@ impl Config {
                 "WARMPOOL_MAX_FRAME_BYTES",
                 "must be between 1024 and 4294967295",
             );
+        }
+        if self.prepare.len() > self.statement_cache_size {
+            return Err(ConfigError {
+                variable: "WARMPOOL_PREPARE",
+                reason: format!(
+                    "lists {} statements but WARMPOOL_STATEMENT_CACHE_SIZE keeps {} per connection",
+                    self.prepare.len(),
+                    self.statement_cache_size
+                ),
+            });
+        }
+        if self.warmup_timeout.is_zero() {
+            return fail("WARMPOOL_WARMUP_TIMEOUT_MS", "must be greater than zero");
         }
         if self.wait_timeout.is_zero() || self.connect_timeout.is_zero() {
             return fail(
@@ -536,6 +592,37 @@ fn aws_settings(get: &impl Fn(&str) -> Option<String>) -> Result<AwsSettings, Co
             session_token: get("AWS_SESSION_TOKEN").map(Secret::new),
         },
     })
+}
+
+/// A list given inline in `inline` or in the file `file` names, parsed by `parse`; empty when
+/// neither is set, an error when both are.
+fn from_json_setting<T>(
+    get: &impl Fn(&str) -> Option<String>,
+    inline: &'static str,
+    file: &'static str,
+    parse: fn(&str) -> Result<Vec<T>, String>,
+) -> Result<Vec<T>, ConfigError> {
+    match (get(inline), get(file)) {
+        (None, None) => Ok(Vec::new()),
+        (Some(_), Some(_)) => Err(ConfigError {
+            variable: file,
+            reason: format!("set {inline} or {file}, not both"),
+        }),
+        (Some(text), None) => parse(&text).map_err(|reason| ConfigError {
+            variable: inline,
+            reason,
+        }),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path.trim()).map_err(|e| ConfigError {
+                variable: file,
+                reason: format!("cannot read {path:?}: {e}"),
+            })?;
+            parse(&text).map_err(|reason| ConfigError {
+                variable: file,
+                reason: format!("{path:?}: {reason}"),
+            })
+        }
+    }
 }
 
 fn parse<T: FromStr>(
@@ -925,6 +1012,74 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
         assert!(!shown.contains("session-token-value"), "{shown}");
+    }
+
+    #[test]
+    fn warm_state_settings() {
+        let c = config(&[("PGHOST", "h"), ("PGUSER", "u")]).unwrap();
+        assert!(c.prepare.is_empty() && c.warmup.is_empty());
+        assert_eq!(c.warmup_timeout, Duration::from_millis(2_000));
+        assert_eq!(c.state_max_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.query_cache_max_bytes, 16 * 1024 * 1024);
+
+        let c = config(&[
+            ("PGHOST", "h"),
+            ("PGUSER", "u"),
+            ("WARMPOOL_PREPARE", r#"["SELECT 1"]"#),
+            (
+                "WARMPOOL_WARMUP",
+                r#"{"c": {"sql": "SELECT 2", "ttl_ms": 5}}"#,
+            ),
+            ("WARMPOOL_STATE_MAX_BYTES", "1000"),
+        ])
+        .unwrap();
+        assert_eq!(c.prepare, vec!["SELECT 1"]);
+        assert_eq!(c.warmup[0].ttl, Some(Duration::from_millis(5)));
+        assert_eq!(c.state_max_bytes, 1000);
+
+        let dir = std::env::temp_dir().join(format!("warmpool-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("prepare.json");
+        std::fs::write(&file, r#"["SELECT 3", "SELECT 4"]"#).unwrap();
+        let path = file.display().to_string();
+        let c = config(&[
+            ("PGHOST", "h"),
+            ("PGUSER", "u"),
+            ("WARMPOOL_PREPARE_FILE", &path),
+        ]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(c.unwrap().prepare.len(), 2);
+
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("WARMPOOL_PREPARE", "SELECT 1")], "WARMPOOL_PREPARE"),
+            (&[("WARMPOOL_WARMUP", r#"["SELECT 1"]"#)], "WARMPOOL_WARMUP"),
+            (
+                &[("WARMPOOL_WARMUP", "{}"), ("WARMPOOL_WARMUP_FILE", "/x")],
+                "WARMPOOL_WARMUP_FILE",
+            ),
+            (
+                &[("WARMPOOL_PREPARE_FILE", "/nonexistent/warmpool.json")],
+                "WARMPOOL_PREPARE_FILE",
+            ),
+            (
+                &[("WARMPOOL_WARMUP_TIMEOUT_MS", "0")],
+                "WARMPOOL_WARMUP_TIMEOUT_MS",
+            ),
+            (
+                &[("WARMPOOL_STATE_MAX_BYTES", "lots")],
+                "WARMPOOL_STATE_MAX_BYTES",
+            ),
+            (
+                &[("WARMPOOL_QUERY_CACHE_MAX_BYTES", "-1")],
+                "WARMPOOL_QUERY_CACHE_MAX_BYTES",
+            ),
+        ];
+        for (vars, variable) in cases {
+            let mut all = vec![("PGHOST", "h"), ("PGUSER", "u")];
+            all.extend_from_slice(vars);
+            let e = config(&all).unwrap_err();
+            assert_eq!(e.variable, *variable, "{vars:?}: {e}");
+        }
     }
 
     #[test]

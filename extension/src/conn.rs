@@ -94,6 +94,36 @@ impl PgConn {
         Ok(())
     }
 
+    /// Prepares `statements` (as a client's Prepare without declared types would) and caches
+    /// them, all pipelined in one round trip, so a client's first Prepare or Execute of one
+    /// finds it here and costs no Parse. A statement the server refuses is logged and left for
+    /// the client to prepare, which then reports the error; a connection is never refused for it.
+    pub(crate) async fn prepare_configured(&mut self, statements: &[String], budget: Duration) {
+        let client = &self.client;
+        let prepared = tokio::time::timeout(
+            budget,
+            futures_util::future::join_all(statements.iter().map(|sql| client.prepare(sql))),
+        )
+        .await;
+        let Ok(prepared) = prepared else {
+            tracing::warn!(
+                budget_ms = budget.as_millis() as u64,
+                "preparing WARMPOOL_PREPARE statements on a new connection timed out"
+            );
+            return;
+        };
+        for (sql, result) in statements.iter().zip(prepared) {
+            match result {
+                Ok(stmt) => self.statements.insert(sql, stmt),
+                Err(e) => tracing::warn!(
+                    sql = %sql,
+                    error = %crate::errors::error_chain(&e),
+                    "a WARMPOOL_PREPARE statement could not be prepared"
+                ),
+            }
+        }
+    }
+
     /// Checks that the server still answers, with an empty query (one round trip, no parsing).
     pub(crate) async fn check(&self) -> Result<(), tokio_postgres::Error> {
         self.client.simple_query("").await.map(drop)
@@ -152,6 +182,11 @@ impl StatementCache {
         let stmt = client.prepare_typed(sql, &declared).await?;
         self.cache.put(key, stmt.clone());
         Ok(stmt)
+    }
+
+    /// Caches a statement prepared without declared parameter types.
+    pub(crate) fn insert(&mut self, sql: &str, stmt: Statement) {
+        self.cache.put((sql.to_owned(), Vec::new()), stmt);
     }
 
     /// Forgets a statement, for instance after the server said its plan is no longer valid.

@@ -59,6 +59,9 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
                             // own work, so it never lengthens the invocation.
                             shared.pool.check_after_thaw();
                         }
+                        // Warm-up data sets past their time to live are re-read in the
+                        // background; reads get the old rows until the new ones are in.
+                        crate::state::load::refresh_expired(&shared);
                     }
                     NextEvent::Shutdown(e) => {
                         tracing::info!(reason = %e.shutdown_reason, deadline_ms = e.deadline_ms, "SHUTDOWN");
@@ -96,6 +99,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
             tracing::warn!(error = %crate::errors::error_chain(&e), "Init: the database is unreachable; connections will be opened on demand")
         }
     }
+    service.warm_up().await;
     lifecycle.lock().unwrap_or_else(|p| p.into_inner()).ready();
     if managed_instances {
         // Never frozen, so timers run: idle connections are checked and reaped on a schedule.

@@ -11,6 +11,7 @@
 //! - [`socket`]: binding the Unix socket.
 //! - [`server`]: the accept loop.
 //! - [`session`]: one client session and its transaction state.
+//! - [`state`]: warm state: the state store, the query result cache, warm-up data sets.
 //! - [`errors`]: every failure as an error frame with a SQLSTATE.
 //! - [`service`]: what both modes share: start serving, stop in order.
 //! - [`lifecycle`]: the Lambda lifecycle state machine (Init, Ready, Draining, Closed).
@@ -31,4 +32,5 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod socket;
+pub mod state;
 pub mod tls;

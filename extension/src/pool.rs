@@ -38,6 +38,8 @@ pub struct Manager {
     reset_timeout: Duration,
     connect_timeout: Duration,
     max_lifetime: Option<Duration>,
+    /// `WARMPOOL_PREPARE`: prepared on every connection as it opens.
+    prepare: Arc<[String]>,
     /// Bumped when the environment thaws: a connection checked before the bump is checked again
     /// before its next use.
     thaw_epoch: AtomicU64,
@@ -133,6 +135,10 @@ impl Manager {
         );
         let mut conn = PgConn::new(client, driver, self.cache_size);
         conn.checked_epoch = self.thaw_epoch.load(Ordering::Acquire);
+        if !self.prepare.is_empty() {
+            conn.prepare_configured(&self.prepare, self.connect_timeout)
+                .await;
+        }
         Ok(conn)
     }
 
@@ -272,6 +278,11 @@ impl Pool {
         self.inner.manager().credentials.origin()
     }
 
+    /// Whether the pool has been closed for shutdown.
+    pub fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
     /// Connections open now, in use or idle.
     pub fn size(&self) -> usize {
         self.inner.status().size
@@ -361,6 +372,7 @@ pub fn build_with(config: &Config, credentials: Provider) -> Result<Pool, BuildE
         reset_timeout: config.reset_timeout,
         connect_timeout: config.connect_timeout,
         max_lifetime: config.max_connection_lifetime,
+        prepare: config.prepare.iter().cloned().collect(),
         thaw_epoch: AtomicU64::new(0),
     };
     let inner = managed::Pool::builder(manager)

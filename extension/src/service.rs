@@ -43,6 +43,7 @@ impl Service {
         tracing::info!(socket = %config.socket_path.display(), "listening");
         let shared = Arc::new(Shared {
             pool,
+            state: crate::state::State::new(&config),
             config,
             last_activity_ms: AtomicU64::new(now_ms()),
         });
@@ -71,6 +72,12 @@ impl Service {
         pool::warm(&self.shared.pool, self.shared.config.warm_size).await
     }
 
+    /// Reads the warm-up data sets, waiting at most `WARMPOOL_WARMUP_TIMEOUT_MS`; returns how many
+    /// are loaded.
+    pub async fn warm_up(&self) -> usize {
+        crate::state::load::warm_up(&self.shared).await
+    }
+
     /// Checks idle connections and closes those beyond the warm size that have idled past the
     /// idle timeout, on a timer. Timers only run in an environment that is never frozen: local
     /// mode and Lambda Managed Instances.
@@ -95,6 +102,7 @@ impl Service {
                     tracing::debug!(closed, "closed idle connections");
                 }
                 shared.pool.check_after_thaw();
+                crate::state::load::refresh_expired(&shared);
             }
         }));
     }

@@ -44,6 +44,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// Wall-clock ms when a request last finished: a gap since then means a freeze.
     pub last_activity_ms: AtomicU64,
+    /// The state store, the query result cache and the warm-up data sets.
+    pub state: crate::state::State,
 }
 
 /// The transaction state of a session.
@@ -179,6 +181,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Request::Rollback => self.rollback().await.is_ok(),
                 Request::Ping => self.send(&Response::Pong).await.is_ok(),
                 Request::Terminate => false,
+                Request::State(r) => crate::state::serve::handle(&mut self.framed, &self.shared, r)
+                    .await
+                    .is_ok(),
             };
             self.shared
                 .last_activity_ms
@@ -720,7 +725,7 @@ fn check_params(expected: &[Type], given: &[warmpool::protocol::Param]) -> Resul
 
 /// A parameter passed through as the client encoded it.
 #[derive(Debug)]
-struct RawParam(Option<Bytes>);
+pub(crate) struct RawParam(pub(crate) Option<Bytes>);
 
 impl ToSql for RawParam {
     fn to_sql(
@@ -745,7 +750,7 @@ impl ToSql for RawParam {
 }
 
 /// A column value taken as the server sent it, whatever its type.
-struct RawValue<'a>(Option<&'a [u8]>);
+pub(crate) struct RawValue<'a>(pub(crate) Option<&'a [u8]>);
 
 impl<'a> postgres_types::FromSql<'a> for RawValue<'a> {
     fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {

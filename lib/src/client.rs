@@ -91,7 +91,7 @@ impl Client {
 
     /// Runs `f` on a session, which goes back to the idle list unless the exchange broke it. If
     /// the caller's future is dropped, the session is dropped with it.
-    async fn with_conn<T>(
+    pub(crate) async fn with_conn<T>(
         &self,
         f: impl AsyncFnOnce(&mut Conn) -> Result<T, Error>,
     ) -> Result<T, Error> {

@@ -117,6 +117,7 @@ impl Conn {
             Response::Ok => "Ok",
             Response::Pong => "Pong",
             Response::Error(_) => "Error",
+            Response::State(_) => "warm-state",
         };
         Error::protocol(format!("unexpected {name} frame from the extension"))
     }

@@ -38,6 +38,8 @@ pub(crate) enum Kind {
     Parameters { expected: usize, given: usize },
     /// `query_one` found no row, or more than one.
     RowCount,
+    /// A typed value for the state store could not be serialized or deserialized.
+    Value,
 }
 
 impl Error {
@@ -155,6 +157,7 @@ impl fmt::Display for Error {
                 write!(f, "expected {expected} parameters but got {given}")?
             }
             Kind::RowCount => f.write_str("query returned an unexpected number of rows")?,
+            Kind::Value => f.write_str("error converting a stored value")?,
         }
         if let Some(cause) = &self.0.cause {
             write!(f, ": {cause}")?;

@@ -10,6 +10,8 @@
 //! - [`transport`]: frames over a byte stream, cancel safe on read.
 //! - `client`, `transaction`, `ops`: the API and the request/response exchanges.
 //! - `row`, `statement`, `error`: results, statements and errors.
+//! - `state`: warm state: the state store ([`Client::state`]), warm-up data sets
+//!   ([`Client::warm`]) and the query result cache ([`Client::query_cached`]).
 
 #![warn(missing_docs, unreachable_pub)]
 // The README's examples compile as doctests.
@@ -23,13 +25,16 @@ mod conn;
 mod error;
 mod ops;
 mod row;
+mod state;
 mod statement;
 mod transaction;
 
 pub use client::{Client, TransactionBuilder, DEFAULT_SOCKET};
 pub use error::{DbError, Error};
+pub use protocol::CacheOutcome;
 pub use protocol::IsolationLevel;
 pub use row::{Row, RowIndex};
+pub use state::{CachePolicy, StateStore};
 pub use statement::{Column, Statement, ToStatement};
 pub use transaction::Transaction;
 

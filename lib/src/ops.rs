@@ -76,7 +76,7 @@ pub(crate) async fn prepare(
 }
 
 /// Encodes parameters in the binary format for the statement's parameter types.
-fn encode_params(
+pub(crate) fn encode_params(
     statement: &Statement,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Param>, Error> {
@@ -120,7 +120,10 @@ fn execute_request(statement: &Statement, params: Vec<Param>) -> Request {
 }
 
 /// Reads an Execute's answer: rows, then Complete or Error.
-async fn read_rows(conn: &mut Conn, columns: Option<&Statement>) -> Result<(Vec<Row>, u64), Error> {
+pub(crate) async fn read_rows(
+    conn: &mut Conn,
+    columns: Option<&Statement>,
+) -> Result<(Vec<Row>, u64), Error> {
     let mut rows = Vec::new();
     loop {
         match conn.recv().await? {

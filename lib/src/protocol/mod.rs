@@ -16,6 +16,9 @@ mod codec;
 mod error;
 mod request;
 mod response;
+mod state;
+#[cfg(test)]
+mod state_tests;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -23,6 +26,9 @@ mod types;
 pub use error::{ErrorSource, FrameError, WireError};
 pub use request::{Begin, Execute, Hello, IsolationLevel, Param, Prepare, Request};
 pub use response::{Column, HelloOk, PrepareOk, RawRow, Response};
+pub use state::{
+    CacheOutcome, CachedExecute, CompareAndSet, Put, StateRequest, StateResponse, WarmOk,
+};
 
 /// The protocol version this build speaks. A peer with another version is refused at Hello.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -51,6 +57,8 @@ pub mod sqlstate {
     pub const INVALID_TRANSACTION_STATE: &str = "25000";
     /// Parameters that do not match the statement.
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    /// A warm-up data set name that is not configured.
+    pub const UNDEFINED_OBJECT: &str = "42704";
     /// A failure inside the extension that no other code describes.
     pub const INTERNAL_ERROR: &str = "XX000";
 }

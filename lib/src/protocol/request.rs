@@ -3,6 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::{put_count16, put_nullable, put_str, split_frame, write_frame, Reader};
+use super::state::{self, StateRequest};
 use super::FrameError;
 
 const HELLO: u8 = b'H';
@@ -37,6 +38,8 @@ pub enum Request {
     Ping,
     /// Ends the session cleanly.
     Terminate,
+    /// Reads or writes the extension's warm state (see [`StateRequest`]).
+    State(StateRequest),
 }
 
 /// The handshake: the protocol version the client speaks.
@@ -160,6 +163,32 @@ fn read_oids(r: &mut Reader) -> Result<Vec<u32>, FrameError> {
     (0..n).map(|_| r.u32("parameter type")).collect()
 }
 
+/// An Execute body, shared with the cached execute of [`StateRequest::CachedExecute`].
+pub(crate) fn write_execute(b: &mut BytesMut, e: &Execute) {
+    put_str(b, &e.sql);
+    put_oids(b, &e.types);
+    put_count16(b, e.params.len());
+    for p in &e.params {
+        b.put_u32(p.oid);
+        put_nullable(b, p.value.as_deref());
+    }
+}
+
+pub(crate) fn read_execute(r: &mut Reader) -> Result<Execute, FrameError> {
+    let sql = r.string("sql")?;
+    let types = read_oids(r)?;
+    let n = r.count16(8, "parameters")?;
+    let params = (0..n)
+        .map(|_| {
+            Ok(Param {
+                oid: r.u32("parameter type")?,
+                value: r.nullable("parameter value")?,
+            })
+        })
+        .collect::<Result<_, FrameError>>()?;
+    Ok(Execute { sql, types, params })
+}
+
 impl Request {
     /// Appends this frame to `buf`.
     pub fn encode(&self, buf: &mut BytesMut) {
@@ -172,15 +201,7 @@ impl Request {
                 put_str(b, &p.sql);
                 put_oids(b, &p.types);
             }),
-            Request::Execute(e) => write_frame(buf, EXECUTE, |b| {
-                put_str(b, &e.sql);
-                put_oids(b, &e.types);
-                put_count16(b, e.params.len());
-                for p in &e.params {
-                    b.put_u32(p.oid);
-                    put_nullable(b, p.value.as_deref());
-                }
-            }),
+            Request::Execute(e) => write_frame(buf, EXECUTE, |b| write_execute(b, e)),
             Request::Batch(sql) => write_frame(buf, BATCH, |b| put_str(b, sql)),
             Request::Begin(o) => write_frame(buf, BEGIN, |b| {
                 b.put_u8(match o.isolation {
@@ -196,6 +217,7 @@ impl Request {
             Request::Rollback => write_frame(buf, ROLLBACK, |_| {}),
             Request::Ping => write_frame(buf, PING, |_| {}),
             Request::Terminate => write_frame(buf, TERMINATE, |_| {}),
+            Request::State(s) => s.encode(buf),
         }
     }
 
@@ -218,20 +240,7 @@ impl Request {
                 sql: r.string("sql")?,
                 types: read_oids(&mut r)?,
             }),
-            EXECUTE => {
-                let sql = r.string("sql")?;
-                let types = read_oids(&mut r)?;
-                let n = r.count16(8, "parameters")?;
-                let params = (0..n)
-                    .map(|_| {
-                        Ok(Param {
-                            oid: r.u32("parameter type")?,
-                            value: r.nullable("parameter value")?,
-                        })
-                    })
-                    .collect::<Result<_, FrameError>>()?;
-                Request::Execute(Execute { sql, types, params })
-            }
+            EXECUTE => Request::Execute(read_execute(&mut r)?),
             BATCH => Request::Batch(r.string("sql")?),
             BEGIN => {
                 let isolation = match r.u8("isolation level")? {
@@ -251,6 +260,7 @@ impl Request {
             ROLLBACK => Request::Rollback,
             PING => Request::Ping,
             TERMINATE => Request::Terminate,
+            tag if state::is_request_tag(tag) => Request::State(StateRequest::parse(tag, &mut r)?),
             other => return Err(FrameError::UnknownTag(other)),
         };
         r.finish(tag)?;

@@ -4,6 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use postgres_types::Type;
 
 use super::codec::{put_count16, put_nullable, put_str, split_frame, write_frame, Reader};
+use super::state::{self, StateResponse};
 use super::types::{put_type, read_type};
 use super::{ErrorSource, FrameError, WireError};
 
@@ -36,6 +37,8 @@ pub enum Response {
     Pong,
     /// A request failed.
     Error(WireError),
+    /// An answer about the extension's warm state (see [`StateResponse`]).
+    State(StateResponse),
 }
 
 /// The extension's side of the handshake.
@@ -117,6 +120,7 @@ impl Response {
             Response::Complete(n) => write_frame(buf, COMPLETE, |b| b.put_u64(*n)),
             Response::Ok => write_frame(buf, OK, |_| {}),
             Response::Pong => write_frame(buf, PONG, |_| {}),
+            Response::State(s) => s.encode(buf),
             Response::Error(e) => write_frame(buf, ERROR, |b| {
                 b.put_u8(match e.source {
                     ErrorSource::Database => b'D',
@@ -191,6 +195,9 @@ impl Response {
                     .map(|_| Ok((r.u8("error field code")?, r.string("error field")?)))
                     .collect::<Result<_, FrameError>>()?;
                 Response::Error(WireError { source, fields })
+            }
+            tag if state::is_response_tag(tag) => {
+                Response::State(StateResponse::parse(tag, &mut r)?)
             }
             other => return Err(FrameError::UnknownTag(other)),
         };

@@ -1,0 +1,141 @@
+//! Runs one read statement on a pooled connection and keeps its whole result, for the warm-up
+//! data sets and the query result cache, which hold results rather than stream them.
+
+use bytes::Bytes;
+use deadpool::managed::Object;
+use futures_util::TryStreamExt;
+use warmpool::protocol::{sqlstate, Column, Param, RawRow, WireError};
+
+use crate::config::Config;
+use crate::errors;
+use crate::pool::{Pool, PooledConn};
+use crate::session::{RawParam, RawValue};
+
+/// A statement's whole result.
+#[derive(Debug)]
+pub struct Collected {
+    /// Each column.
+    pub columns: Vec<Column>,
+    /// The rows.
+    pub rows: Vec<RawRow>,
+    /// The rows returned or affected.
+    pub affected: u64,
+}
+
+/// Runs `sql` with `params` (typed as `types` declares, as in an Execute) on a connection from
+/// `pool`, and returns its whole result.
+pub async fn collect(
+    pool: &Pool,
+    config: &Config,
+    sql: &str,
+    types: &[u32],
+    params: &[Param],
+) -> Result<Collected, WireError> {
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|e| errors::from_pool(&e, config))?;
+    let result = run(&mut conn, sql, types, params).await;
+    conn.note_statement(sql);
+    match &result {
+        Err(Failure::Lost(_)) => discard(conn),
+        _ => give_back(conn, config).await,
+    }
+    result.map_err(|f| match f {
+        Failure::Sql(e) | Failure::Lost(e) => e,
+    })
+}
+
+enum Failure {
+    Sql(WireError),
+    Lost(WireError),
+}
+
+fn pg_failure(e: &tokio_postgres::Error) -> Failure {
+    if errors::connection_lost(e) {
+        Failure::Lost(errors::from_pg(e))
+    } else {
+        Failure::Sql(errors::from_pg(e))
+    }
+}
+
+async fn run(
+    conn: &mut PooledConn,
+    sql: &str,
+    types: &[u32],
+    params: &[Param],
+) -> Result<Collected, Failure> {
+    let crate::conn::PgConn {
+        client, statements, ..
+    } = &mut **conn;
+    let stmt = statements
+        .prepare(client, sql, types)
+        .await
+        .map_err(|e| pg_failure(&e))?;
+    check_params(stmt.params(), params).map_err(Failure::Sql)?;
+    let stream = client
+        .query_raw(&stmt, params.iter().map(|p| RawParam(p.value.clone())))
+        .await
+        .map_err(|e| pg_failure(&e))?;
+    let mut stream = std::pin::pin!(stream);
+    let mut rows = Vec::new();
+    while let Some(row) = stream.try_next().await.map_err(|e| pg_failure(&e))? {
+        let values = (0..row.len())
+            .map(|i| {
+                row.try_get::<_, RawValue>(i)
+                    .map(|v| v.0.map(Bytes::copy_from_slice))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| Failure::Sql(errors::from_pg(&e)))?;
+        rows.push(RawRow { values });
+    }
+    let affected = stream.rows_affected().unwrap_or(rows.len() as u64);
+    Ok(Collected {
+        columns: stmt
+            .columns()
+            .iter()
+            .map(|c| Column {
+                name: c.name().to_owned(),
+                type_: c.type_().clone(),
+            })
+            .collect(),
+        rows,
+        affected,
+    })
+}
+
+fn check_params(expected: &[postgres_types::Type], given: &[Param]) -> Result<(), WireError> {
+    let mismatch =
+        expected.len() != given.len() || expected.iter().zip(given).any(|(t, p)| t.oid() != p.oid);
+    if mismatch {
+        return Err(WireError::extension(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            format!(
+                "the parameters given do not match the statement's {} parameter types; prepare \
+                 the statement again",
+                expected.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Returns a connection to the pool, reset first if the statement may have changed session
+/// state; closed if the reset fails.
+async fn give_back(mut conn: PooledConn, config: &Config) {
+    conn.last_used = std::time::Instant::now();
+    if !conn.needs_reset() {
+        return;
+    }
+    match tokio::time::timeout(config.reset_timeout, conn.reset()).await {
+        Ok(Ok(())) => {}
+        _ => {
+            tracing::warn!("session reset after a cached statement failed; closing the connection");
+            discard(conn);
+        }
+    }
+}
+
+fn discard(conn: PooledConn) {
+    drop(Object::take(conn));
+}
