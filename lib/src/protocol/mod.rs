@@ -14,13 +14,17 @@
 
 mod codec;
 mod error;
+mod observability;
 mod request;
 mod response;
+#[cfg(test)]
+mod observability_tests;
 #[cfg(test)]
 mod tests;
 mod types;
 
 pub use error::{ErrorSource, FrameError, WireError};
+pub use observability::{Invocation, Stats};
 pub use request::{Begin, Execute, Hello, IsolationLevel, Param, Prepare, Request};
 pub use response::{Column, HelloOk, PrepareOk, RawRow, Response};
 

@@ -3,6 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::{put_count16, put_nullable, put_str, split_frame, write_frame, Reader};
+use super::observability::{self, Invocation};
 use super::FrameError;
 
 const HELLO: u8 = b'H';
@@ -37,6 +38,10 @@ pub enum Request {
     Ping,
     /// Ends the session cleanly.
     Terminate,
+    /// Names the invocation the session's next requests belong to; answered with Ok.
+    Invocation(Invocation),
+    /// Asks for the counters of the session's invocation; answered with Stats.
+    Stats,
 }
 
 /// The handshake: the protocol version the client speaks.
@@ -196,6 +201,10 @@ impl Request {
             Request::Rollback => write_frame(buf, ROLLBACK, |_| {}),
             Request::Ping => write_frame(buf, PING, |_| {}),
             Request::Terminate => write_frame(buf, TERMINATE, |_| {}),
+            Request::Invocation(i) => write_frame(buf, observability::INVOCATION, |b| {
+                observability::put_invocation(b, i)
+            }),
+            Request::Stats => write_frame(buf, observability::STATS, |_| {}),
         }
     }
 
@@ -251,6 +260,10 @@ impl Request {
             ROLLBACK => Request::Rollback,
             PING => Request::Ping,
             TERMINATE => Request::Terminate,
+            observability::INVOCATION => {
+                Request::Invocation(observability::read_invocation(&mut r)?)
+            }
+            observability::STATS => Request::Stats,
             other => return Err(FrameError::UnknownTag(other)),
         };
         r.finish(tag)?;

@@ -5,6 +5,7 @@ use postgres_types::Type;
 
 use super::codec::{put_count16, put_nullable, put_str, split_frame, write_frame, Reader};
 use super::types::{put_type, read_type};
+use super::observability::{self, Stats};
 use super::{ErrorSource, FrameError, WireError};
 
 const HELLO_OK: u8 = b'h';
@@ -36,6 +37,8 @@ pub enum Response {
     Pong,
     /// A request failed.
     Error(WireError),
+    /// The answer to Stats.
+    Stats(Stats),
 }
 
 /// The extension's side of the handshake.
@@ -128,6 +131,9 @@ impl Response {
                     put_str(b, value);
                 }
             }),
+            Response::Stats(s) => {
+                write_frame(buf, observability::STATS_OK, |b| observability::put_stats(b, s))
+            }
         }
     }
 
@@ -192,6 +198,7 @@ impl Response {
                     .collect::<Result<_, FrameError>>()?;
                 Response::Error(WireError { source, fields })
             }
+            observability::STATS_OK => Response::Stats(observability::read_stats(&mut r)?),
             other => return Err(FrameError::UnknownTag(other)),
         };
         r.finish(tag)?;
