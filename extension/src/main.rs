@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use tracing_subscriber::EnvFilter;
 use warmpool_extension::config::Config;
 
 fn main() -> ExitCode {
@@ -10,22 +9,7 @@ fn main() -> ExitCode {
         println!("warmpool {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let directives = std::env::var("WARMPOOL_LOG").unwrap_or_else(|_| "info".into());
-    // tokio-postgres logs every statement with its bound parameter values at debug level, and
-    // those may be secrets: only WARMPOOL_LOG_STATEMENTS=true lets them through.
-    let statements = if std::env::var("WARMPOOL_LOG_STATEMENTS").as_deref() == Ok("true") {
-        "tokio_postgres=debug"
-    } else {
-        "tokio_postgres=info"
-    };
-    let filter =
-        EnvFilter::new(&directives).add_directive(statements.parse().expect("static directive"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-
+    // The settings come first: a bad one is reported on stderr, before any log line.
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -33,6 +17,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let directives = std::env::var("WARMPOOL_LOG").unwrap_or_else(|_| "info".into());
+    warmpool_extension::logging::init(
+        &directives,
+        config.log_statements,
+        config.observability.log_format,
+    );
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
