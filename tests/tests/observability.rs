@@ -173,7 +173,15 @@ async fn classic_lambda_logs_json_with_request_ids_and_one_metrics_record_per_in
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_instances_count_each_concurrent_invocation_apart_and_write_interval_records() {
     let pg = PgServer::start();
-    let env = LambdaEnv::managed_instances(&pg, &[("WARMPOOL_METRICS_INTERVAL_MS", "200")], 4);
+    // Every request logs its pool wait, so each invocation has lines of its own.
+    let env = LambdaEnv::managed_instances(
+        &pg,
+        &[
+            ("WARMPOOL_METRICS_INTERVAL_MS", "200"),
+            ("WARMPOOL_SLOW_POOL_WAIT_MS", "0"),
+        ],
+        4,
+    );
     let runs = (1..=4u32).map(|n| env.invoke(json!({"action": "stats", "queries": n})));
     let results = futures_util::future::join_all(runs).await;
     for (n, inv) in (1..=4u64).zip(&results) {
