@@ -598,7 +598,10 @@ fn observability(get: &impl Fn(&str) -> Option<String>) -> Result<Observability,
             })
         }
     };
-    let metrics_interval = ms("WARMPOOL_METRICS_INTERVAL_MS", defaults::METRICS_INTERVAL_MS)?;
+    let metrics_interval = ms(
+        "WARMPOOL_METRICS_INTERVAL_MS",
+        defaults::METRICS_INTERVAL_MS,
+    )?;
     if metrics_interval.is_zero() {
         return Err(ConfigError {
             variable: "WARMPOOL_METRICS_INTERVAL_MS",
@@ -726,7 +729,11 @@ mod tests {
             ("AWS_LAMBDA_FUNCTION_NAME", "orders"),
         ])
         .unwrap();
-        assert_eq!(c.observability.log_format, LogFormat::Json, "json on Lambda");
+        assert_eq!(
+            c.observability.log_format,
+            LogFormat::Json,
+            "json on Lambda"
+        );
         assert_eq!(c.observability.function_name, "orders");
         for (var, value) in [
             ("WARMPOOL_LOG_FORMAT", "yaml"),

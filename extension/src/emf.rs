@@ -185,13 +185,43 @@ mod tests {
     fn the_validator_rejects_what_the_specification_forbids() {
         let good = record(&context(), &Stats::default());
         let broken: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
-            ("no _aws", Box::new(|v| drop(v.as_object_mut().unwrap().remove("_aws")))),
-            ("no timestamp", Box::new(|v| drop(v["_aws"].as_object_mut().unwrap().remove("Timestamp")))),
-            ("bad unit", Box::new(|v| v["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"] = json!("Widgets"))),
-            ("metric missing", Box::new(|v| drop(v.as_object_mut().unwrap().remove("Queries")))),
-            ("dimension missing", Box::new(|v| drop(v.as_object_mut().unwrap().remove("FunctionName")))),
-            ("dimension not a string", Box::new(|v| v["FunctionName"] = json!(3))),
-            ("no namespace", Box::new(|v| drop(v["_aws"]["CloudWatchMetrics"][0].as_object_mut().unwrap().remove("Namespace")))),
+            (
+                "no _aws",
+                Box::new(|v| drop(v.as_object_mut().unwrap().remove("_aws"))),
+            ),
+            (
+                "no timestamp",
+                Box::new(|v| drop(v["_aws"].as_object_mut().unwrap().remove("Timestamp"))),
+            ),
+            (
+                "bad unit",
+                Box::new(|v| {
+                    v["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"] = json!("Widgets")
+                }),
+            ),
+            (
+                "metric missing",
+                Box::new(|v| drop(v.as_object_mut().unwrap().remove("Queries"))),
+            ),
+            (
+                "dimension missing",
+                Box::new(|v| drop(v.as_object_mut().unwrap().remove("FunctionName"))),
+            ),
+            (
+                "dimension not a string",
+                Box::new(|v| v["FunctionName"] = json!(3)),
+            ),
+            (
+                "no namespace",
+                Box::new(|v| {
+                    drop(
+                        v["_aws"]["CloudWatchMetrics"][0]
+                            .as_object_mut()
+                            .unwrap()
+                            .remove("Namespace"),
+                    )
+                }),
+            ),
             ("metric not a number", Box::new(|v| v["Rows"] = json!("12"))),
         ];
         for (what, breaks) in broken {

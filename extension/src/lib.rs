@@ -16,6 +16,7 @@
 //! - [`metrics`]: counters per invocation, per metrics record, and since start.
 //! - [`emf`]: those counters as CloudWatch Embedded Metric Format records.
 //! - [`telemetry`]: when records are written: per invocation, per interval, at SHUTDOWN.
+//! - `otel` (cargo feature `otel`): OpenTelemetry export of spans, in the X-Ray trace.
 //! - [`service`]: what both modes share: start serving, stop in order.
 //! - [`lifecycle`]: the Lambda lifecycle state machine (Init, Ready, Draining, Closed).
 //! - [`lambda`]: running as a Lambda extension: register, warm at Init, INVOKE, SHUTDOWN.
@@ -33,6 +34,8 @@ pub mod lifecycle;
 pub mod local;
 pub mod logging;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod pool;
 pub mod server;
 pub mod service;

@@ -27,11 +27,15 @@ use crate::config::LogFormat;
 /// short of `off` disables it: a disabled span records no ids, and a warning inside it would
 /// lose its request id.
 pub fn invocation_span(request_id: &str, trace_id: &str) -> tracing::Span {
-    tracing::error_span!("invocation", request_id = %request_id, trace_id = %trace_id)
+    let span = tracing::error_span!("invocation", request_id = %request_id, trace_id = %trace_id);
+    #[cfg(feature = "otel")]
+    crate::otel::set_parent(&span, trace_id);
+    span
 }
 
 /// Installs the global subscriber: `directives` in RUST_LOG syntax (`WARMPOOL_LOG`), in
-/// `format`, on stdout. `log_statements` lets tokio-postgres' statement logging through.
+/// `format`, on stdout. `log_statements` lets tokio-postgres' statement logging through. With
+/// the `otel` feature, call it inside the Tokio runtime: the span exporter runs on it.
 pub fn init(directives: &str, log_statements: bool, format: LogFormat) {
     // tokio-postgres logs every statement with its bound parameter values at debug level, and
     // those may be secrets: only WARMPOOL_LOG_STATEMENTS=true lets them through.
@@ -43,6 +47,8 @@ pub fn init(directives: &str, log_statements: bool, format: LogFormat) {
     let filter =
         EnvFilter::new(directives).add_directive(statements.parse().expect("static directive"));
     let registry = tracing_subscriber::registry().with(filter);
+    #[cfg(feature = "otel")]
+    let registry = registry.with(crate::otel::layer());
     match format {
         LogFormat::Json => registry
             .with(InvocationIdsLayer)
@@ -168,8 +174,7 @@ impl Visit for JsonFields<'_> {
         self.0.insert(field.name().into(), value.into());
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.0
-            .insert(field.name().into(), value.to_string().into());
+        self.0.insert(field.name().into(), value.to_string().into());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.0

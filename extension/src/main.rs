@@ -17,13 +17,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let directives = std::env::var("WARMPOOL_LOG").unwrap_or_else(|_| "info".into());
-    warmpool_extension::logging::init(
-        &directives,
-        config.log_statements,
-        config.observability.log_format,
-    );
-
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -35,6 +28,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Inside the runtime: with the `otel` feature the span exporter runs on it.
+    let entered = runtime.enter();
+    let directives = std::env::var("WARMPOOL_LOG").unwrap_or_else(|_| "info".into());
+    warmpool_extension::logging::init(
+        &directives,
+        config.log_statements,
+        config.observability.log_format,
+    );
+    drop(entered);
     // Lambda sets AWS_LAMBDA_RUNTIME_API for every process of an execution environment.
     let result = if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
         runtime.block_on(warmpool_extension::lambda::run(config))
@@ -43,6 +45,9 @@ fn main() -> ExitCode {
             .block_on(warmpool_extension::local::run(config))
             .map_err(|e| e.to_string().into())
     };
+    // From this thread, while the runtime's workers still run the exporter's task.
+    #[cfg(feature = "otel")]
+    warmpool_extension::otel::shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

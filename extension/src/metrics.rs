@@ -124,7 +124,10 @@ fn micros(d: Duration) -> u64 {
 /// a well-formed code counts as `XX`, internal error.
 pub fn sqlstate_class(code: &str) -> String {
     let b = code.as_bytes();
-    if b.len() == 5 && b.iter().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()) {
+    if b.len() == 5
+        && b.iter()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+    {
         code[..2].to_owned()
     } else {
         "XX".to_owned()

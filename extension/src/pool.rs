@@ -338,22 +338,25 @@ impl Pool {
         let pool = self.clone();
         // In the INVOKE's span, so its log lines (a connection replaced) carry the request id.
         let span = tracing::Span::current();
-        tokio::spawn(tracing::Instrument::instrument(async move {
-            // Only connections that are idle now: once a request has taken one, a get() here would
-            // open a new connection beside it, which classic Lambda would then keep for good.
-            let checked = join_all((0..idle).map(|_| async {
-                if pool.inner.status().available == 0 {
-                    return None;
-                }
-                Some(pool.inner.get().await)
-            }))
-            .await;
-            let ok = checked.iter().filter(|c| matches!(c, Some(Ok(_)))).count();
-            drop(checked);
-            drop(guard);
-            tracing::debug!(idle, ok, "checked idle connections after a thaw");
-            ok
-        }, span))
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                // Only connections that are idle now: once a request has taken one, a get() here would
+                // open a new connection beside it, which classic Lambda would then keep for good.
+                let checked = join_all((0..idle).map(|_| async {
+                    if pool.inner.status().available == 0 {
+                        return None;
+                    }
+                    Some(pool.inner.get().await)
+                }))
+                .await;
+                let ok = checked.iter().filter(|c| matches!(c, Some(Ok(_)))).count();
+                drop(checked);
+                drop(guard);
+                tracing::debug!(idle, ok, "checked idle connections after a thaw");
+                ok
+            },
+            span,
+        ))
     }
 }
 

@@ -181,8 +181,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             // invocation in progress.
             let span = self.span();
             let counters = self.named.as_ref().map(|(_, c, _)| c.clone());
-            let keep_going =
-                Meter::scoped(counters, self.handle(request).instrument(span)).await;
+            let keep_going = Meter::scoped(counters, self.handle(request).instrument(span)).await;
             self.shared
                 .last_activity_ms
                 .store(crate::lifecycle::now_ms(), Ordering::Relaxed);
@@ -206,34 +205,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Serves one request; false if the session must end.
     async fn handle(&mut self, request: Request) -> bool {
         match request {
-                Request::Hello(_) => {
-                    let e = errors::protocol("Hello may only be sent once, as the first frame");
-                    let _ = self.send(&Response::Error(e)).await;
-                    false
-                }
-                Request::Prepare(p) => self.prepare(p).await.is_ok(),
-                Request::Execute(e) => self.execute(e).await.is_ok(),
-                Request::Batch(sql) => self.batch(sql).await.is_ok(),
-                Request::Begin(b) => self.begin(b).await.is_ok(),
-                Request::Commit => self.commit().await.is_ok(),
-                Request::Rollback => self.rollback().await.is_ok(),
-                Request::Ping => self.send(&Response::Pong).await.is_ok(),
-                Request::Terminate => false,
-                Request::Invocation(i) => {
-                    self.named = (!i.request_id.is_empty()).then(|| {
-                        let counters = self.shared.pool.meter().invocation(&i.request_id);
-                        let span = invocation_span(&i.request_id, &i.trace_id);
-                        (Arc::new(i), counters, span)
-                    });
-                    self.send(&Response::Ok).await.is_ok()
-                }
-                Request::Stats => {
-                    let stats: Stats = self
-                        .shared
-                        .telemetry
-                        .stats(self.named.as_ref().map(|(i, _, _)| &**i));
-                    self.send(&Response::Stats(stats)).await.is_ok()
-                }
+            Request::Hello(_) => {
+                let e = errors::protocol("Hello may only be sent once, as the first frame");
+                let _ = self.send(&Response::Error(e)).await;
+                false
+            }
+            Request::Prepare(p) => self.prepare(p).await.is_ok(),
+            Request::Execute(e) => self.execute(e).await.is_ok(),
+            Request::Batch(sql) => self.batch(sql).await.is_ok(),
+            Request::Begin(b) => self.begin(b).await.is_ok(),
+            Request::Commit => self.commit().await.is_ok(),
+            Request::Rollback => self.rollback().await.is_ok(),
+            Request::Ping => self.send(&Response::Pong).await.is_ok(),
+            Request::Terminate => false,
+            Request::Invocation(i) => {
+                self.named = (!i.request_id.is_empty()).then(|| {
+                    let counters = self.shared.pool.meter().invocation(&i.request_id);
+                    let span = invocation_span(&i.request_id, &i.trace_id);
+                    (Arc::new(i), counters, span)
+                });
+                self.send(&Response::Ok).await.is_ok()
+            }
+            Request::Stats => {
+                let stats: Stats = self
+                    .shared
+                    .telemetry
+                    .stats(self.named.as_ref().map(|(i, _, _)| &**i));
+                self.send(&Response::Stats(stats)).await.is_ok()
+            }
         }
     }
 
