@@ -184,7 +184,8 @@ mod tests {
     #[test]
     fn the_validator_rejects_what_the_specification_forbids() {
         let good = record(&context(), &Stats::default());
-        let broken: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        type Breaks = Box<dyn Fn(&mut Value)>;
+        let broken: Vec<(&str, Breaks)> = vec![
             (
                 "no _aws",
                 Box::new(|v| drop(v.as_object_mut().unwrap().remove("_aws"))),
