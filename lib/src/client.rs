@@ -93,10 +93,7 @@ impl Client {
     /// [`Client::with_invocation`] with the ids of a `lambda_runtime` context.
     #[cfg(feature = "lambda")]
     pub fn for_invocation(&self, context: &lambda_runtime::Context) -> Client {
-        self.with_invocation(
-            context.request_id.clone(),
-            context.xray_trace_id.as_deref(),
-        )
+        self.with_invocation(context.request_id.clone(), context.xray_trace_id.as_deref())
     }
 
     /// What the extension has done for this handle's invocation so far: statements, rows,

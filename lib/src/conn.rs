@@ -7,7 +7,8 @@ use tokio::net::UnixStream;
 
 use crate::error::{Error, Kind};
 use crate::protocol::{
-    sqlstate, ErrorSource, Hello, Invocation, Request, Response, WireError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    sqlstate, ErrorSource, Hello, Invocation, Request, Response, WireError, DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
 };
 use crate::transport::{Framed, ReadError};
 

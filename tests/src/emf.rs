@@ -72,7 +72,9 @@ pub fn validate(record: &Value) -> Result<(), String> {
             for k in keys {
                 let k = k.as_str().ok_or("a dimension key is not a string")?;
                 if !top.get(k).is_some_and(Value::is_string) {
-                    return Err(format!("dimension {k:?} is not a string member of the record"));
+                    return Err(format!(
+                        "dimension {k:?} is not a string member of the record"
+                    ));
                 }
             }
         }
@@ -94,14 +96,20 @@ pub fn validate(record: &Value) -> Result<(), String> {
             if let Some(unit) = m.get("Unit") {
                 let unit = unit.as_str().ok_or("a Unit is not a string")?;
                 if !UNITS.contains(&unit) {
-                    return Err(format!("metric {name}: unit {unit:?} is not a CloudWatch unit"));
+                    return Err(format!(
+                        "metric {name}: unit {unit:?} is not a CloudWatch unit"
+                    ));
                 }
             }
             match top.get(name) {
                 Some(Value::Number(_)) => {}
                 Some(Value::Array(values))
                     if values.len() <= 100 && values.iter().all(Value::is_number) => {}
-                _ => return Err(format!("metric {name} is not a numeric member of the record")),
+                _ => {
+                    return Err(format!(
+                        "metric {name} is not a numeric member of the record"
+                    ))
+                }
             }
         }
     }

@@ -15,10 +15,10 @@
 mod codec;
 mod error;
 mod observability;
-mod request;
-mod response;
 #[cfg(test)]
 mod observability_tests;
+mod request;
+mod response;
 #[cfg(test)]
 mod tests;
 mod types;

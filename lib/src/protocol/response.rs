@@ -4,8 +4,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use postgres_types::Type;
 
 use super::codec::{put_count16, put_nullable, put_str, split_frame, write_frame, Reader};
-use super::types::{put_type, read_type};
 use super::observability::{self, Stats};
+use super::types::{put_type, read_type};
 use super::{ErrorSource, FrameError, WireError};
 
 const HELLO_OK: u8 = b'h';
@@ -131,9 +131,9 @@ impl Response {
                     put_str(b, value);
                 }
             }),
-            Response::Stats(s) => {
-                write_frame(buf, observability::STATS_OK, |b| observability::put_stats(b, s))
-            }
+            Response::Stats(s) => write_frame(buf, observability::STATS_OK, |b| {
+                observability::put_stats(b, s)
+            }),
         }
     }
 
