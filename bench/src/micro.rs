@@ -388,10 +388,11 @@ impl Ext {
             .env("WARMPOOL_SOCKET", &socket)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
         let mut child = cmd.spawn().expect("start the extension");
-        let stderr = child.stderr.take().expect("stderr");
+        // Logs go to stdout.
+        let stderr = child.stdout.take().expect("stdout");
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::io::BufRead;

@@ -165,6 +165,39 @@ pub struct Config {
     /// `WARMPOOL_QUERY_CACHE_MAX_BYTES`: the query result cache's budget, counted like the
     /// store's. Default 16 MiB.
     pub query_cache_max_bytes: usize,
+    /// Logs and metrics; see [`Observability`].
+    pub observability: Observability,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, as CloudWatch Logs Insights reads it.
+    Json,
+    /// Plain text for a terminal.
+    Text,
+}
+
+/// Logs and metrics settings.
+#[derive(Debug, Clone)]
+pub struct Observability {
+    /// `WARMPOOL_LOG_FORMAT`: `json` or `text`. Default `json` on Lambda (when
+    /// `AWS_LAMBDA_RUNTIME_API` is set), `text` outside it.
+    pub log_format: LogFormat,
+    /// `WARMPOOL_METRICS`: write CloudWatch Embedded Metric Format records on stdout.
+    /// Default `true`.
+    pub metrics: bool,
+    /// `WARMPOOL_METRICS_NAMESPACE`: the CloudWatch namespace of the metrics. Default `warmpool`.
+    pub namespace: String,
+    /// `WARMPOOL_METRICS_INTERVAL_MS`: on Lambda Managed Instances and in local mode, one record
+    /// per this interval (classic Lambda writes one per invocation). Default 60000.
+    pub metrics_interval: Duration,
+    /// `WARMPOOL_SLOW_POOL_WAIT_MS`: a request that waits longer than this for a pooled
+    /// connection logs a warning. Default 100.
+    pub slow_pool_wait: Duration,
+    /// `AWS_LAMBDA_FUNCTION_NAME`, set by Lambda: the metrics' `FunctionName` dimension.
+    /// Default `local`.
+    pub function_name: String,
 }
 
 /// Defaults, in one place.
@@ -218,6 +251,16 @@ pub mod defaults {
     pub const STATE_MAX_BYTES: usize = 16 * 1024 * 1024;
     /// `WARMPOOL_QUERY_CACHE_MAX_BYTES`.
     pub const QUERY_CACHE_MAX_BYTES: usize = 16 * 1024 * 1024;
+    /// `WARMPOOL_METRICS`.
+    pub const METRICS: bool = true;
+    /// `WARMPOOL_METRICS_NAMESPACE`.
+    pub const METRICS_NAMESPACE: &str = "warmpool";
+    /// `WARMPOOL_METRICS_INTERVAL_MS`: CloudWatch's finest standard resolution.
+    pub const METRICS_INTERVAL_MS: u64 = 60_000;
+    /// `WARMPOOL_SLOW_POOL_WAIT_MS`.
+    pub const SLOW_POOL_WAIT_MS: u64 = 100;
+    /// `AWS_LAMBDA_FUNCTION_NAME` outside Lambda.
+    pub const FUNCTION_NAME: &str = "local";
 }
 
 impl Config {
@@ -425,6 +468,7 @@ impl Config {
                 "WARMPOOL_QUERY_CACHE_MAX_BYTES",
                 defaults::QUERY_CACHE_MAX_BYTES,
             )?,
+            observability: observability(&get)?,
         };
         config.validate()?;
         Ok(config)
@@ -625,6 +669,44 @@ fn from_json_setting<T>(
     }
 }
 
+fn observability(get: &impl Fn(&str) -> Option<String>) -> Result<Observability, ConfigError> {
+    let ms = |var: &'static str, default: u64| -> Result<Duration, ConfigError> {
+        parse(get, var, default).map(Duration::from_millis)
+    };
+    let log_format = match get("WARMPOOL_LOG_FORMAT").as_deref().map(str::trim) {
+        None if get("AWS_LAMBDA_RUNTIME_API").is_some() => LogFormat::Json,
+        None => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some("text") => LogFormat::Text,
+        Some(other) => {
+            return Err(ConfigError {
+                variable: "WARMPOOL_LOG_FORMAT",
+                reason: format!("{other:?}: use json or text"),
+            })
+        }
+    };
+    let metrics_interval = ms(
+        "WARMPOOL_METRICS_INTERVAL_MS",
+        defaults::METRICS_INTERVAL_MS,
+    )?;
+    if metrics_interval.is_zero() {
+        return Err(ConfigError {
+            variable: "WARMPOOL_METRICS_INTERVAL_MS",
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(Observability {
+        log_format,
+        metrics: parse(get, "WARMPOOL_METRICS", defaults::METRICS)?,
+        namespace: get("WARMPOOL_METRICS_NAMESPACE")
+            .unwrap_or_else(|| defaults::METRICS_NAMESPACE.into()),
+        metrics_interval,
+        slow_pool_wait: ms("WARMPOOL_SLOW_POOL_WAIT_MS", defaults::SLOW_POOL_WAIT_MS)?,
+        function_name: get("AWS_LAMBDA_FUNCTION_NAME")
+            .unwrap_or_else(|| defaults::FUNCTION_NAME.into()),
+    })
+}
+
 fn parse<T: FromStr>(
     get: &impl Fn(&str) -> Option<String>,
     variable: &'static str,
@@ -715,6 +797,40 @@ mod tests {
         assert_eq!(c.pg.get_ports(), &[5432]);
         assert_eq!(c.pg.get_dbname(), Some("app"));
         assert_eq!(c.pg.get_application_name(), Some("warmpool"));
+    }
+
+    #[test]
+    fn observability_defaults_and_bad_values() {
+        let c = config(&[("PGHOST", "db"), ("PGUSER", "app")]).unwrap();
+        let o = &c.observability;
+        assert_eq!(o.log_format, LogFormat::Text, "text outside Lambda");
+        assert!(o.metrics);
+        assert_eq!(o.namespace, defaults::METRICS_NAMESPACE);
+        assert_eq!(o.metrics_interval, Duration::from_millis(60_000));
+        assert_eq!(o.slow_pool_wait, Duration::from_millis(100));
+        assert_eq!(o.function_name, "local");
+        let c = config(&[
+            ("PGHOST", "db"),
+            ("PGUSER", "app"),
+            ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"),
+            ("AWS_LAMBDA_FUNCTION_NAME", "orders"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.observability.log_format,
+            LogFormat::Json,
+            "json on Lambda"
+        );
+        assert_eq!(c.observability.function_name, "orders");
+        for (var, value) in [
+            ("WARMPOOL_LOG_FORMAT", "yaml"),
+            ("WARMPOOL_METRICS", "yes"),
+            ("WARMPOOL_METRICS_INTERVAL_MS", "0"),
+            ("WARMPOOL_SLOW_POOL_WAIT_MS", "-1"),
+        ] {
+            let e = config(&[("PGHOST", "db"), ("PGUSER", "app"), (var, value)]).unwrap_err();
+            assert_eq!(e.variable, var, "{e}");
+        }
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
             async move {
                 match event.next {
                     NextEvent::Invoke(e) => {
+                        // Writes the previous invocation's metrics record, and opens this one's
+                        // span: what the extension logs until the next event carries its ids.
+                        let span = shared.telemetry.on_invoke(&e.request_id, &e.tracing.value);
+                        let _entered = span.enter();
                         let last = shared
                             .last_activity_ms
                             .load(std::sync::atomic::Ordering::Relaxed);
@@ -65,6 +69,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
                     }
                     NextEvent::Shutdown(e) => {
                         tracing::info!(reason = %e.shutdown_reason, deadline_ms = e.deadline_ms, "SHUTDOWN");
+                        shared.telemetry.on_shutdown();
                         let _ = shutdown_tx.send((e.shutdown_reason, e.deadline_ms)).await;
                         // The environment ends after SHUTDOWN; there is no next event to wait for.
                         std::future::pending::<()>().await;
@@ -88,8 +93,15 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         .register()
         .await?;
 
+    let warming = std::time::Instant::now();
     match service.warm().await {
-        Ok(opened) => tracing::info!(opened, "Init: warm connections open"),
+        Ok(opened) => tracing::info!(
+            opened,
+            wanted = shared.config.warm_size,
+            elapsed_ms = warming.elapsed().as_millis() as u64,
+            credentials = %shared.pool.credentials(),
+            "Init: warm connections open"
+        ),
         Err(e) if require_database => {
             tracing::error!(error = %crate::errors::error_chain(&e), "Init: the database is unreachable (WARMPOOL_INIT_REQUIRE_DATABASE)");
             report_init_error(&registered.extension_id).await;
@@ -102,8 +114,10 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
     service.warm_up().await;
     lifecycle.lock().unwrap_or_else(|p| p.into_inner()).ready();
     if managed_instances {
-        // Never frozen, so timers run: idle connections are checked and reaped on a schedule.
+        // Never frozen, so timers run: idle connections are checked and reaped on a schedule,
+        // and metrics are written per interval (there is no INVOKE to write them per invocation).
         service.start_maintenance();
+        service.start_metrics_interval();
     }
 
     // The run loop's first /next ends this extension's Init.
@@ -120,11 +134,17 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         .unwrap_or(Duration::ZERO);
     let report = service.stop(budget).await;
     lifecycle.lock().unwrap_or_else(|p| p.into_inner()).closed();
+    let totals = shared.telemetry.meter().totals();
     tracing::info!(
         reason = %reason,
         closed = report.closed,
         dropped = report.dropped,
         elapsed_ms = report.elapsed.as_millis() as u64,
+        invocations = shared.telemetry.invocations(),
+        queries = totals.queries,
+        errors = totals.total_errors(),
+        connections_created = totals.connections_created,
+        connections_replaced = totals.connections_replaced,
         "SHUTDOWN: connections closed"
     );
     Ok(())

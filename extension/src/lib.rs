@@ -13,6 +13,11 @@
 //! - [`session`]: one client session and its transaction state.
 //! - [`state`]: warm state: the state store, the query result cache, warm-up data sets.
 //! - [`errors`]: every failure as an error frame with a SQLSTATE.
+//! - [`logging`]: JSON (or text) log lines on stdout, tagged with the invocation's ids.
+//! - [`metrics`]: counters per invocation, per metrics record, and since start.
+//! - [`emf`]: those counters as CloudWatch Embedded Metric Format records.
+//! - [`telemetry`]: when records are written: per invocation, per interval, at SHUTDOWN.
+//! - `otel` (cargo feature `otel`): OpenTelemetry export of spans, in the X-Ray trace.
 //! - [`service`]: what both modes share: start serving, stop in order.
 //! - [`lifecycle`]: the Lambda lifecycle state machine (Init, Ready, Draining, Closed).
 //! - [`lambda`]: running as a Lambda extension: register, warm at Init, INVOKE, SHUTDOWN.
@@ -23,14 +28,20 @@
 pub mod config;
 pub mod conn;
 pub mod credentials;
+pub mod emf;
 pub mod errors;
 pub mod lambda;
 pub mod lifecycle;
 pub mod local;
+pub mod logging;
+pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod pool;
 pub mod server;
 pub mod service;
 pub mod session;
 pub mod socket;
 pub mod state;
+pub mod telemetry;
 pub mod tls;

@@ -19,16 +19,24 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         crate::state::load::warm_up(&shared).await;
     });
     service.start_maintenance();
+    service.start_metrics_interval();
+    let telemetry = service.shared().telemetry.clone();
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     warming.abort();
+    telemetry.on_shutdown();
     let report = service.stop(budget).await;
+    let totals = telemetry.meter().totals();
     tracing::info!(
         closed = report.closed,
         dropped = report.dropped,
         elapsed_ms = report.elapsed.as_millis() as u64,
+        queries = totals.queries,
+        errors = totals.total_errors(),
+        connections_created = totals.connections_created,
+        connections_replaced = totals.connections_replaced,
         "connections closed"
     );
     Ok(())

@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use tracing_subscriber::EnvFilter;
 use warmpool_extension::config::Config;
 
 fn main() -> ExitCode {
@@ -10,22 +9,7 @@ fn main() -> ExitCode {
         println!("warmpool {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let directives = std::env::var("WARMPOOL_LOG").unwrap_or_else(|_| "info".into());
-    // tokio-postgres logs every statement with its bound parameter values at debug level, and
-    // those may be secrets: only WARMPOOL_LOG_STATEMENTS=true lets them through.
-    let statements = if std::env::var("WARMPOOL_LOG_STATEMENTS").as_deref() == Ok("true") {
-        "tokio_postgres=debug"
-    } else {
-        "tokio_postgres=info"
-    };
-    let filter =
-        EnvFilter::new(&directives).add_directive(statements.parse().expect("static directive"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-
+    // The settings come first: a bad one is reported on stderr, before any log line.
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -44,6 +28,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Inside the runtime: with the `otel` feature the span exporter runs on it.
+    let entered = runtime.enter();
+    let directives = std::env::var("WARMPOOL_LOG").unwrap_or_else(|_| "info".into());
+    warmpool_extension::logging::init(
+        &directives,
+        config.log_statements,
+        config.observability.log_format,
+    );
+    drop(entered);
     // Lambda sets AWS_LAMBDA_RUNTIME_API for every process of an execution environment.
     let result = if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
         runtime.block_on(warmpool_extension::lambda::run(config))
@@ -52,6 +45,9 @@ fn main() -> ExitCode {
             .block_on(warmpool_extension::local::run(config))
             .map_err(|e| e.to_string().into())
     };
+    // From this thread, while the runtime's workers still run the exporter's task.
+    #[cfg(feature = "otel")]
+    warmpool_extension::otel::shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

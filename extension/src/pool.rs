@@ -22,6 +22,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::config::Config;
 use crate::conn::PgConn;
 use crate::credentials::{CredentialsError, ErrorKind, Login, Origin, Provider};
+use crate::metrics::{Event, Meter};
 use crate::tls;
 
 /// A connection checked out of the pool; it goes back when dropped.
@@ -43,6 +44,8 @@ pub struct Manager {
     /// Bumped when the environment thaws: a connection checked before the bump is checked again
     /// before its next use.
     thaw_epoch: AtomicU64,
+    /// Counts connections opened and replaced.
+    meter: Arc<Meter>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -167,6 +170,25 @@ impl managed::Manager for Manager {
     /// (rotated password, expired token), asks the provider for a fresh login and tries once
     /// more; only that second refusal becomes an error, naming where the credentials came from.
     async fn create(&self) -> Result<PgConn, ConnectError> {
+        let conn = self.create_conn().await?;
+        self.meter.add(Event::ConnectionCreated);
+        Ok(conn)
+    }
+
+    /// Runs on every checkout of an idle connection. deadpool bounds it with the recycle timeout,
+    /// and a connection that fails it is closed and replaced.
+    async fn recycle(&self, conn: &mut PgConn, metrics: &Metrics) -> RecycleResult<ConnectError> {
+        let checked = self.check(conn, metrics).await;
+        if let Err(e) = &checked {
+            self.meter.add(Event::ConnectionReplaced);
+            tracing::info!(reason = %e, age_ms = metrics.age().as_millis() as u64, "replacing a connection");
+        }
+        checked
+    }
+}
+
+impl Manager {
+    async fn create_conn(&self) -> Result<PgConn, ConnectError> {
         let login = self.bounded(self.credentials.login()).await?;
         let first = match self.connect(&login).await {
             Err(ConnectError::Database(e)) if is_auth_failure(&e) => e,
@@ -197,9 +219,9 @@ impl managed::Manager for Manager {
         }
     }
 
-    /// Runs on every checkout of an idle connection. deadpool bounds it with the recycle timeout,
-    /// and a connection that fails it is closed and replaced.
-    async fn recycle(&self, conn: &mut PgConn, metrics: &Metrics) -> RecycleResult<ConnectError> {
+    /// Whether an idle connection may be handed out: open, young enough, outside a transaction,
+    /// reset, and alive if it sat idle across a gap or a thaw.
+    async fn check(&self, conn: &mut PgConn, metrics: &Metrics) -> RecycleResult<ConnectError> {
         if conn.client.is_closed() {
             return Err(RecycleError::message("connection closed"));
         }
@@ -273,6 +295,11 @@ impl Pool {
         self.inner.get().await
     }
 
+    /// The counters of what the pool and its sessions do.
+    pub fn meter(&self) -> &Arc<Meter> {
+        &self.inner.manager().meter
+    }
+
     /// Where new connections' credentials come from.
     pub fn credentials(&self) -> &Origin {
         self.inner.manager().credentials.origin()
@@ -320,21 +347,27 @@ impl Pool {
         let idle = self.inner.status().available;
         let guard = self.maintenance();
         let pool = self.clone();
-        tokio::spawn(async move {
-            // Only connections that are idle now: once a request has taken one, a get() here would
-            // open a new connection beside it, which classic Lambda would then keep for good.
-            let checked = join_all((0..idle).map(|_| async {
-                if pool.inner.status().available == 0 {
-                    return None;
-                }
-                Some(pool.inner.get().await)
-            }))
-            .await;
-            let ok = checked.iter().filter(|c| matches!(c, Some(Ok(_)))).count();
-            drop(checked);
-            drop(guard);
-            ok
-        })
+        // In the INVOKE's span, so its log lines (a connection replaced) carry the request id.
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                // Only connections that are idle now: once a request has taken one, a get() here would
+                // open a new connection beside it, which classic Lambda would then keep for good.
+                let checked = join_all((0..idle).map(|_| async {
+                    if pool.inner.status().available == 0 {
+                        return None;
+                    }
+                    Some(pool.inner.get().await)
+                }))
+                .await;
+                let ok = checked.iter().filter(|c| matches!(c, Some(Ok(_)))).count();
+                drop(checked);
+                drop(guard);
+                tracing::debug!(idle, ok, "checked idle connections after a thaw");
+                ok
+            },
+            span,
+        ))
     }
 }
 
@@ -374,6 +407,7 @@ pub fn build_with(config: &Config, credentials: Provider) -> Result<Pool, BuildE
         max_lifetime: config.max_connection_lifetime,
         prepare: config.prepare.iter().cloned().collect(),
         thaw_epoch: AtomicU64::new(0),
+        meter: Arc::new(Meter::new(config.max_concurrency.saturating_mul(4).max(64))),
     };
     let inner = managed::Pool::builder(manager)
         .max_size(config.max_size)

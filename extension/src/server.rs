@@ -82,6 +82,10 @@ async fn admit(
                     wait.as_millis()
                 ),
             );
+            shared
+                .pool
+                .meter()
+                .add(crate::metrics::Event::Error(e.code()));
             let mut framed = Framed::new(stream, shared.config.max_frame);
             framed.queue_response(&Response::Error(e));
             let _ = framed.flush().await;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::lifecycle::now_ms;
 use crate::session::Shared;
+use crate::telemetry::Telemetry;
 use crate::{pool, server, socket};
 
 /// A running extension: socket bound, server accepting, pool built.
@@ -19,6 +20,7 @@ pub struct Service {
     shutdown: CancellationToken,
     server: JoinHandle<()>,
     maintenance: Option<JoinHandle<()>>,
+    metrics: Option<JoinHandle<()>>,
 }
 
 /// What stopping did.
@@ -41,11 +43,16 @@ impl Service {
         let (listener, uid) = socket::bind(&config.socket_path)
             .map_err(|e| format!("cannot bind {}: {e}", config.socket_path.display()))?;
         tracing::info!(socket = %config.socket_path.display(), "listening");
+        let telemetry = Arc::new(Telemetry::new(
+            pool.meter().clone(),
+            config.observability.clone(),
+        ));
         let shared = Arc::new(Shared {
             pool,
             state: crate::state::State::new(&config),
             config,
             last_activity_ms: AtomicU64::new(now_ms()),
+            telemetry,
         });
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(server::serve(
@@ -59,6 +66,7 @@ impl Service {
             shutdown,
             server,
             maintenance: None,
+            metrics: None,
         })
     }
 
@@ -107,12 +115,27 @@ impl Service {
         }));
     }
 
+    /// Writes a metrics record every `WARMPOOL_METRICS_INTERVAL_MS`, where there is no INVOKE
+    /// to write one per invocation: Lambda Managed Instances and local mode. Like maintenance,
+    /// it needs an environment that is never frozen.
+    pub fn start_metrics_interval(&mut self) {
+        let telemetry = self.shared.telemetry.clone();
+        let period = telemetry.settings().metrics_interval;
+        self.metrics = Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                ticks.tick().await;
+                telemetry.on_interval();
+            }
+        }));
+    }
+
     /// Stops: no new sessions; open transactions roll back; every connection closes with
     /// Terminate within `budget`, or is dropped; the socket file is removed.
     pub async fn stop(self, budget: Duration) -> StopReport {
         let started = Instant::now();
-        if let Some(m) = &self.maintenance {
-            m.abort();
+        for task in [&self.maintenance, &self.metrics].into_iter().flatten() {
+            task.abort();
         }
         self.shutdown.cancel();
         // Sessions get part of the budget to roll back; the rest closes connections.

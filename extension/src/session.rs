@@ -26,10 +26,16 @@ use warmpool::protocol::{
 };
 use warmpool::transport::{Framed, ReadError};
 
+use tracing::{Instrument, Span};
+use warmpool::protocol::{Invocation, Stats};
+
 use crate::config::Config;
 use crate::conn::PgConn;
 use crate::errors;
-use crate::pool::{Pool, PooledConn};
+use crate::logging::invocation_span;
+use crate::metrics::{Counters, Event, Meter};
+use crate::pool::{GetError, Pool, PooledConn};
+use crate::telemetry::Telemetry;
 
 /// Rows are sent in frames of about this many bytes, so a large result streams instead of being
 /// held whole in memory.
@@ -46,6 +52,8 @@ pub struct Shared {
     pub last_activity_ms: AtomicU64,
     /// The state store, the query result cache and the warm-up data sets.
     pub state: crate::state::State,
+    /// Counters, metrics records and the invocation in progress.
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// The transaction state of a session.
@@ -98,6 +106,7 @@ where
         framed: Framed::new(stream, shared.config.max_frame),
         shared,
         tx: TxState::Idle,
+        named: None,
     };
     if session.handshake().await {
         session.serve(&shutdown).await;
@@ -109,6 +118,9 @@ struct Session<S> {
     framed: Framed<S>,
     shared: Arc<Shared>,
     tx: TxState,
+    /// The invocation the client named with an Invocation frame: its ids, its counters, and
+    /// the span its requests run in.
+    named: Option<(Arc<Invocation>, Arc<Counters>, Span)>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -167,24 +179,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let _ = self.send(&Response::Error(errors::shutting_down())).await;
                 return;
             }
-            let keep_going = match request {
-                Request::Hello(_) => {
-                    let e = errors::protocol("Hello may only be sent once, as the first frame");
-                    let _ = self.send(&Response::Error(e)).await;
-                    false
-                }
-                Request::Prepare(p) => self.prepare(p).await.is_ok(),
-                Request::Execute(e) => self.execute(e).await.is_ok(),
-                Request::Batch(sql) => self.batch(sql).await.is_ok(),
-                Request::Begin(b) => self.begin(b).await.is_ok(),
-                Request::Commit => self.commit().await.is_ok(),
-                Request::Rollback => self.rollback().await.is_ok(),
-                Request::Ping => self.send(&Response::Pong).await.is_ok(),
-                Request::Terminate => false,
-                Request::State(r) => crate::state::serve::handle(&mut self.framed, &self.shared, r)
-                    .await
-                    .is_ok(),
-            };
+            // Counted and logged for the invocation the client named, or else for the classic
+            // invocation in progress.
+            let span = self.span();
+            let counters = self.named.as_ref().map(|(_, c, _)| c.clone());
+            let keep_going = Meter::scoped(counters, self.handle(request).instrument(span)).await;
             self.shared
                 .last_activity_ms
                 .store(crate::lifecycle::now_ms(), Ordering::Relaxed);
@@ -194,7 +193,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    /// The span a request runs in.
+    fn span(&self) -> Span {
+        match &self.named {
+            Some((_, _, span)) => span.clone(),
+            None => match self.shared.telemetry.current() {
+                Some((_, span)) => span,
+                None => Span::none(),
+            },
+        }
+    }
+
+    /// Serves one request; false if the session must end.
+    async fn handle(&mut self, request: Request) -> bool {
+        match request {
+            Request::Hello(_) => {
+                let e = errors::protocol("Hello may only be sent once, as the first frame");
+                let _ = self.send(&Response::Error(e)).await;
+                false
+            }
+            Request::Prepare(p) => self.prepare(p).await.is_ok(),
+            Request::Execute(e) => self.execute(e).await.is_ok(),
+            Request::Batch(sql) => self.batch(sql).await.is_ok(),
+            Request::Begin(b) => self.begin(b).await.is_ok(),
+            Request::Commit => self.commit().await.is_ok(),
+            Request::Rollback => self.rollback().await.is_ok(),
+            Request::Ping => self.send(&Response::Pong).await.is_ok(),
+            Request::Terminate => false,
+            Request::State(r) => crate::state::serve::handle(&mut self.framed, &self.shared, r)
+                .await
+                .is_ok(),
+            Request::Invocation(i) => {
+                self.named = (!i.request_id.is_empty()).then(|| {
+                    let counters = self.shared.pool.meter().invocation(&i.request_id);
+                    let span = invocation_span(&i.request_id, &i.trace_id);
+                    (Arc::new(i), counters, span)
+                });
+                self.send(&Response::Ok).await.is_ok()
+            }
+            Request::Stats => {
+                let stats: Stats = self
+                    .shared
+                    .telemetry
+                    .stats(self.named.as_ref().map(|(i, _, _)| &**i));
+                self.send(&Response::Stats(stats)).await.is_ok()
+            }
+        }
+    }
+
     async fn send(&mut self, response: &Response) -> io::Result<()> {
+        if let Response::Error(e) = response {
+            self.shared.pool.meter().add(Event::Error(e.code()));
+            match e.source {
+                // The database's message can quote the statement's values: only the code.
+                warmpool::protocol::ErrorSource::Database => {
+                    tracing::debug!(code = e.code(), "the database refused a statement")
+                }
+                warmpool::protocol::ErrorSource::Extension => tracing::warn!(
+                    code = e.code(),
+                    error = e.message(),
+                    "answered a request with an error"
+                ),
+            }
+        }
         self.framed.queue_response(response);
         self.framed.flush().await
     }
@@ -257,7 +318,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Takes the connection a statement runs on.
     async fn lease(&mut self) -> Result<Lease, WireError> {
         match std::mem::replace(&mut self.tx, TxState::Idle) {
-            TxState::Idle => match self.pool().get().await {
+            TxState::Idle => match self.get_conn().await {
                 Ok(conn) => Ok(Lease::Pooled(conn)),
                 Err(e) => Err(errors::from_pool(&e, self.config())),
             },
@@ -267,6 +328,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Err(in_failed_transaction())
             }
         }
+    }
+
+    /// A pooled connection, with the wait counted, and logged when it is long.
+    async fn get_conn(&self) -> Result<PooledConn, GetError> {
+        let started = Instant::now();
+        let got = self.pool().get().await;
+        let waited = started.elapsed();
+        self.pool().meter().add(Event::PoolWait(waited));
+        let slow = self.shared.telemetry.settings().slow_pool_wait;
+        if waited > slow {
+            tracing::warn!(
+                wait_ms = waited.as_millis() as u64,
+                threshold_ms = slow.as_millis() as u64,
+                pool_size = self.pool().size(),
+                got = got.is_ok(),
+                "waited long for a database connection (WARMPOOL_SLOW_POOL_WAIT_MS)"
+            );
+        }
+        got
     }
 
     async fn prepare(&mut self, p: Prepare) -> io::Result<()> {
@@ -302,6 +382,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let begin = lease.take_begin();
         let max_frame = self.config().max_frame;
+        let started = Instant::now();
         let outcome = run_execute(
             &mut self.framed,
             lease.conn(),
@@ -318,6 +399,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         lease.conn().note_statement(&ex.sql);
+        self.pool().meter().add(Event::Query {
+            rows: *outcome.as_ref().unwrap_or(&0),
+            time: started.elapsed(),
+        });
         self.finish(outcome.map(Response::Complete), lease).await
     }
 
@@ -329,6 +414,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let begin = lease.take_begin();
         let pinned = lease.is_pinned();
         let conn = lease.conn();
+        let started = Instant::now();
         let (began, ran) = tokio::join!(
             send_begin(&conn.client, begin.as_deref()),
             conn.client.batch_execute(&sql)
@@ -341,6 +427,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         } else {
             conn.note_batch(&sql);
         }
+        self.shared.pool.meter().add(Event::Query {
+            rows: 0,
+            time: started.elapsed(),
+        });
         let outcome = began
             .and(ran)
             .map(|()| Response::Ok)
@@ -356,7 +446,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             );
             return self.send(&Response::Error(e)).await;
         }
-        match self.pool().get().await {
+        match self.get_conn().await {
             Ok(conn) => {
                 self.tx = TxState::Open {
                     conn,
@@ -405,7 +495,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                     Err(e) => {
                         if errors::connection_lost(&e) {
-                            discard(conn);
+                            discard(conn, self.shared.pool.meter());
                         } else {
                             // A failed COMMIT (a deferred constraint, a serialization failure)
                             // ends the transaction on the server; the connection is clean.
@@ -463,14 +553,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %errors::error_chain(&e), "rollback failed; closing the connection");
-                discard(conn);
+                discard(conn, self.shared.pool.meter());
             }
             Err(_) => {
                 tracing::warn!(
                     timeout_ms = budget.as_millis() as u64,
                     "rollback timed out; closing the connection"
                 );
-                discard(conn);
+                discard(conn, self.shared.pool.meter());
             }
         }
     }
@@ -513,7 +603,7 @@ impl Lease {
     fn fail<S>(self, session: &mut Session<S>, usable: bool) {
         match self {
             Lease::Pooled(conn) if usable => release(conn, session.shared.clone()),
-            Lease::Pooled(conn) => discard(conn),
+            Lease::Pooled(conn) => discard(conn, session.shared.pool.meter()),
             Lease::Pinned(conn, begin) => {
                 let begun = begin.is_none();
                 if usable {
@@ -522,7 +612,7 @@ impl Lease {
                         begun,
                     };
                 } else {
-                    discard(conn);
+                    discard(conn, session.shared.pool.meter());
                     session.tx = TxState::Failed { conn: None, begun };
                 }
             }
@@ -540,24 +630,26 @@ fn release(mut conn: PooledConn, shared: Arc<Shared>) {
     }
     let budget = shared.config.reset_timeout;
     let guard = shared.pool.maintenance();
+    let span = Span::current();
     tokio::spawn(async move {
         let _guard = guard;
         match tokio::time::timeout(budget, conn.reset()).await {
             Ok(Ok(())) => drop(conn),
             Ok(Err(e)) => {
                 tracing::warn!(error = %errors::error_chain(&e), "session reset failed; closing the connection");
-                discard(conn);
+                discard(conn, shared.pool.meter());
             }
             Err(_) => {
                 tracing::warn!("session reset timed out; closing the connection");
-                discard(conn);
+                discard(conn, shared.pool.meter());
             }
         }
-    });
+    }.instrument(span));
 }
 
 /// Takes a connection out of the pool for good; dropping it sends Terminate.
-fn discard(conn: PooledConn) {
+fn discard(conn: PooledConn, meter: &Meter) {
+    meter.add(Event::ConnectionReplaced);
     drop(Object::take(conn));
 }
 

@@ -9,7 +9,7 @@ use postgres_types::{ToSql, Type};
 use crate::conn::Conn;
 use crate::error::{Error, Kind};
 use crate::ops;
-use crate::protocol::{Begin, IsolationLevel, Request};
+use crate::protocol::{Begin, Invocation, IsolationLevel, Request, Response, Stats};
 use crate::row::Row;
 use crate::statement::{Statement, ToStatement};
 use crate::transaction::Transaction;
@@ -27,6 +27,8 @@ const MAX_IDLE: usize = 16;
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// The invocation this handle's requests belong to, from [`Client::with_invocation`].
+    invocation: Option<Arc<Invocation>>,
 }
 
 struct Inner {
@@ -39,6 +41,10 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("path", &self.inner.path)
+            .field(
+                "request_id",
+                &self.invocation.as_ref().map(|i| i.request_id.as_str()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -63,7 +69,51 @@ impl Client {
                 idle: Mutex::new(vec![conn]),
                 statements: Mutex::new(HashMap::new()),
             }),
+            invocation: None,
         })
+    }
+
+    /// A handle whose requests belong to one invocation: the extension tags its log lines with
+    /// `request_id` (and its spans with `trace_id`, the `X-Amzn-Trace-Id` value), and counts
+    /// what it does for [`Client::stats`]. It shares this client's sessions and statement cache.
+    ///
+    /// On classic Lambda the extension learns the request id from the INVOKE event as well; on
+    /// Lambda Managed Instances, where many invocations run at once and extensions get no
+    /// INVOKE, this is the only way it can tell them apart.
+    pub fn with_invocation(&self, request_id: impl Into<String>, trace_id: Option<&str>) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            invocation: Some(Arc::new(Invocation {
+                request_id: request_id.into(),
+                trace_id: trace_id.unwrap_or_default().to_owned(),
+            })),
+        }
+    }
+
+    /// [`Client::with_invocation`] with the ids of a `lambda_runtime` context.
+    #[cfg(feature = "lambda")]
+    pub fn for_invocation(&self, context: &lambda_runtime::Context) -> Client {
+        self.with_invocation(context.request_id.clone(), context.xray_trace_id.as_deref())
+    }
+
+    /// What the extension has done for this handle's invocation so far: statements, rows,
+    /// database time, pool wait, connections opened and replaced, errors by SQLSTATE class.
+    ///
+    /// Without [`Client::with_invocation`], on classic Lambda the counters are those since the
+    /// extension's last INVOKE event (the current invocation's, but for a request that races
+    /// ahead of that event); on Managed Instances they are the environment's since the last
+    /// metrics record, and [`Stats::request_id`] is empty.
+    pub async fn stats(&self) -> Result<Stats, Error> {
+        self.with_conn(async |conn| {
+            conn.queue(&Request::Stats)?;
+            conn.flush().await?;
+            match conn.recv().await? {
+                Response::Stats(s) => Ok(s),
+                Response::Error(e) => Err(conn.error(e)),
+                other => Err(conn.unexpected(&other)),
+            }
+        })
+        .await
     }
 
     pub(crate) async fn take_conn(&self) -> Result<Conn, Error> {
@@ -73,10 +123,12 @@ impl Client {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop();
-        match idle {
-            Some(conn) => Ok(conn),
-            None => Conn::open(&self.inner.path).await,
-        }
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => Conn::open(&self.inner.path).await?,
+        };
+        conn.announce(self.invocation.as_ref())?;
+        Ok(conn)
     }
 
     pub(crate) fn put_conn(&self, conn: Conn) {

@@ -1,12 +1,14 @@
 //! One socket connection to the extension: a session on the extension's side.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use tokio::net::UnixStream;
 
 use crate::error::{Error, Kind};
 use crate::protocol::{
-    sqlstate, ErrorSource, Hello, Request, Response, WireError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    sqlstate, ErrorSource, Hello, Invocation, Request, Response, WireError, DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
 };
 use crate::transport::{Framed, ReadError};
 
@@ -15,6 +17,11 @@ use crate::transport::{Framed, ReadError};
 pub(crate) struct Conn {
     framed: Framed<UnixStream>,
     broken: bool,
+    /// The invocation last named to the extension on this session.
+    invocation: Option<Arc<Invocation>>,
+    /// Invocation frames queued whose Ok has not been read yet: they are pipelined with the
+    /// request that follows, so naming the invocation costs no round trip.
+    pending_acks: usize,
 }
 
 impl Conn {
@@ -36,6 +43,8 @@ impl Conn {
         let mut conn = Conn {
             framed: Framed::new(stream, DEFAULT_MAX_FRAME),
             broken: false,
+            invocation: None,
+            pending_acks: 0,
         };
         conn.queue(&Request::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -78,6 +87,31 @@ impl Conn {
     /// Reads one response. Cancel safe as to the bytes, but the caller's request is then left
     /// unanswered, so a cancelled caller leaves the connection broken.
     pub(crate) async fn recv(&mut self) -> Result<Response, Error> {
+        while self.pending_acks > 0 {
+            match self.read().await? {
+                Response::Ok => self.pending_acks -= 1,
+                // The extension never refuses an Invocation frame; if it did, the answers that
+                // follow would be out of step with the requests.
+                other => return Err(self.unexpected(&other)),
+            }
+        }
+        self.read().await
+    }
+
+    /// Names `invocation` to the extension, unless this session already works for it. The frame
+    /// is only queued: it leaves with the next request.
+    pub(crate) fn announce(&mut self, invocation: Option<&Arc<Invocation>>) -> Result<(), Error> {
+        if self.invocation.as_deref() == invocation.map(|i| &**i) {
+            return Ok(());
+        }
+        let frame = invocation.map(|i| (**i).clone()).unwrap_or_default();
+        self.queue(&Request::Invocation(frame))?;
+        self.pending_acks += 1;
+        self.invocation = invocation.cloned();
+        Ok(())
+    }
+
+    async fn read(&mut self) -> Result<Response, Error> {
         self.broken = true;
         let frame = match self.framed.read::<Response>().await {
             Ok(Some(frame)) => frame,
@@ -118,6 +152,7 @@ impl Conn {
             Response::Pong => "Pong",
             Response::Error(_) => "Error",
             Response::State(_) => "warm-state",
+            Response::Stats(_) => "Stats",
         };
         Error::protocol(format!("unexpected {name} frame from the extension"))
     }

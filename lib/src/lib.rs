@@ -32,7 +32,7 @@ mod transaction;
 pub use client::{Client, TransactionBuilder, DEFAULT_SOCKET};
 pub use error::{DbError, Error};
 pub use protocol::CacheOutcome;
-pub use protocol::IsolationLevel;
+pub use protocol::{IsolationLevel, Stats};
 pub use row::{Row, RowIndex};
 pub use state::{CachePolicy, StateStore};
 pub use statement::{Column, Statement, ToStatement};

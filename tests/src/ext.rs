@@ -62,6 +62,7 @@ pub struct Extension {
     dir: TempDir,
     socket: PathBuf,
     logs: Arc<Mutex<String>>,
+    raw: Arc<Mutex<String>>,
     lines: mpsc::Receiver<String>,
 }
 
@@ -71,6 +72,8 @@ impl Extension {
     pub fn start(pg: &PgServer, env: &[(&str, &str)]) -> Extension {
         let mut vars: Vec<(String, String)> = pg.env();
         vars.push(("WARMPOOL_LOG".into(), "debug".into()));
+        // The format the extension logs in on Lambda, read back by the harness.
+        vars.push(("WARMPOOL_LOG_FORMAT".into(), "json".into()));
         for (k, v) in env {
             vars.retain(|(name, _)| name != k);
             vars.push((k.to_string(), v.to_string()));
@@ -97,27 +100,52 @@ impl Extension {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(vars)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("cannot start the extension");
+        let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
         let logs = Arc::new(Mutex::new(String::new()));
+        let raw = Arc::new(Mutex::new(String::new()));
         let (tx, lines) = mpsc::channel();
-        {
+        // Log lines and metrics records come on stdout; stderr has only what the extension says
+        // before logging is set up (a bad setting).
+        for (stream, is_stdout) in [
+            (Box::new(stdout) as Box<dyn std::io::Read + Send>, true),
+            (Box::new(stderr), false),
+        ] {
             let logs = logs.clone();
+            let raw = raw.clone();
+            let tx = tx.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    logs.lock().unwrap().push_str(&line);
-                    logs.lock().unwrap().push('\n');
-                    let _ = tx.send(line);
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if is_stdout {
+                        let mut raw = raw.lock().unwrap();
+                        raw.push_str(&line);
+                        raw.push('\n');
+                    }
+                    // A JSON log line is shown as `LEVEL message key=value ...`; a metrics
+                    // record is kept in the raw output only.
+                    let shown = match crate::logs::render(&line) {
+                        Some(text) => text,
+                        None if crate::logs::metric_records(&line).is_empty() => line,
+                        None => continue,
+                    };
+                    let mut logs = logs.lock().unwrap();
+                    logs.push_str(&shown);
+                    logs.push('\n');
+                    drop(logs);
+                    let _ = tx.send(shown);
                 }
             });
         }
+        drop(tx);
         let mut ext = Extension {
             child: Some(child),
             dir,
             socket,
             logs,
+            raw,
             lines,
         };
         ext.wait_for_log("listening", START_TIMEOUT);
@@ -160,9 +188,16 @@ impl Extension {
         self.dir.path()
     }
 
-    /// Everything the extension has logged so far.
+    /// Everything the extension has logged so far, each JSON line shown as
+    /// `LEVEL message key=value ...` (see [`crate::logs::render`]).
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Everything the extension has written on stdout so far, as written: JSON log lines and
+    /// metrics records.
+    pub fn stdout(&self) -> String {
+        self.raw.lock().unwrap().clone()
     }
 
     /// The process id.

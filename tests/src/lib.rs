@@ -5,10 +5,14 @@
 //! - [`certs`]: a test CA and server certificate.
 //! - [`ext`]: [`ext::Extension`], the `warmpool` binary as a child process.
 //! - [`secrets_manager`]: a Secrets Manager stand-in on loopback.
+//! - [`logs`]: the extension's JSON log lines, read back.
+//! - [`emf`]: a checker for CloudWatch Embedded Metric Format records.
 
 pub mod certs;
+pub mod emf;
 pub mod ext;
 pub mod lambda_env;
+pub mod logs;
 pub mod pg;
 pub mod secrets_manager;
 

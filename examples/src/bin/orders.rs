@@ -10,10 +10,12 @@
 //! - `{"action":"count"}` counts the orders.
 //! - `{"action":"backend"}` returns the server process id of the connection that answered.
 //! - `{"action":"noop"}` touches no database.
+//! - `{"action":"stats","queries":3}` runs `SELECT 1` that many times and returns what the
+//!   extension counted for this invocation (`Client::stats`).
 //! - `{"action":"crash_in_transaction","id":1}` locks an order in a transaction and then kills
 //!   the process, as a crashing function would.
 
-use lambda_runtime::{service_fn, Error, LambdaEvent};
+use lambda_runtime::{service_fn, Context, Error, LambdaEvent};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
@@ -22,8 +24,11 @@ use tokio::sync::OnceCell;
 /// Lambda Managed Instances, by concurrent ones).
 static CLIENT: OnceCell<warmpool::Client> = OnceCell::const_new();
 
-async fn client() -> Result<&'static warmpool::Client, warmpool::Error> {
-    CLIENT.get_or_try_init(warmpool::Client::connect).await
+/// The shared client, as a handle for this invocation: the extension tags its log lines and
+/// counts its work with the invocation's request id.
+async fn client(context: &Context) -> Result<warmpool::Client, warmpool::Error> {
+    let shared = CLIENT.get_or_try_init(warmpool::Client::connect).await?;
+    Ok(shared.for_invocation(context))
 }
 
 #[derive(Deserialize)]
@@ -41,15 +46,19 @@ enum Request {
     Count,
     Backend,
     Noop,
+    Stats {
+        queries: u32,
+    },
     CrashInTransaction {
         id: i64,
     },
 }
 
 async fn handle(event: LambdaEvent<Request>) -> Result<Value, Error> {
+    let ctx = &event.context;
     match event.payload {
         Request::Setup => {
-            client()
+            client(ctx)
                 .await?
                 .batch_execute(
                     "CREATE TABLE IF NOT EXISTS orders (
@@ -67,7 +76,7 @@ async fn handle(event: LambdaEvent<Request>) -> Result<Value, Error> {
             item,
             qty,
         } => {
-            let db = client().await?;
+            let db = client(ctx).await?;
             let mut tx = db.transaction().await?;
             let id: i64 = tx
                 .query_one(
@@ -87,7 +96,7 @@ async fn handle(event: LambdaEvent<Request>) -> Result<Value, Error> {
             Ok(json!({"id": id, "customer_orders": count}))
         }
         Request::Get { id } => {
-            let row = client()
+            let row = client(ctx)
                 .await?
                 .query_opt(
                     "SELECT customer, item, qty FROM orders WHERE id = $1",
@@ -105,7 +114,7 @@ async fn handle(event: LambdaEvent<Request>) -> Result<Value, Error> {
             })
         }
         Request::Count => {
-            let n: i64 = client()
+            let n: i64 = client(ctx)
                 .await?
                 .query_one("SELECT count(*) FROM orders", &[])
                 .await?
@@ -113,7 +122,7 @@ async fn handle(event: LambdaEvent<Request>) -> Result<Value, Error> {
             Ok(json!({"orders": n}))
         }
         Request::Backend => {
-            let pid: i32 = client()
+            let pid: i32 = client(ctx)
                 .await?
                 .query_one("SELECT pg_backend_pid()", &[])
                 .await?
@@ -121,8 +130,25 @@ async fn handle(event: LambdaEvent<Request>) -> Result<Value, Error> {
             Ok(json!({"pid": pid, "request_id": event.context.request_id}))
         }
         Request::Noop => Ok(json!({"ok": true})),
+        Request::Stats { queries } => {
+            let db = client(ctx).await?;
+            for _ in 0..queries {
+                db.query_one("SELECT 1", &[]).await?;
+            }
+            let s = db.stats().await?;
+            Ok(json!({
+                "request_id": s.request_id,
+                "queries": s.queries,
+                "rows": s.rows,
+                "database_time_us": s.database_time_us,
+                "pool_wait_us": s.pool_wait_us,
+                "connections_created": s.connections_created,
+                "connections_replaced": s.connections_replaced,
+                "errors": s.total_errors(),
+            }))
+        }
         Request::CrashInTransaction { id } => {
-            let db = client().await?;
+            let db = client(ctx).await?;
             let mut tx = db.transaction().await?;
             tx.execute("UPDATE orders SET qty = qty + 1000 WHERE id = $1", &[&id])
                 .await?;

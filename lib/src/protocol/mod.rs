@@ -14,6 +14,9 @@
 
 mod codec;
 mod error;
+mod observability;
+#[cfg(test)]
+mod observability_tests;
 mod request;
 mod response;
 mod state;
@@ -24,6 +27,7 @@ mod tests;
 mod types;
 
 pub use error::{ErrorSource, FrameError, WireError};
+pub use observability::{Invocation, Stats};
 pub use request::{Begin, Execute, Hello, IsolationLevel, Param, Prepare, Request};
 pub use response::{Column, HelloOk, PrepareOk, RawRow, Response};
 pub use state::{

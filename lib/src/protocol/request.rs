@@ -3,6 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::{put_count16, put_nullable, put_str, split_frame, write_frame, Reader};
+use super::observability::{self, Invocation};
 use super::state::{self, StateRequest};
 use super::FrameError;
 
@@ -40,6 +41,10 @@ pub enum Request {
     Terminate,
     /// Reads or writes the extension's warm state (see [`StateRequest`]).
     State(StateRequest),
+    /// Names the invocation the session's next requests belong to; answered with Ok.
+    Invocation(Invocation),
+    /// Asks for the counters of the session's invocation; answered with Stats.
+    Stats,
 }
 
 /// The handshake: the protocol version the client speaks.
@@ -218,6 +223,10 @@ impl Request {
             Request::Ping => write_frame(buf, PING, |_| {}),
             Request::Terminate => write_frame(buf, TERMINATE, |_| {}),
             Request::State(s) => s.encode(buf),
+            Request::Invocation(i) => write_frame(buf, observability::INVOCATION, |b| {
+                observability::put_invocation(b, i)
+            }),
+            Request::Stats => write_frame(buf, observability::STATS, |_| {}),
         }
     }
 
@@ -261,6 +270,10 @@ impl Request {
             PING => Request::Ping,
             TERMINATE => Request::Terminate,
             tag if state::is_request_tag(tag) => Request::State(StateRequest::parse(tag, &mut r)?),
+            observability::INVOCATION => {
+                Request::Invocation(observability::read_invocation(&mut r)?)
+            }
+            observability::STATS => Request::Stats,
             other => return Err(FrameError::UnknownTag(other)),
         };
         r.finish(tag)?;

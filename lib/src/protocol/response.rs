@@ -4,6 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use postgres_types::Type;
 
 use super::codec::{put_count16, put_nullable, put_str, split_frame, write_frame, Reader};
+use super::observability::{self, Stats};
 use super::state::{self, StateResponse};
 use super::types::{put_type, read_type};
 use super::{ErrorSource, FrameError, WireError};
@@ -39,6 +40,8 @@ pub enum Response {
     Error(WireError),
     /// An answer about the extension's warm state (see [`StateResponse`]).
     State(StateResponse),
+    /// The answer to Stats.
+    Stats(Stats),
 }
 
 /// The extension's side of the handshake.
@@ -132,6 +135,9 @@ impl Response {
                     put_str(b, value);
                 }
             }),
+            Response::Stats(s) => write_frame(buf, observability::STATS_OK, |b| {
+                observability::put_stats(b, s)
+            }),
         }
     }
 
@@ -199,6 +205,7 @@ impl Response {
             tag if state::is_response_tag(tag) => {
                 Response::State(StateResponse::parse(tag, &mut r)?)
             }
+            observability::STATS_OK => Response::Stats(observability::read_stats(&mut r)?),
             other => return Err(FrameError::UnknownTag(other)),
         };
         r.finish(tag)?;

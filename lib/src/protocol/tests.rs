@@ -366,6 +366,13 @@ fn all_requests() -> Vec<Request> {
         Request::Rollback,
         Request::Ping,
         Request::Terminate,
+        Request::Invocation(Invocation::default()),
+        Request::Invocation(Invocation {
+            request_id: "8476a536-e9f4-11e8-9739-2dfe598c3fcd".into(),
+            trace_id: "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+                .into(),
+        }),
+        Request::Stats,
     ]
 }
 
@@ -436,6 +443,19 @@ fn all_responses() -> Vec<Response> {
             source: ErrorSource::Extension,
             fields: vec![],
         }),
+        Response::Stats(Stats::default()),
+        Response::Stats(Stats {
+            request_id: "r-1".into(),
+            queries: 3,
+            rows: u64::MAX,
+            database_time_us: 1,
+            pool_wait_us: 2,
+            connections_created: 4,
+            connections_replaced: 5,
+            cache_hits: 6,
+            state_hits: 7,
+            errors: vec![("08".into(), 1), ("23".into(), 2)],
+        }),
     ]
 }
 
@@ -454,7 +474,7 @@ fn every_request_round_trips() {
     tags.sort_unstable();
     tags.dedup();
     assert_eq!(
-        tags, b"BCEHPQRXY",
+        tags, b"BCEHIPQRTXY",
         "a Request variant is missing from the samples"
     );
     for r in &requests {
@@ -469,7 +489,7 @@ fn every_response_round_trips() {
     tags.sort_unstable();
     tags.dedup();
     assert_eq!(
-        tags, b"cdehkpy",
+        tags, b"cdehkpty",
         "a Response variant is missing from the samples"
     );
     for r in &responses {
@@ -1926,6 +1946,13 @@ fn arb_request() -> impl Strategy<Value = Request> {
         Just(Request::Rollback),
         Just(Request::Ping),
         Just(Request::Terminate),
+        (arb_string(), arb_string()).prop_map(|(request_id, trace_id)| {
+            Request::Invocation(Invocation {
+                request_id,
+                trace_id,
+            })
+        }),
+        Just(Request::Stats),
     ]
 }
 
@@ -1957,6 +1984,23 @@ fn arb_response() -> impl Strategy<Value = Response> {
         Just(Response::Pong),
         (source, prop::collection::vec(field, 0..4))
             .prop_map(|(source, fields)| Response::Error(WireError { source, fields })),
+        (
+            arb_string(),
+            prop::array::uniform8(any::<u64>()),
+            prop::collection::vec((arb_string(), any::<u64>()), 0..3)
+        )
+            .prop_map(|(request_id, c, errors)| Response::Stats(Stats {
+                request_id,
+                queries: c[0],
+                rows: c[1],
+                database_time_us: c[2],
+                pool_wait_us: c[3],
+                connections_created: c[4],
+                connections_replaced: c[5],
+                cache_hits: c[6],
+                state_hits: c[7],
+                errors,
+            })),
     ]
 }
 
