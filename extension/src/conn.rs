@@ -154,6 +154,16 @@ impl StatementCache {
         Ok(stmt)
     }
 
+    /// The statement for `sql` if it is prepared on this connection.
+    pub(crate) fn cached(&mut self, sql: &str, types: &[u32]) -> Option<Statement> {
+        self.cache.get(&(sql.to_owned(), types.to_vec())).cloned()
+    }
+
+    /// Remembers a statement prepared on this connection.
+    pub(crate) fn insert(&mut self, sql: &str, types: &[u32], statement: Statement) {
+        self.cache.put((sql.to_owned(), types.to_vec()), statement);
+    }
+
     /// Forgets a statement, for instance after the server said its plan is no longer valid.
     pub(crate) fn forget(&mut self, sql: &str, types: &[u32]) {
         self.cache.pop(&(sql.to_owned(), types.to_vec()));
@@ -162,7 +172,7 @@ impl StatementCache {
 
 /// Parse only sends a declared type's OID, so a type the client named by OID alone does not need
 /// its name or kind here.
-fn type_for_oid(oid: u32) -> Type {
+pub(crate) fn type_for_oid(oid: u32) -> Type {
     Type::from_oid(oid)
         .unwrap_or_else(|| Type::new(String::new(), oid, Kind::Simple, String::new()))
 }

@@ -31,6 +31,8 @@ use crate::conn::PgConn;
 use crate::errors;
 use crate::pool::{Pool, PooledConn};
 
+mod pipeline;
+
 /// Rows are sent in frames of about this many bytes, so a large result streams instead of being
 /// held whole in memory.
 const ROWS_CHUNK: usize = 64 * 1024;
@@ -178,6 +180,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Request::Commit => self.commit().await.is_ok(),
                 Request::Rollback => self.rollback().await.is_ok(),
                 Request::Ping => self.send(&Response::Pong).await.is_ok(),
+                Request::Pipeline(p) => self.pipeline(p).await.is_ok(),
                 Request::Terminate => false,
             };
             self.shared

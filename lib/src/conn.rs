@@ -6,7 +6,8 @@ use tokio::net::UnixStream;
 
 use crate::error::{Error, Kind};
 use crate::protocol::{
-    sqlstate, ErrorSource, Hello, Request, Response, WireError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    sqlstate, ErrorSource, FrameError, Hello, Request, Response, WireError, DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
 };
 use crate::transport::{Framed, ReadError};
 
@@ -67,6 +68,11 @@ impl Conn {
             .map_err(|e| Error::from_wire(WireError::extension(e.sqlstate(), e.to_string())))
     }
 
+    /// Queues a request, returning the frame error itself so the caller can explain it.
+    pub(crate) fn queue_frame(&mut self, request: &Request) -> Result<(), FrameError> {
+        self.framed.queue_request(request)
+    }
+
     /// Writes what is queued. Not cancel safe: a cancelled flush leaves the connection broken.
     pub(crate) async fn flush(&mut self) -> Result<(), Error> {
         self.broken = true;
@@ -116,6 +122,7 @@ impl Conn {
             Response::Complete(_) => "Complete",
             Response::Ok => "Ok",
             Response::Pong => "Pong",
+            Response::NotRun => "NotRun",
             Response::Error(_) => "Error",
         };
         Error::protocol(format!("unexpected {name} frame from the extension"))

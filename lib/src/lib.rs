@@ -18,6 +18,7 @@
 pub mod protocol;
 pub mod transport;
 
+mod batch;
 mod client;
 mod conn;
 mod error;
@@ -26,6 +27,7 @@ mod row;
 mod statement;
 mod transaction;
 
+pub use batch::{Batch, BatchResult};
 pub use client::{Client, TransactionBuilder, DEFAULT_SOCKET};
 pub use error::{DbError, Error};
 pub use protocol::IsolationLevel;

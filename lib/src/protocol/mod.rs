@@ -14,6 +14,9 @@
 
 mod codec;
 mod error;
+mod pipeline;
+#[cfg(test)]
+mod pipeline_tests;
 mod request;
 mod response;
 #[cfg(test)]
@@ -21,6 +24,7 @@ mod tests;
 mod types;
 
 pub use error::{ErrorSource, FrameError, WireError};
+pub use pipeline::Pipeline;
 pub use request::{Begin, Execute, Hello, IsolationLevel, Param, Prepare, Request};
 pub use response::{Column, HelloOk, PrepareOk, RawRow, Response};
 

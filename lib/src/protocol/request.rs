@@ -3,6 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::{put_count16, put_nullable, put_str, split_frame, write_frame, Reader};
+use super::pipeline::{Pipeline, PIPELINE};
 use super::FrameError;
 
 const HELLO: u8 = b'H';
@@ -37,6 +38,8 @@ pub enum Request {
     Ping,
     /// Ends the session cleanly.
     Terminate,
+    /// Runs several parameterised statements back to back, optionally as one transaction.
+    Pipeline(Pipeline),
 }
 
 /// The handshake: the protocol version the client speaks.
@@ -148,6 +151,57 @@ fn read_opt_bool(r: &mut Reader, what: &'static str) -> Result<Option<bool>, Fra
     }
 }
 
+pub(crate) fn put_begin(b: &mut BytesMut, o: &Begin) {
+    b.put_u8(match o.isolation {
+        IsolationLevel::Default => 0,
+        IsolationLevel::ReadCommitted => 1,
+        IsolationLevel::RepeatableRead => 2,
+        IsolationLevel::Serializable => 3,
+    });
+    put_opt_bool(b, o.read_only);
+    put_opt_bool(b, o.deferrable);
+}
+
+pub(crate) fn read_begin(r: &mut Reader) -> Result<Begin, FrameError> {
+    let isolation = match r.u8("isolation level")? {
+        0 => IsolationLevel::Default,
+        1 => IsolationLevel::ReadCommitted,
+        2 => IsolationLevel::RepeatableRead,
+        3 => IsolationLevel::Serializable,
+        _ => return Err(FrameError::Invalid("isolation level out of range")),
+    };
+    Ok(Begin {
+        isolation,
+        read_only: read_opt_bool(r, "read only")?,
+        deferrable: read_opt_bool(r, "deferrable")?,
+    })
+}
+
+pub(crate) fn put_execute_body(b: &mut BytesMut, e: &Execute) {
+    put_str(b, &e.sql);
+    put_oids(b, &e.types);
+    put_count16(b, e.params.len());
+    for p in &e.params {
+        b.put_u32(p.oid);
+        put_nullable(b, p.value.as_deref());
+    }
+}
+
+pub(crate) fn read_execute_body(r: &mut Reader) -> Result<Execute, FrameError> {
+    let sql = r.string("sql")?;
+    let types = read_oids(r)?;
+    let n = r.count16(8, "parameters")?;
+    let params = (0..n)
+        .map(|_| {
+            Ok(Param {
+                oid: r.u32("parameter type")?,
+                value: r.nullable("parameter value")?,
+            })
+        })
+        .collect::<Result<_, FrameError>>()?;
+    Ok(Execute { sql, types, params })
+}
+
 fn put_oids(buf: &mut BytesMut, oids: &[u32]) {
     put_count16(buf, oids.len());
     for oid in oids {
@@ -172,30 +226,14 @@ impl Request {
                 put_str(b, &p.sql);
                 put_oids(b, &p.types);
             }),
-            Request::Execute(e) => write_frame(buf, EXECUTE, |b| {
-                put_str(b, &e.sql);
-                put_oids(b, &e.types);
-                put_count16(b, e.params.len());
-                for p in &e.params {
-                    b.put_u32(p.oid);
-                    put_nullable(b, p.value.as_deref());
-                }
-            }),
+            Request::Execute(e) => write_frame(buf, EXECUTE, |b| put_execute_body(b, e)),
             Request::Batch(sql) => write_frame(buf, BATCH, |b| put_str(b, sql)),
-            Request::Begin(o) => write_frame(buf, BEGIN, |b| {
-                b.put_u8(match o.isolation {
-                    IsolationLevel::Default => 0,
-                    IsolationLevel::ReadCommitted => 1,
-                    IsolationLevel::RepeatableRead => 2,
-                    IsolationLevel::Serializable => 3,
-                });
-                put_opt_bool(b, o.read_only);
-                put_opt_bool(b, o.deferrable);
-            }),
+            Request::Begin(o) => write_frame(buf, BEGIN, |b| put_begin(b, o)),
             Request::Commit => write_frame(buf, COMMIT, |_| {}),
             Request::Rollback => write_frame(buf, ROLLBACK, |_| {}),
             Request::Ping => write_frame(buf, PING, |_| {}),
             Request::Terminate => write_frame(buf, TERMINATE, |_| {}),
+            Request::Pipeline(p) => write_frame(buf, PIPELINE, |b| p.encode_body(b)),
         }
     }
 
@@ -218,39 +256,14 @@ impl Request {
                 sql: r.string("sql")?,
                 types: read_oids(&mut r)?,
             }),
-            EXECUTE => {
-                let sql = r.string("sql")?;
-                let types = read_oids(&mut r)?;
-                let n = r.count16(8, "parameters")?;
-                let params = (0..n)
-                    .map(|_| {
-                        Ok(Param {
-                            oid: r.u32("parameter type")?,
-                            value: r.nullable("parameter value")?,
-                        })
-                    })
-                    .collect::<Result<_, FrameError>>()?;
-                Request::Execute(Execute { sql, types, params })
-            }
+            EXECUTE => Request::Execute(read_execute_body(&mut r)?),
             BATCH => Request::Batch(r.string("sql")?),
-            BEGIN => {
-                let isolation = match r.u8("isolation level")? {
-                    0 => IsolationLevel::Default,
-                    1 => IsolationLevel::ReadCommitted,
-                    2 => IsolationLevel::RepeatableRead,
-                    3 => IsolationLevel::Serializable,
-                    _ => return Err(FrameError::Invalid("isolation level out of range")),
-                };
-                Request::Begin(Begin {
-                    isolation,
-                    read_only: read_opt_bool(&mut r, "read only")?,
-                    deferrable: read_opt_bool(&mut r, "deferrable")?,
-                })
-            }
+            BEGIN => Request::Begin(read_begin(&mut r)?),
             COMMIT => Request::Commit,
             ROLLBACK => Request::Rollback,
             PING => Request::Ping,
             TERMINATE => Request::Terminate,
+            PIPELINE => Request::Pipeline(Pipeline::parse_body(&mut r)?),
             other => return Err(FrameError::UnknownTag(other)),
         };
         r.finish(tag)?;

@@ -4,6 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use postgres_types::Type;
 
 use super::codec::{put_count16, put_nullable, put_str, split_frame, write_frame, Reader};
+use super::pipeline::NOT_RUN;
 use super::types::{put_type, read_type};
 use super::{ErrorSource, FrameError, WireError};
 
@@ -36,6 +37,9 @@ pub enum Response {
     Pong,
     /// A request failed.
     Error(WireError),
+    /// A statement of a Pipeline did not run because an earlier statement of its transaction
+    /// failed.
+    NotRun,
 }
 
 /// The extension's side of the handshake.
@@ -117,6 +121,7 @@ impl Response {
             Response::Complete(n) => write_frame(buf, COMPLETE, |b| b.put_u64(*n)),
             Response::Ok => write_frame(buf, OK, |_| {}),
             Response::Pong => write_frame(buf, PONG, |_| {}),
+            Response::NotRun => write_frame(buf, NOT_RUN, |_| {}),
             Response::Error(e) => write_frame(buf, ERROR, |b| {
                 b.put_u8(match e.source {
                     ErrorSource::Database => b'D',
@@ -180,6 +185,7 @@ impl Response {
             COMPLETE => Response::Complete(r.u64("rows affected")?),
             OK => Response::Ok,
             PONG => Response::Pong,
+            NOT_RUN => Response::NotRun,
             ERROR => {
                 let source = match r.u8("error source")? {
                     b'D' => ErrorSource::Database,
