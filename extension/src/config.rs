@@ -147,6 +147,11 @@ pub struct Config {
     /// being handed out, so none outlives a credential rotation (or a failover's DNS change)
     /// by long. `0` means no limit. Default 3600000 (one hour, PgBouncer's `server_lifetime`).
     pub max_connection_lifetime: Option<Duration>,
+    /// `WARMPOOL_RUNTIME_THREADS`: threads of the extension's async runtime. `1` (the default)
+    /// runs everything on one thread, where a statement's hand-offs between the session task
+    /// and the database connection's task cost no cross-thread wake-up; more spreads sessions
+    /// over that many threads, for many concurrent sessions doing CPU work (large results).
+    pub runtime_threads: usize,
 }
 
 /// Defaults, in one place.
@@ -194,6 +199,8 @@ pub mod defaults {
     pub const SECRET_TTL_MS: u64 = 300_000;
     /// `WARMPOOL_MAX_CONNECTION_LIFETIME_MS`.
     pub const MAX_CONNECTION_LIFETIME_MS: u64 = 3_600_000;
+    /// `WARMPOOL_RUNTIME_THREADS`.
+    pub const RUNTIME_THREADS: usize = 1;
 }
 
 impl Config {
@@ -382,6 +389,7 @@ impl Config {
                 defaults::MAX_CONNECTION_LIFETIME_MS,
             )?)
             .filter(|d| !d.is_zero()),
+            runtime_threads: parse(&get, "WARMPOOL_RUNTIME_THREADS", defaults::RUNTIME_THREADS)?,
         };
         config.validate()?;
         Ok(config)
@@ -399,6 +407,9 @@ impl Config {
         }
         if self.max_sessions == 0 {
             return fail("WARMPOOL_MAX_SESSIONS", "must be at least 1");
+        }
+        if !(1..=64).contains(&self.runtime_threads) {
+            return fail("WARMPOOL_RUNTIME_THREADS", "must be between 1 and 64");
         }
         if self.handshake_timeout.is_zero() {
             return fail("WARMPOOL_HANDSHAKE_TIMEOUT_MS", "must be greater than zero");
@@ -628,6 +639,29 @@ mod tests {
         assert_eq!(c.pg.get_ports(), &[5432]);
         assert_eq!(c.pg.get_dbname(), Some("app"));
         assert_eq!(c.pg.get_application_name(), Some("warmpool"));
+    }
+
+    #[test]
+    fn runtime_threads_default_to_one_and_are_bounded() {
+        let c = config(&[("PGHOST", "h"), ("PGUSER", "u")]).unwrap();
+        assert_eq!(c.runtime_threads, defaults::RUNTIME_THREADS);
+        assert_eq!(c.runtime_threads, 1);
+        let c = config(&[
+            ("PGHOST", "h"),
+            ("PGUSER", "u"),
+            ("WARMPOOL_RUNTIME_THREADS", "4"),
+        ])
+        .unwrap();
+        assert_eq!(c.runtime_threads, 4);
+        for bad in ["0", "65", "two"] {
+            let e = config(&[
+                ("PGHOST", "h"),
+                ("PGUSER", "u"),
+                ("WARMPOOL_RUNTIME_THREADS", bad),
+            ])
+            .unwrap_err();
+            assert_eq!(e.variable, "WARMPOOL_RUNTIME_THREADS", "{bad}");
+        }
     }
 
     #[test]
