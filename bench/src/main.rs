@@ -29,21 +29,21 @@ Starts a private PostgreSQL (TLS, scram-sha-256) and a PgBouncer, then measures:
 the socket hop (micro), the scenarios through the local Lambda at each concurrency level,
 cold starts, server connections, and a server-side kill during a freeze.
 
-  --quick                 smaller counts and levels 1,8 (under a minute); results in
+  --quick                 smaller counts and levels 1,4 (under a minute); results in
                           target/warmpool-bench/
   --smoke                 every part once with tiny counts, level 1, no PgBouncer, results in
                           a temporary directory that is removed; fails if any invocation
                           fails. For CI: it checks that the benchmark runs, never its times.
   --levels 1,8,32         concurrent environments (each its own local Lambda)
   --invocations N         measured invocations per workload and level, spread over the
-                          environments (default 1000; quick 120)
-  --rounds N              scenarios alternate in N rounds of bursts (default 10; quick 3)
+                          environments (default 1000; quick 60)
+  --rounds N              scenarios alternate in N rounds of bursts (default 10; quick 2)
   --scenarios LIST        connect,static-naive,static-prepared,warmpool,pgbouncer
   --workloads w1,w2       which workloads
   --w2-selects N          point selects in W2 (default 3)
   --rows N                rows in the seeded table (default 10000)
   --pgbouncer-pool N      PgBouncer default_pool_size (default 10)
-  --micro-seconds S       seconds per micro-benchmark load (default 2; quick 0.5)
+  --micro-seconds S       seconds per micro-benchmark load (default 2; quick 0.3)
   --micro-concurrency L   concurrency levels of the micro-benchmark (default 1,4)
   --no-micro, --no-lambda, --no-kill   skip a part
   --extension PATH        the extension binary to measure (default: build it)
@@ -97,21 +97,21 @@ fn parse_args() -> Result<Opts, String> {
         levels: if smoke {
             vec![1]
         } else if quick {
-            vec![1, 8]
+            vec![1, 4]
         } else {
             vec![1, 8, 32]
         },
         invocations: if smoke {
             12
         } else if quick {
-            120
+            60
         } else {
             1000
         },
         rounds: if smoke {
             2
         } else if quick {
-            3
+            2
         } else {
             10
         },
@@ -130,7 +130,7 @@ fn parse_args() -> Result<Opts, String> {
         micro_seconds: if smoke {
             0.1
         } else if quick {
-            0.5
+            0.3
         } else {
             2.0
         },
@@ -288,7 +288,14 @@ async fn run(mut opts: Opts) -> Vec<String> {
     }
     progress!(started, "building the extension and the bench function ...");
     let extension = match &opts.extension {
-        Some(path) => path.clone(),
+        // Absolute: the layer directory links to it, and a relative link would dangle.
+        Some(path) => match path.canonicalize() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("warmpool-bench: --extension {}: {e}", path.display());
+                std::process::exit(2);
+            }
+        },
         None => warmpool_tests::ext::binary().to_path_buf(),
     };
     let function = setup::build_function();
