@@ -21,17 +21,24 @@ pub enum Scenario {
     StaticNaive,
     StaticPrepared,
     Warmpool,
+    WarmpoolBatch,
     Pgbouncer,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Connect,
         Scenario::StaticNaive,
         Scenario::StaticPrepared,
         Scenario::Warmpool,
+        Scenario::WarmpoolBatch,
         Scenario::Pgbouncer,
     ];
+
+    /// Whether the scenario's environments run the warmpool extension.
+    pub fn has_extension(self) -> bool {
+        matches!(self, Scenario::Warmpool | Scenario::WarmpoolBatch)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -39,6 +46,7 @@ impl Scenario {
             Scenario::StaticNaive => "static-naive",
             Scenario::StaticPrepared => "static-prepared",
             Scenario::Warmpool => "warmpool",
+            Scenario::WarmpoolBatch => "warmpool-batch",
             Scenario::Pgbouncer => "pgbouncer",
         }
     }
@@ -53,6 +61,9 @@ impl Scenario {
                 "in-function static, prepared once (in-process lower bound)"
             }
             Scenario::Warmpool => "warmpool (client crate, one statement at a time)",
+            Scenario::WarmpoolBatch => {
+                "warmpool batch (client crate, the handler's statements as one batch)"
+            }
             Scenario::Pgbouncer => {
                 "PgBouncer, transaction mode (TLS + SCRAM connect to it each call)"
             }
@@ -241,7 +252,7 @@ fn build_env(
     }
     // Names each environment's server connections in the server log.
     b = b.env("PGAPPNAME", format!("bench-env-{index}"));
-    if scenario == Scenario::Warmpool {
+    if scenario.has_extension() {
         b = b
             .extensions_dir(&ctx.layer)
             .env("WARMPOOL_LOG", "warn")
@@ -497,7 +508,7 @@ pub async fn run_level(
     }
 
     for (k, envs) in groups.iter().enumerate() {
-        if scenarios[k] == Scenario::Warmpool {
+        if scenarios[k].has_extension() {
             results[k].extension_peak_rss_kib = envs
                 .iter()
                 .flat_map(|e| e.processes())

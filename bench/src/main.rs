@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run --release -p warmpool-bench            # the full run (a few minutes)
-//! cargo run --release -p warmpool-bench -- --quick # smaller counts (under two minutes)
+//! cargo run --release -p warmpool-bench -- --quick # smaller counts (under a minute)
+//! cargo run -p warmpool-bench -- --smoke            # CI: every part once, results in a temp dir
 //! cargo run --release -p warmpool-bench -- --help
 //! ```
 //!
@@ -23,28 +24,33 @@ use std::time::{Duration, Instant};
 use lambda::{Scenario, Workload};
 
 const USAGE: &str = "\
-usage: warmpool-bench [--quick] [options]
+usage: warmpool-bench [--quick | --smoke] [options]
 
 Starts a private PostgreSQL (TLS, scram-sha-256) and a PgBouncer, then measures:
 the socket hop (micro), the scenarios through the local Lambda at each concurrency level,
 cold starts, server connections, and a server-side kill during a freeze.
 
-  --quick                 smaller counts and levels 1,8 (under two minutes)
+  --quick                 smaller counts and levels 1,4 (under a minute); results in
+                          target/warmpool-bench/
+  --smoke                 every part once with tiny counts, level 1, no PgBouncer, results in
+                          a temporary directory that is removed; fails if any invocation
+                          fails. For CI: it checks that the benchmark runs, never its times.
   --levels 1,8,32         concurrent environments (each its own local Lambda)
   --invocations N         measured invocations per workload and level, spread over the
-                          environments (default 1000; quick 120)
-  --rounds N              scenarios alternate in N rounds of bursts (default 10; quick 3)
+                          environments (default 1000; quick 60)
+  --rounds N              scenarios alternate in N rounds of bursts (default 10; quick 2)
   --scenarios LIST        connect,static-naive,static-prepared,warmpool,pgbouncer
   --workloads w1,w2       which workloads
   --w2-selects N          point selects in W2 (default 3)
   --rows N                rows in the seeded table (default 10000)
   --pgbouncer-pool N      PgBouncer default_pool_size (default 10)
-  --micro-seconds S       seconds per micro-benchmark load (default 2; quick 0.5)
+  --micro-seconds S       seconds per micro-benchmark load (default 2; quick 0.3)
   --micro-concurrency L   concurrency levels of the micro-benchmark (default 1,4)
   --no-micro, --no-lambda, --no-kill   skip a part
   --extension PATH        the extension binary to measure (default: build it)
-  --out DIR               results directory (default bench/results)
-  --name NAME             results file name (default latest; quick)
+  --out DIR               results directory (default bench/results; quick
+                          target/warmpool-bench)
+  --name NAME             results file name (default latest; quick; smoke)
 
 warmpool-bench --warm-state [--quick]
                           the warm-state scenario alone: reference data from warm state
@@ -52,11 +58,12 @@ warmpool-bench --warm-state [--quick]
                           entries (bench/results/warm_state.{json,md})
 
 warmpool-bench --render bench/results/latest.json
-                          writes the Markdown, the chart (and, for a full run, the README
-                          summary) again from a results file";
+                          writes the chart and the tables (for a full run, in
+                          bench/RESULTS.md) again from a results file";
 
 pub struct Opts {
     pub quick: bool,
+    pub smoke: bool,
     pub levels: Vec<usize>,
     pub invocations: usize,
     pub rounds: usize,
@@ -72,6 +79,7 @@ pub struct Opts {
     pub kill: bool,
     pub extension: Option<PathBuf>,
     pub out: PathBuf,
+    pub out_given: bool,
     pub name: String,
     pub args: Vec<String>,
 }
@@ -85,25 +93,74 @@ fn list<T>(s: &str, f: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, String> {
 
 fn parse_args() -> Result<Opts, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
+    let smoke = args.iter().any(|a| a == "--smoke");
+    // A smoke run is a (much) smaller quick run.
+    let quick = smoke || args.iter().any(|a| a == "--quick");
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut o = Opts {
         quick,
-        levels: if quick { vec![1, 8] } else { vec![1, 8, 32] },
-        invocations: if quick { 120 } else { 1000 },
-        rounds: if quick { 3 } else { 10 },
-        scenarios: Scenario::ALL.to_vec(),
+        smoke,
+        levels: if smoke {
+            vec![1]
+        } else if quick {
+            vec![1, 4]
+        } else {
+            vec![1, 8, 32]
+        },
+        invocations: if smoke {
+            12
+        } else if quick {
+            60
+        } else {
+            1000
+        },
+        rounds: if smoke {
+            2
+        } else if quick {
+            2
+        } else {
+            10
+        },
+        scenarios: if smoke {
+            Scenario::ALL
+                .into_iter()
+                .filter(|&s| s != Scenario::Pgbouncer)
+                .collect()
+        } else {
+            Scenario::ALL.to_vec()
+        },
         workloads: vec![Workload::W1, Workload::W2],
         w2_selects: 3,
         rows: 10_000,
         pgbouncer_pool: 10,
-        micro_seconds: if quick { 0.5 } else { 2.0 },
-        micro_concurrency: vec![1, 4],
+        micro_seconds: if smoke {
+            0.1
+        } else if quick {
+            0.3
+        } else {
+            2.0
+        },
+        micro_concurrency: if smoke { vec![1] } else { vec![1, 4] },
         micro: true,
         lambda: true,
         kill: true,
         extension: None,
-        out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),
-        name: if quick { "quick" } else { "latest" }.into(),
+        // Quick and smoke results stay out of the repository: target/ is ignored, and a smoke
+        // run's directory is a temporary one (see `run`).
+        out: if quick {
+            manifest.join("../target/warmpool-bench")
+        } else {
+            manifest.join("results")
+        },
+        out_given: false,
+        name: if smoke {
+            "smoke"
+        } else if quick {
+            "quick"
+        } else {
+            "latest"
+        }
+        .into(),
         args: args.clone(),
     };
     let mut it = args.into_iter();
@@ -111,7 +168,7 @@ fn parse_args() -> Result<Opts, String> {
         let mut v = || it.next().ok_or(format!("{a} needs a value"));
         let num = |s: String| s.parse::<usize>().map_err(|_| format!("not a number: {s}"));
         match a.as_str() {
-            "--quick" => {}
+            "--quick" | "--smoke" => {}
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -146,7 +203,10 @@ fn parse_args() -> Result<Opts, String> {
             "--no-lambda" => o.lambda = false,
             "--no-kill" => o.kill = false,
             "--extension" => o.extension = Some(PathBuf::from(v()?)),
-            "--out" => o.out = PathBuf::from(v()?),
+            "--out" => {
+                o.out = PathBuf::from(v()?);
+                o.out_given = true;
+            }
             "--name" => o.name = v()?,
             other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
         }
@@ -216,7 +276,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(run(opts));
+    let failures = runtime.block_on(run(opts));
+    if !failures.is_empty() {
+        for f in &failures {
+            eprintln!("warmpool-bench: {f}");
+        }
+        std::process::exit(1);
+    }
 }
 
 /// Progress on stderr, with the seconds since the start.
@@ -226,11 +292,29 @@ macro_rules! progress {
     };
 }
 
-async fn run(opts: Opts) {
+/// Runs the benchmark; returns what failed (only a smoke run counts failures).
+async fn run(mut opts: Opts) -> Vec<String> {
     let started = Instant::now();
+    // A smoke run writes into a directory removed at the end, so it leaves nothing behind.
+    let smoke_dir = (opts.smoke && !opts.out_given).then(|| {
+        tempfile::Builder::new()
+            .prefix("warmpool-bench-smoke-")
+            .tempdir()
+            .expect("tempdir")
+    });
+    if let Some(d) = &smoke_dir {
+        opts.out = d.path().to_owned();
+    }
     progress!(started, "building the extension and the bench function ...");
     let extension = match &opts.extension {
-        Some(path) => path.clone(),
+        // Absolute: the layer directory links to it, and a relative link would dangle.
+        Some(path) => match path.canonicalize() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("warmpool-bench: --extension {}: {e}", path.display());
+                std::process::exit(2);
+            }
+        },
         None => warmpool_tests::ext::binary().to_path_buf(),
     };
     let function = setup::build_function();
@@ -254,7 +338,13 @@ async fn run(opts: Opts) {
                 &extension,
                 Duration::from_secs_f64(opts.micro_seconds),
                 &opts.micro_concurrency,
-                if opts.quick { 5_000 } else { 20_000 },
+                if opts.smoke {
+                    500
+                } else if opts.quick {
+                    5_000
+                } else {
+                    20_000
+                },
             )
             .await,
         );
@@ -307,7 +397,13 @@ async fn run(opts: Opts) {
         pgbouncer_pool: opts.pgbouncer_pool,
         rows: opts.rows,
         w2_selects: opts.w2_selects,
-        warmup: if opts.quick { 2 } else { 6 },
+        warmup: if opts.smoke {
+            1
+        } else if opts.quick {
+            2
+        } else {
+            6
+        },
         phase_limit: Duration::from_secs(if opts.quick { 20 } else { 90 }),
         timeout: Duration::from_secs(10),
     };
@@ -355,5 +451,52 @@ async fn run(opts: Opts) {
     for path in written {
         eprintln!("wrote {}", path.display());
     }
+    let failures = if opts.smoke {
+        smoke_failures(&results)
+    } else {
+        Vec::new()
+    };
     progress!(started, "done");
+    failures
+}
+
+/// What makes a smoke run fail: a part that did not run or an invocation that failed. Times are
+/// never judged.
+fn smoke_failures(results: &report::Results) -> Vec<String> {
+    let mut failures = Vec::new();
+    if let Some(m) = &results.micro {
+        if m.comparisons.is_empty() {
+            failures.push("the micro-benchmark measured nothing".into());
+        }
+    }
+    for r in &results.runs {
+        if let Some(why) = &r.skipped {
+            failures.push(format!("{} skipped: {why}", r.scenario.name()));
+        }
+        for w in &r.workloads {
+            if w.db.errors > 0 || w.db.n == 0 {
+                failures.push(format!(
+                    "{} {}: {} measured, {} errors ({})",
+                    r.scenario.name(),
+                    w.workload.name(),
+                    w.db.n,
+                    w.db.errors,
+                    r.error_samples.join("; ")
+                ));
+            }
+        }
+    }
+    for k in &results.after_kill {
+        let recovers = matches!(
+            k.scenario,
+            Scenario::Warmpool | Scenario::WarmpoolBatch | Scenario::Connect
+        );
+        if k.skipped.is_none() && recovers && !(k.first_ok && k.second_ok) {
+            failures.push(format!(
+                "{}: failed after the server killed its connection",
+                k.scenario.name()
+            ));
+        }
+    }
+    failures
 }

@@ -384,6 +384,9 @@ impl Ext {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(pg.env())
+            // Settings under test, such as WARMPOOL_RUNTIME_THREADS, from the benchmark's own
+            // environment; the ones below are the benchmark's.
+            .envs(std::env::vars().filter(|(k, _)| k.starts_with("WARMPOOL_")))
             .env("WARMPOOL_LOG", "info")
             .env("WARMPOOL_SOCKET", &socket)
             .envs(env.iter().copied())

@@ -125,11 +125,7 @@ impl Results {
             runs: Vec::new(),
             after_kill: Vec::new(),
             notes: Vec::new(),
-            not_done: vec![
-                "warmpool batch: needs a client API that sends several parameterised statements \
-                 (optionally as one transaction) in one frame; the client crate has none yet."
-                    .into(),
-            ],
+            not_done: Vec::new(),
             elapsed_s: 0.0,
         }
     }
@@ -201,8 +197,9 @@ pub fn print_run(r: &RunResult) {
     }
 }
 
-/// Writes `<name>.json`, `<name>.md` and `<name>.svg` to the results directory, and (full runs
-/// named `latest`) the summary in bench/README.md. Returns what it wrote.
+/// Writes `<name>.json` and `<name>.svg` to the results directory, and the tables: for a full
+/// run named `latest`, into bench/RESULTS.md between the results markers (the rest of that file
+/// is left as it is); otherwise to `<name>.md` beside the JSON. Returns what it wrote.
 pub fn write(results: &Results, opts: &Opts) -> Vec<PathBuf> {
     let _ = std::fs::create_dir_all(&opts.out);
     let json = opts.out.join(format!("{}.json", opts.name));
@@ -216,8 +213,8 @@ pub fn write(results: &Results, opts: &Opts) -> Vec<PathBuf> {
     written
 }
 
-/// Renders a results file again (Markdown, chart, and the README summary for `latest` of a full
-/// run), for instance after a change to the report's layout.
+/// Renders a results file again (the chart, and the tables in bench/RESULTS.md for `latest` of
+/// a full run), for instance after a change to the report's layout.
 pub fn render_file(path: &Path) -> Result<Vec<PathBuf>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let results: Results =
@@ -231,42 +228,63 @@ pub fn render_file(path: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(render(&results, out, name, full))
 }
 
+/// The results file of the repository: hand-written text around the generated section.
+fn results_md() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md")
+}
+
 fn render(results: &Results, out: &Path, name: &str, full: bool) -> Vec<PathBuf> {
     let mut written = Vec::new();
     let svg_name = format!("{name}.svg");
     let svg = out.join(&svg_name);
     if std::fs::write(&svg, chart(results)).is_ok() {
-        written.push(svg);
+        written.push(svg.clone());
     }
-    let md = out.join(format!("{name}.md"));
-    if std::fs::write(&md, markdown(results, &svg_name)).is_ok() {
-        written.push(md);
-    }
-    if full && name == "latest" {
-        let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
-        if let Ok(text) = std::fs::read_to_string(&readme) {
-            if let Some(updated) = replace_section(&text, &summary(results)) {
-                if std::fs::write(&readme, updated).is_ok() {
-                    written.push(readme);
-                }
-            }
+    let results_md = results_md();
+    let in_repo = out.canonicalize().ok()
+        == Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("results")
+            .canonicalize()
+            .ok();
+    if full && name == "latest" && in_repo {
+        let body = markdown(results, &format!("results/{svg_name}"), None);
+        let text = std::fs::read_to_string(&results_md).unwrap_or_default();
+        if std::fs::write(&results_md, replace_section(&text, &body)).is_ok() {
+            written.push(results_md);
+        }
+    } else {
+        let md = out.join(format!("{name}.md"));
+        let body = markdown(results, &svg_name, Some("warmpool benchmark results"));
+        if std::fs::write(&md, body).is_ok() {
+            written.push(md);
         }
     }
     written
 }
 
-const BEGIN: &str = "<!-- results:begin -->";
+const BEGIN: &str = "<!-- results:start -->";
 const END: &str = "<!-- results:end -->";
 
-fn replace_section(text: &str, body: &str) -> Option<String> {
-    let start = text.find(BEGIN)? + BEGIN.len();
-    let end = text[start..].find(END)? + start;
-    Some(format!(
-        "{}\n{}\n{}",
-        &text[..start],
-        body.trim(),
-        &text[end..]
-    ))
+/// `text` with what lies between the markers replaced by `body`; the markers and `body` are
+/// appended when `text` has none.
+fn replace_section(text: &str, body: &str) -> String {
+    let found = text.find(BEGIN).and_then(|b| {
+        let start = b + BEGIN.len();
+        Some((start, text[start..].find(END)? + start))
+    });
+    match found {
+        Some((start, end)) => format!("{}\n{}\n{}", &text[..start], body.trim(), &text[end..]),
+        None => {
+            let sep = if text.is_empty() || text.ends_with("\n\n") {
+                ""
+            } else if text.ends_with('\n') {
+                "\n"
+            } else {
+                "\n\n"
+            };
+            format!("{text}{sep}{BEGIN}\n{}\n{END}\n", body.trim())
+        }
+    }
 }
 
 fn machine_line(r: &Results) -> String {
@@ -317,6 +335,21 @@ fn headlines(r: &Results) -> String {
                 fmt_ratio(ratio(wp, naive)),
                 fmt_us(naive),
             );
+            let batch = r.p50(Scenario::WarmpoolBatch, level, w);
+            if batch.is_finite() {
+                let _ = writeln!(
+                    s,
+                    "- **{} at {level} environment(s), as one batch**: warmpool batch {} — {} \
+                     faster than connect-per-invocation; {} the time of in-function static \
+                     prepared, {} of static naive, {} of warmpool one statement at a time.",
+                    w.name(),
+                    fmt_us(batch),
+                    fmt_ratio(ratio(connect, batch)),
+                    fmt_ratio(ratio(batch, prepared)),
+                    fmt_ratio(ratio(batch, naive)),
+                    fmt_ratio(ratio(batch, wp)),
+                );
+            }
         }
     }
     if let Some(m) = &r.micro {
@@ -341,42 +374,6 @@ fn headlines(r: &Results) -> String {
             fmt_ratio(ratio(m.warmpool_ping.latency.p50_us, m.floor.p50_us))
         );
     }
-    s
-}
-
-/// The section of bench/README.md a full run rewrites.
-fn summary(r: &Results) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "Latest full run: `{}`, {:.0} s, on {}. Load average before the run {}{}.\n",
-        r.settings.command,
-        r.elapsed_s,
-        machine_line(r),
-        r.machine.load_start,
-        if busy(&r.machine.load_start) {
-            ": other work (builds, tests) shared the 2 cores, so absolute times are inflated and \
-             noisy; the scenarios were interleaved to keep the ratios fair"
-        } else {
-            ""
-        }
-    );
-    s.push_str(&headlines(r));
-    s.push('\n');
-    s.push_str(&goals(r));
-    s.push('\n');
-    for &w in &r.settings.workloads {
-        s.push_str(&scenario_table(r, w));
-        s.push('\n');
-    }
-    s.push_str(&steps_table(r, Workload::W2));
-    s.push('\n');
-    s.push_str(&connections_table(r));
-    s.push_str(
-        "\nEverything else (cold starts, percentiles, the socket hop, footprint, the kill \
-                during a freeze) is in [results/latest.md](results/latest.md), and as JSON in \
-                [results/latest.json](results/latest.json).\n",
-    );
     s
 }
 
@@ -455,7 +452,8 @@ fn steps_table(r: &Results, w: Workload) -> String {
     labels.insert(0, "connect".into());
     let mut s = format!(
         "**Where the time goes in {}** (median of each step as the handler timed it; warmpool's \
-         BEGIN is sent with the first statement):\n\n| envs | scenario | {} | sum of medians |\n| ---: | --- |{} ---: |\n",
+         BEGIN is sent with the first statement; warmpool-batch sends everything as one batch, \
+         so it has one step, the sum):\n\n| envs | scenario | {} | sum of medians |\n| ---: | --- |{} ---: |\n",
         w.name(),
         labels.join(" | "),
         " ---: |".repeat(labels.len())
@@ -469,7 +467,9 @@ fn steps_table(r: &Results, w: Workload) -> String {
                 continue;
             };
             let mut cells: Vec<String> = wr.steps_p50_us.iter().map(|&t| fmt_us(t)).collect();
-            if !matches!(sc, Scenario::Connect | Scenario::Pgbouncer) {
+            if sc == Scenario::WarmpoolBatch {
+                cells.clear();
+            } else if !matches!(sc, Scenario::Connect | Scenario::Pgbouncer) {
                 cells.insert(0, "–".into());
             }
             cells.resize(labels.len(), "–".into());
@@ -605,10 +605,20 @@ fn goals(r: &Results) -> String {
         show(&w2n),
         (!w2n.is_empty()).then(|| w2n.iter().all(|(_, x)| *x <= 1.0)),
     );
+    let w2b = per_level(&|l| {
+        ratio(
+            r.p50(Scenario::WarmpoolBatch, l, Workload::W2),
+            r.p50(Scenario::StaticPrepared, l, Workload::W2),
+        )
+    });
     row(
-        "W2 through the batch API at most 0.7× of static prepared",
-        "no batch API in the client yet".into(),
-        None,
+        "W2 through the batch API at most 0.7× of static prepared (p50)",
+        if w2b.is_empty() {
+            "not measured in this run".into()
+        } else {
+            show(&w2b)
+        },
+        (!w2b.is_empty()).then(|| w2b.iter().all(|(_, x)| *x <= 0.7)),
     );
     if let Some(m) = &r.micro {
         if let Some(c) = m
@@ -667,9 +677,13 @@ fn goals(r: &Results) -> String {
     s
 }
 
-fn markdown(r: &Results, svg: &str) -> String {
+/// The tables of one run. `title` heads them in a file of their own; inside bench/RESULTS.md
+/// they sit under the file's own title.
+fn markdown(r: &Results, svg: &str, title: Option<&str>) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# warmpool benchmark results\n");
+    if let Some(title) = title {
+        let _ = writeln!(s, "# {title}\n");
+    }
     let _ = writeln!(
         s,
         "- Command: `{}` ({:.0} s)",
@@ -871,9 +885,11 @@ fn markdown(r: &Results, svg: &str) -> String {
         );
     }
 
-    let _ = writeln!(s, "\n## Not measured\n");
-    for n in &r.not_done {
-        let _ = writeln!(s, "- {n}");
+    if !r.not_done.is_empty() {
+        let _ = writeln!(s, "\n## Not measured\n");
+        for n in &r.not_done {
+            let _ = writeln!(s, "- {n}");
+        }
     }
     s
 }
@@ -897,7 +913,9 @@ fn chart(r: &Results) -> String {
     let x = |us: f64| {
         left + plot_w * ((us.clamp(lo, hi)).log10() - lo.log10()) / (hi.log10() - lo.log10())
     };
-    let colors = ["#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd"];
+    let colors = [
+        "#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#17becf", "#9467bd",
+    ];
     let height = 60.0 + groups.len() as f64 * (scenarios.len() as f64 * row_h + group_gap) + 40.0;
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height:.0}\" \
@@ -974,12 +992,22 @@ mod tests {
 
     #[test]
     fn replaces_only_the_marked_section() {
-        let text = "intro\n<!-- results:begin -->\nold\n<!-- results:end -->\nafter\n";
-        let out = replace_section(text, "new").unwrap();
+        let text = "intro\n<!-- results:start -->\nold\n<!-- results:end -->\n\n## Soak\nkept\n";
         assert_eq!(
-            out,
-            "intro\n<!-- results:begin -->\nnew\n<!-- results:end -->\nafter\n"
+            replace_section(text, "new\n"),
+            "intro\n<!-- results:start -->\nnew\n<!-- results:end -->\n\n## Soak\nkept\n"
         );
-        assert!(replace_section("no markers", "x").is_none());
+    }
+
+    #[test]
+    fn appends_the_section_when_the_markers_are_missing() {
+        assert_eq!(
+            replace_section("# Results\n", "new"),
+            "# Results\n\n<!-- results:start -->\nnew\n<!-- results:end -->\n"
+        );
+        assert_eq!(
+            replace_section("", "new"),
+            "<!-- results:start -->\nnew\n<!-- results:end -->\n"
+        );
     }
 }

@@ -167,6 +167,11 @@ pub struct Config {
     pub query_cache_max_bytes: usize,
     /// Logs and metrics; see [`Observability`].
     pub observability: Observability,
+    /// `WARMPOOL_RUNTIME_THREADS`: threads of the extension's async runtime. `1` (the default)
+    /// runs everything on one thread, where a statement's hand-offs between the session task
+    /// and the database connection's task cost no cross-thread wake-up; more spreads sessions
+    /// over that many threads, for many concurrent sessions doing CPU work (large results).
+    pub runtime_threads: usize,
 }
 
 /// How log lines are written.
@@ -261,6 +266,8 @@ pub mod defaults {
     pub const SLOW_POOL_WAIT_MS: u64 = 100;
     /// `AWS_LAMBDA_FUNCTION_NAME` outside Lambda.
     pub const FUNCTION_NAME: &str = "local";
+    /// `WARMPOOL_RUNTIME_THREADS`.
+    pub const RUNTIME_THREADS: usize = 1;
 }
 
 impl Config {
@@ -469,6 +476,7 @@ impl Config {
                 defaults::QUERY_CACHE_MAX_BYTES,
             )?,
             observability: observability(&get)?,
+            runtime_threads: parse(&get, "WARMPOOL_RUNTIME_THREADS", defaults::RUNTIME_THREADS)?,
         };
         config.validate()?;
         Ok(config)
@@ -486,6 +494,9 @@ impl Config {
         }
         if self.max_sessions == 0 {
             return fail("WARMPOOL_MAX_SESSIONS", "must be at least 1");
+        }
+        if !(1..=64).contains(&self.runtime_threads) {
+            return fail("WARMPOOL_RUNTIME_THREADS", "must be between 1 and 64");
         }
         if self.handshake_timeout.is_zero() {
             return fail("WARMPOOL_HANDSHAKE_TIMEOUT_MS", "must be greater than zero");
@@ -830,6 +841,29 @@ mod tests {
         ] {
             let e = config(&[("PGHOST", "db"), ("PGUSER", "app"), (var, value)]).unwrap_err();
             assert_eq!(e.variable, var, "{e}");
+        }
+    }
+
+    #[test]
+    fn runtime_threads_default_to_one_and_are_bounded() {
+        let c = config(&[("PGHOST", "h"), ("PGUSER", "u")]).unwrap();
+        assert_eq!(c.runtime_threads, defaults::RUNTIME_THREADS);
+        assert_eq!(c.runtime_threads, 1);
+        let c = config(&[
+            ("PGHOST", "h"),
+            ("PGUSER", "u"),
+            ("WARMPOOL_RUNTIME_THREADS", "4"),
+        ])
+        .unwrap();
+        assert_eq!(c.runtime_threads, 4);
+        for bad in ["0", "65", "two"] {
+            let e = config(&[
+                ("PGHOST", "h"),
+                ("PGUSER", "u"),
+                ("WARMPOOL_RUNTIME_THREADS", bad),
+            ])
+            .unwrap_err();
+            assert_eq!(e.variable, "WARMPOOL_RUNTIME_THREADS", "{bad}");
         }
     }
 

@@ -114,7 +114,7 @@ impl PgConn {
         };
         for (sql, result) in statements.iter().zip(prepared) {
             match result {
-                Ok(stmt) => self.statements.insert(sql, stmt),
+                Ok(stmt) => self.statements.insert(sql, &[], stmt),
                 Err(e) => tracing::warn!(
                     sql = %sql,
                     error = %crate::errors::error_chain(&e),
@@ -184,9 +184,14 @@ impl StatementCache {
         Ok(stmt)
     }
 
-    /// Caches a statement prepared without declared parameter types.
-    pub(crate) fn insert(&mut self, sql: &str, stmt: Statement) {
-        self.cache.put((sql.to_owned(), Vec::new()), stmt);
+    /// The statement for `sql` if it is prepared on this connection.
+    pub(crate) fn cached(&mut self, sql: &str, types: &[u32]) -> Option<Statement> {
+        self.cache.get(&(sql.to_owned(), types.to_vec())).cloned()
+    }
+
+    /// Remembers a statement prepared on this connection.
+    pub(crate) fn insert(&mut self, sql: &str, types: &[u32], statement: Statement) {
+        self.cache.put((sql.to_owned(), types.to_vec()), statement);
     }
 
     /// Forgets a statement, for instance after the server said its plan is no longer valid.
@@ -197,7 +202,7 @@ impl StatementCache {
 
 /// Parse only sends a declared type's OID, so a type the client named by OID alone does not need
 /// its name or kind here.
-fn type_for_oid(oid: u32) -> Type {
+pub(crate) fn type_for_oid(oid: u32) -> Type {
     Type::from_oid(oid)
         .unwrap_or_else(|| Type::new(String::new(), oid, Kind::Simple, String::new()))
 }

@@ -17,11 +17,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // One thread by default (WARMPOOL_RUNTIME_THREADS): a statement's path is the session task
+    // handing the request to the connection's driver task and back, and on one thread those
+    // hand-offs are plain queue pushes instead of cross-thread wake-ups (a futex and often a
+    // context switch each, tens of µs on a small VM). The extension's work is I/O: per
+    // statement it spends microseconds of CPU, and the CPU-heavy part, TLS and SCRAM, happens
+    // only when a connection opens.
+    let built = if config.runtime_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.runtime_threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("warmpool: cannot start the runtime: {e}");

@@ -37,6 +37,8 @@ use crate::metrics::{Counters, Event, Meter};
 use crate::pool::{GetError, Pool, PooledConn};
 use crate::telemetry::Telemetry;
 
+mod pipeline;
+
 /// Rows are sent in frames of about this many bytes, so a large result streams instead of being
 /// held whole in memory.
 const ROWS_CHUNK: usize = 64 * 1024;
@@ -219,6 +221,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Request::Commit => self.commit().await.is_ok(),
             Request::Rollback => self.rollback().await.is_ok(),
             Request::Ping => self.send(&Response::Pong).await.is_ok(),
+            Request::Pipeline(p) => self.pipeline(p).await.is_ok(),
             Request::Terminate => false,
             Request::State(r) => crate::state::serve::handle(&mut self.framed, &self.shared, r)
                 .await

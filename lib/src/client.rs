@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use postgres_types::{ToSql, Type};
 
+use crate::batch::Batch;
 use crate::conn::Conn;
 use crate::error::{Error, Kind};
 use crate::ops;
@@ -248,6 +249,12 @@ impl Client {
     pub async fn batch_execute(&self, sql: &str) -> Result<(), Error> {
         self.with_conn(async |conn| ops::batch(conn, &mut None, sql).await)
             .await
+    }
+
+    /// A batch: statements sent to the extension in one frame and pipelined to PostgreSQL on
+    /// one connection, optionally as one transaction. See [`Batch`].
+    pub fn batch(&self) -> Batch<'_> {
+        Batch::new(self)
     }
 
     /// Checks that the extension answers.

@@ -7,8 +7,8 @@ use tokio::net::UnixStream;
 
 use crate::error::{Error, Kind};
 use crate::protocol::{
-    sqlstate, ErrorSource, Hello, Invocation, Request, Response, WireError, DEFAULT_MAX_FRAME,
-    PROTOCOL_VERSION,
+    sqlstate, ErrorSource, FrameError, Hello, Invocation, Request, Response, WireError,
+    DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::transport::{Framed, ReadError};
 
@@ -74,6 +74,11 @@ impl Conn {
         self.framed
             .queue_request(request)
             .map_err(|e| Error::from_wire(WireError::extension(e.sqlstate(), e.to_string())))
+    }
+
+    /// Queues a request, returning the frame error itself so the caller can explain it.
+    pub(crate) fn queue_frame(&mut self, request: &Request) -> Result<(), FrameError> {
+        self.framed.queue_request(request)
     }
 
     /// Writes what is queued. Not cancel safe: a cancelled flush leaves the connection broken.
@@ -150,6 +155,7 @@ impl Conn {
             Response::Complete(_) => "Complete",
             Response::Ok => "Ok",
             Response::Pong => "Pong",
+            Response::NotRun => "NotRun",
             Response::Error(_) => "Error",
             Response::State(_) => "warm-state",
             Response::Stats(_) => "Stats",

@@ -66,6 +66,15 @@ impl Error {
         }))
     }
 
+    /// A copy, for an error that stops several statements; the cause keeps its message only.
+    pub(crate) fn duplicate(&self) -> Error {
+        Error(Box::new(Inner {
+            kind: self.0.kind.clone(),
+            db: self.0.db.clone(),
+            cause: self.0.cause.as_ref().map(|c| c.to_string().into()),
+        }))
+    }
+
     pub(crate) fn closed(cause: impl Into<Box<dyn std::error::Error + Sync + Send>>) -> Error {
         Error::new(Kind::Closed, Some(cause.into()))
     }

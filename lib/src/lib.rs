@@ -20,6 +20,7 @@
 pub mod protocol;
 pub mod transport;
 
+mod batch;
 mod client;
 mod conn;
 mod error;
@@ -29,6 +30,7 @@ mod state;
 mod statement;
 mod transaction;
 
+pub use batch::{Batch, BatchResult};
 pub use client::{Client, TransactionBuilder, DEFAULT_SOCKET};
 pub use error::{DbError, Error};
 pub use protocol::CacheOutcome;

@@ -44,7 +44,11 @@ fn prepare_request(sql: &str, types: &[Type]) -> Request {
     })
 }
 
-async fn read_prepared(conn: &mut Conn, sql: &str, declared: Vec<u32>) -> Result<Statement, Error> {
+pub(crate) async fn read_prepared(
+    conn: &mut Conn,
+    sql: &str,
+    declared: Vec<u32>,
+) -> Result<Statement, Error> {
     match conn.recv().await? {
         Response::PrepareOk(ok) => Ok(Statement::new(
             sql.to_owned(),

@@ -7,6 +7,8 @@
 //!   as `&str`, so tokio-postgres prepares them again on every call.
 //! - `static-prepared`: the same connection with statements prepared once during Init.
 //! - `warmpool`: the warmpool client, one statement at a time, through the extension.
+//! - `warmpool-batch`: the warmpool client, the handler's statements as one batch (W2: one
+//!   transaction), in one frame to the extension, which pipelines them to PostgreSQL.
 //!
 //! Connection settings come from `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE` and
 //! `PGSSLROOTCERT` (TLS with the chain and host name verified).
@@ -38,6 +40,7 @@ enum Scenario {
     StaticNaive,
     StaticPrepared,
     Warmpool,
+    WarmpoolBatch,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +144,7 @@ async fn init() -> Result<State, Error> {
         "static-naive" => Scenario::StaticNaive,
         "static-prepared" => Scenario::StaticPrepared,
         "warmpool" => Scenario::Warmpool,
+        "warmpool-batch" => Scenario::WarmpoolBatch,
         other => return Err(format!("unknown BENCH_SCENARIO {other:?}").into()),
     };
     let mut state = State {
@@ -161,7 +165,9 @@ async fn init() -> Result<State, Error> {
                 insert,
             }));
         }
-        Scenario::Warmpool => state.warmpool = Some(warmpool::Client::connect().await?),
+        Scenario::Warmpool | Scenario::WarmpoolBatch => {
+            state.warmpool = Some(warmpool::Client::connect().await?)
+        }
         Scenario::Connect | Scenario::PgBouncer => {}
     }
     Ok(state)
@@ -240,6 +246,41 @@ async fn run_warmpool(
     Ok(n)
 }
 
+/// W1 and W2 through warmpool as one batch each: W2's selects and insert go out in one frame,
+/// as one transaction. The batch is one step.
+async fn run_warmpool_batch(
+    client: &warmpool::Client,
+    req: &Request,
+    steps: &mut Steps,
+) -> Result<u64, Error> {
+    let ids: Vec<&(dyn warmpool::ToSql + Sync)> = req
+        .ids
+        .iter()
+        .map(|id| id as &(dyn warmpool::ToSql + Sync))
+        .collect();
+    let first_id = &req.ids[0];
+    let insert: [&(dyn warmpool::ToSql + Sync); 2] = [first_id, &req.amount];
+    let mut batch = client.batch();
+    let selects = if req.w == 1 { 1 } else { ids.len() };
+    for id in ids.iter().take(selects) {
+        batch = batch.query(SELECT, std::slice::from_ref(id));
+    }
+    if req.w == 2 {
+        batch = batch.execute(INSERT, &insert).transaction(true);
+    }
+    let results = batch.run().await?;
+    steps.mark();
+    let mut n = 0;
+    for r in results {
+        match r {
+            warmpool::BatchResult::Done { rows_affected, .. } => n += rows_affected,
+            warmpool::BatchResult::Failed(e) => return Err(e.into()),
+            other => return Err(format!("statement not applied: {other:?}").into()),
+        }
+    }
+    Ok(n)
+}
+
 async fn handle(event: LambdaEvent<Value>) -> Result<Value, Error> {
     let req: Request = serde_json::from_value(event.payload)?;
     if req.ids.is_empty() || !(1..=2).contains(&req.w) {
@@ -267,6 +308,10 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, Error> {
         Scenario::Warmpool => {
             let client = state.warmpool.as_ref().ok_or("no client")?;
             (run_warmpool(client, &req, &mut steps).await, None)
+        }
+        Scenario::WarmpoolBatch => {
+            let client = state.warmpool.as_ref().ok_or("no client")?;
+            (run_warmpool_batch(client, &req, &mut steps).await, None)
         }
     };
     let db_us = started.elapsed().as_micros() as u64;

@@ -17,6 +17,9 @@ mod error;
 mod observability;
 #[cfg(test)]
 mod observability_tests;
+mod pipeline;
+#[cfg(test)]
+mod pipeline_tests;
 mod request;
 mod response;
 mod state;
@@ -28,6 +31,7 @@ mod types;
 
 pub use error::{ErrorSource, FrameError, WireError};
 pub use observability::{Invocation, Stats};
+pub use pipeline::Pipeline;
 pub use request::{Begin, Execute, Hello, IsolationLevel, Param, Prepare, Request};
 pub use response::{Column, HelloOk, PrepareOk, RawRow, Response};
 pub use state::{

@@ -4,6 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::{put_count16, put_nullable, put_str, split_frame, write_frame, Reader};
 use super::observability::{self, Invocation};
+use super::pipeline::{Pipeline, PIPELINE};
 use super::state::{self, StateRequest};
 use super::FrameError;
 
@@ -45,6 +46,8 @@ pub enum Request {
     Invocation(Invocation),
     /// Asks for the counters of the session's invocation; answered with Stats.
     Stats,
+    /// Runs several parameterised statements back to back, optionally as one transaction.
+    Pipeline(Pipeline),
 }
 
 /// The handshake: the protocol version the client speaks.
@@ -156,20 +159,33 @@ fn read_opt_bool(r: &mut Reader, what: &'static str) -> Result<Option<bool>, Fra
     }
 }
 
-fn put_oids(buf: &mut BytesMut, oids: &[u32]) {
-    put_count16(buf, oids.len());
-    for oid in oids {
-        buf.put_u32(*oid);
-    }
+pub(crate) fn put_begin(b: &mut BytesMut, o: &Begin) {
+    b.put_u8(match o.isolation {
+        IsolationLevel::Default => 0,
+        IsolationLevel::ReadCommitted => 1,
+        IsolationLevel::RepeatableRead => 2,
+        IsolationLevel::Serializable => 3,
+    });
+    put_opt_bool(b, o.read_only);
+    put_opt_bool(b, o.deferrable);
 }
 
-fn read_oids(r: &mut Reader) -> Result<Vec<u32>, FrameError> {
-    let n = r.count16(4, "parameter types")?;
-    (0..n).map(|_| r.u32("parameter type")).collect()
+pub(crate) fn read_begin(r: &mut Reader) -> Result<Begin, FrameError> {
+    let isolation = match r.u8("isolation level")? {
+        0 => IsolationLevel::Default,
+        1 => IsolationLevel::ReadCommitted,
+        2 => IsolationLevel::RepeatableRead,
+        3 => IsolationLevel::Serializable,
+        _ => return Err(FrameError::Invalid("isolation level out of range")),
+    };
+    Ok(Begin {
+        isolation,
+        read_only: read_opt_bool(r, "read only")?,
+        deferrable: read_opt_bool(r, "deferrable")?,
+    })
 }
 
-/// An Execute body, shared with the cached execute of [`StateRequest::CachedExecute`].
-pub(crate) fn write_execute(b: &mut BytesMut, e: &Execute) {
+pub(crate) fn put_execute_body(b: &mut BytesMut, e: &Execute) {
     put_str(b, &e.sql);
     put_oids(b, &e.types);
     put_count16(b, e.params.len());
@@ -179,7 +195,7 @@ pub(crate) fn write_execute(b: &mut BytesMut, e: &Execute) {
     }
 }
 
-pub(crate) fn read_execute(r: &mut Reader) -> Result<Execute, FrameError> {
+pub(crate) fn read_execute_body(r: &mut Reader) -> Result<Execute, FrameError> {
     let sql = r.string("sql")?;
     let types = read_oids(r)?;
     let n = r.count16(8, "parameters")?;
@@ -194,6 +210,18 @@ pub(crate) fn read_execute(r: &mut Reader) -> Result<Execute, FrameError> {
     Ok(Execute { sql, types, params })
 }
 
+fn put_oids(buf: &mut BytesMut, oids: &[u32]) {
+    put_count16(buf, oids.len());
+    for oid in oids {
+        buf.put_u32(*oid);
+    }
+}
+
+fn read_oids(r: &mut Reader) -> Result<Vec<u32>, FrameError> {
+    let n = r.count16(4, "parameter types")?;
+    (0..n).map(|_| r.u32("parameter type")).collect()
+}
+
 impl Request {
     /// Appends this frame to `buf`.
     pub fn encode(&self, buf: &mut BytesMut) {
@@ -206,18 +234,9 @@ impl Request {
                 put_str(b, &p.sql);
                 put_oids(b, &p.types);
             }),
-            Request::Execute(e) => write_frame(buf, EXECUTE, |b| write_execute(b, e)),
+            Request::Execute(e) => write_frame(buf, EXECUTE, |b| put_execute_body(b, e)),
             Request::Batch(sql) => write_frame(buf, BATCH, |b| put_str(b, sql)),
-            Request::Begin(o) => write_frame(buf, BEGIN, |b| {
-                b.put_u8(match o.isolation {
-                    IsolationLevel::Default => 0,
-                    IsolationLevel::ReadCommitted => 1,
-                    IsolationLevel::RepeatableRead => 2,
-                    IsolationLevel::Serializable => 3,
-                });
-                put_opt_bool(b, o.read_only);
-                put_opt_bool(b, o.deferrable);
-            }),
+            Request::Begin(o) => write_frame(buf, BEGIN, |b| put_begin(b, o)),
             Request::Commit => write_frame(buf, COMMIT, |_| {}),
             Request::Rollback => write_frame(buf, ROLLBACK, |_| {}),
             Request::Ping => write_frame(buf, PING, |_| {}),
@@ -227,6 +246,7 @@ impl Request {
                 observability::put_invocation(b, i)
             }),
             Request::Stats => write_frame(buf, observability::STATS, |_| {}),
+            Request::Pipeline(p) => write_frame(buf, PIPELINE, |b| p.encode_body(b)),
         }
     }
 
@@ -249,22 +269,9 @@ impl Request {
                 sql: r.string("sql")?,
                 types: read_oids(&mut r)?,
             }),
-            EXECUTE => Request::Execute(read_execute(&mut r)?),
+            EXECUTE => Request::Execute(read_execute_body(&mut r)?),
             BATCH => Request::Batch(r.string("sql")?),
-            BEGIN => {
-                let isolation = match r.u8("isolation level")? {
-                    0 => IsolationLevel::Default,
-                    1 => IsolationLevel::ReadCommitted,
-                    2 => IsolationLevel::RepeatableRead,
-                    3 => IsolationLevel::Serializable,
-                    _ => return Err(FrameError::Invalid("isolation level out of range")),
-                };
-                Request::Begin(Begin {
-                    isolation,
-                    read_only: read_opt_bool(&mut r, "read only")?,
-                    deferrable: read_opt_bool(&mut r, "deferrable")?,
-                })
-            }
+            BEGIN => Request::Begin(read_begin(&mut r)?),
             COMMIT => Request::Commit,
             ROLLBACK => Request::Rollback,
             PING => Request::Ping,
@@ -274,6 +281,7 @@ impl Request {
                 Request::Invocation(observability::read_invocation(&mut r)?)
             }
             observability::STATS => Request::Stats,
+            PIPELINE => Request::Pipeline(Pipeline::parse_body(&mut r)?),
             other => return Err(FrameError::UnknownTag(other)),
         };
         r.finish(tag)?;

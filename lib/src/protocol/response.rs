@@ -5,6 +5,7 @@ use postgres_types::Type;
 
 use super::codec::{put_count16, put_nullable, put_str, split_frame, write_frame, Reader};
 use super::observability::{self, Stats};
+use super::pipeline::NOT_RUN;
 use super::state::{self, StateResponse};
 use super::types::{put_type, read_type};
 use super::{ErrorSource, FrameError, WireError};
@@ -42,6 +43,9 @@ pub enum Response {
     State(StateResponse),
     /// The answer to Stats.
     Stats(Stats),
+    /// A statement of a Pipeline did not run because an earlier statement of its transaction
+    /// failed.
+    NotRun,
 }
 
 /// The extension's side of the handshake.
@@ -124,6 +128,7 @@ impl Response {
             Response::Ok => write_frame(buf, OK, |_| {}),
             Response::Pong => write_frame(buf, PONG, |_| {}),
             Response::State(s) => s.encode(buf),
+            Response::NotRun => write_frame(buf, NOT_RUN, |_| {}),
             Response::Error(e) => write_frame(buf, ERROR, |b| {
                 b.put_u8(match e.source {
                     ErrorSource::Database => b'D',
@@ -190,6 +195,7 @@ impl Response {
             COMPLETE => Response::Complete(r.u64("rows affected")?),
             OK => Response::Ok,
             PONG => Response::Pong,
+            NOT_RUN => Response::NotRun,
             ERROR => {
                 let source = match r.u8("error source")? {
                     b'D' => ErrorSource::Database,

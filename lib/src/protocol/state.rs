@@ -5,7 +5,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::{put_count16, put_nullable, put_str, write_frame, Reader};
-use super::request::{read_execute, write_execute};
+use super::request::{put_execute_body, read_execute_body};
 use super::types::{put_type, read_type};
 use super::{Column, Execute, FrameError};
 
@@ -163,7 +163,7 @@ impl StateRequest {
             StateRequest::CachedExecute(c) => write_frame(buf, CACHED_EXECUTE, |b| {
                 b.put_u64(c.ttl_ms);
                 b.put_u64(c.swr_ms);
-                write_execute(b, &c.execute);
+                put_execute_body(b, &c.execute);
             }),
         }
     }
@@ -202,7 +202,7 @@ impl StateRequest {
                 StateRequest::CachedExecute(CachedExecute {
                     ttl_ms,
                     swr_ms: r.u64("stale-while-revalidate window")?,
-                    execute: read_execute(r)?,
+                    execute: read_execute_body(r)?,
                 })
             }
             other => return Err(FrameError::UnknownTag(other)),
