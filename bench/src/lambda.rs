@@ -253,6 +253,11 @@ fn build_env(
     // Names each environment's server connections in the server log.
     b = b.env("PGAPPNAME", format!("bench-env-{index}"));
     if scenario.has_extension() {
+        // Settings under test (WARMPOOL_RUNTIME_THREADS…) from the benchmark's environment; the
+        // ones below are the benchmark's own.
+        for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("WARMPOOL_")) {
+            b = b.env(k, v);
+        }
         b = b
             .extensions_dir(&ctx.layer)
             .env("WARMPOOL_LOG", "warn")

@@ -114,13 +114,7 @@ fn parse_args() -> Result<Opts, String> {
         } else {
             1000
         },
-        rounds: if smoke {
-            2
-        } else if quick {
-            2
-        } else {
-            10
-        },
+        rounds: if quick { 2 } else { 10 },
         scenarios: if smoke {
             Scenario::ALL
                 .into_iter()
