@@ -4,14 +4,18 @@
 //!   `hostssl` only.
 //! - [`certs`]: a test CA and server certificate.
 //! - [`ext`]: [`ext::Extension`], the `warmpool` binary as a child process.
+//! - [`pgbouncer`]: [`pgbouncer::PgBouncer`], a transaction-mode PgBouncer in front of a
+//!   [`pg::PgServer`].
 //! - [`secrets_manager`]: a Secrets Manager stand-in on loopback.
 
 pub mod certs;
 pub mod ext;
 pub mod lambda_env;
 pub mod pg;
+pub mod pgbouncer;
 pub mod secrets_manager;
 
 pub use ext::Extension;
 pub use lambda_env::LambdaEnv;
 pub use pg::PgServer;
+pub use pgbouncer::PgBouncer;
