@@ -37,8 +37,7 @@ pub fn built(package: &str, bin: &str) -> PathBuf {
     if profile_dir.file_name().is_some_and(|n| n == "deps") {
         profile_dir.pop();
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = cargo();
     cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
@@ -54,6 +53,33 @@ pub fn built(package: &str, bin: &str) -> PathBuf {
     let path = profile_dir.join(bin);
     assert!(path.exists(), "{} missing after build", path.display());
     path
+}
+
+/// A `cargo` command for a build from inside a test, without the variables Cargo sets for the
+/// test it runs (`CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`…). Build scripts watch some of them
+/// (ring's declares `rerun-if-env-changed=CARGO_PKG_NAME`): passed on, they would make this
+/// build recompile ring and everything above it, and the next plain `cargo test` recompile it
+/// all back.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_by_cargo = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_EXE_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ]
+            .contains(&name.as_ref());
+        if set_by_cargo {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    cmd
 }
 
 /// A running extension process. Stopped with SIGTERM (then SIGKILL) when dropped.

@@ -4,6 +4,8 @@
 //!   `hostssl` only.
 //! - [`certs`]: a test CA and server certificate.
 //! - [`ext`]: [`ext::Extension`], the `warmpool` binary as a child process.
+//! - [`pgbouncer`]: [`pgbouncer::PgBouncer`], a transaction-mode PgBouncer in front of a
+//!   [`pg::PgServer`].
 //! - [`secrets_manager`]: a Secrets Manager stand-in on loopback.
 //! - [`logs`]: the extension's JSON log lines, read back.
 //! - [`emf`]: a checker for CloudWatch Embedded Metric Format records.
@@ -14,8 +16,10 @@ pub mod ext;
 pub mod lambda_env;
 pub mod logs;
 pub mod pg;
+pub mod pgbouncer;
 pub mod secrets_manager;
 
 pub use ext::Extension;
 pub use lambda_env::LambdaEnv;
 pub use pg::PgServer;
+pub use pgbouncer::PgBouncer;

@@ -441,8 +441,7 @@ fn local_lambda() -> &'static Path {
         if profile_dir.file_name().is_some_and(|n| n == "deps") {
             profile_dir.pop();
         }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
+        let mut cmd = warmpool_tests::ext::cargo();
         cmd.args([
             "build",
             "--quiet",
