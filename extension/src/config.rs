@@ -130,6 +130,10 @@ pub struct Config {
     /// `WARMPOOL_HANDSHAKE_TIMEOUT_MS`: how long a new session may take to send Hello.
     /// Default 5000.
     pub handshake_timeout: Duration,
+    /// `WARMPOOL_IDLE_SESSION_TIMEOUT_MS`: a session that sends no whole frame for this long,
+    /// counted while the environment runs (not while it is frozen), is closed with 57P05; an
+    /// open transaction in it is rolled back. `0` means never. Default 600000 (ten minutes).
+    pub idle_session_timeout: Option<Duration>,
     /// `WARMPOOL_LOG_STATEMENTS`: log every statement with its parameter values at debug level,
     /// for debugging. Default `false`: parameters can hold secrets and personal data.
     pub log_statements: bool,
@@ -179,6 +183,8 @@ pub mod defaults {
     pub const MAX_SESSIONS: usize = 1024;
     /// `WARMPOOL_HANDSHAKE_TIMEOUT_MS`.
     pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+    /// `WARMPOOL_IDLE_SESSION_TIMEOUT_MS`.
+    pub const IDLE_SESSION_TIMEOUT_MS: u64 = 600_000;
     /// `WARMPOOL_LOG_STATEMENTS`.
     pub const LOG_STATEMENTS: bool = false;
     /// `PGPORT`.
@@ -375,6 +381,11 @@ impl Config {
                 "WARMPOOL_HANDSHAKE_TIMEOUT_MS",
                 defaults::HANDSHAKE_TIMEOUT_MS,
             )?,
+            idle_session_timeout: Some(ms(
+                "WARMPOOL_IDLE_SESSION_TIMEOUT_MS",
+                defaults::IDLE_SESSION_TIMEOUT_MS,
+            )?)
+            .filter(|d| !d.is_zero()),
             log_statements: parse(&get, "WARMPOOL_LOG_STATEMENTS", defaults::LOG_STATEMENTS)?,
             auth: auth(&get, mode)?,
             max_connection_lifetime: Some(ms(

@@ -22,6 +22,7 @@
 pub mod config;
 pub mod conn;
 pub mod credentials;
+pub mod deadline;
 pub mod errors;
 pub mod lambda;
 pub mod lifecycle;

@@ -1,12 +1,14 @@
 //! One socket connection to the extension: a session on the extension's side.
 
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::net::UnixStream;
 
 use crate::error::{Error, Kind};
 use crate::protocol::{
-    sqlstate, ErrorSource, Hello, Request, Response, WireError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    sqlstate, Deadline, ErrorSource, Hello, Request, Response, WireError, DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
 };
 use crate::transport::{Framed, ReadError};
 
@@ -15,6 +17,27 @@ use crate::transport::{Framed, ReadError};
 pub(crate) struct Conn {
     framed: Framed<UnixStream>,
     broken: bool,
+    /// The deadline the extension holds for this session.
+    deadline: Option<u64>,
+    /// The deadline the session's next request runs under.
+    want_deadline: Option<u64>,
+    /// Deadline frames sent whose Ok has not been read yet.
+    deadline_acks: usize,
+    /// Requests answered on this session: 0 while it has never been used past the handshake.
+    pub(crate) served: u64,
+}
+
+/// The extension closed this session for idleness (PostgreSQL's `idle_session_timeout` code).
+pub(crate) const IDLE_SESSION_TIMEOUT: &str = "57P05";
+
+/// Milliseconds since the Unix epoch, as the protocol carries deadlines; at least 1, since 0
+/// means none.
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
 }
 
 impl Conn {
@@ -36,6 +59,10 @@ impl Conn {
         let mut conn = Conn {
             framed: Framed::new(stream, DEFAULT_MAX_FRAME),
             broken: false,
+            deadline: None,
+            want_deadline: None,
+            deadline_acks: 0,
+            served: 0,
         };
         conn.queue(&Request::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -45,6 +72,7 @@ impl Conn {
         match conn.recv().await? {
             Response::HelloOk(ok) if ok.version == PROTOCOL_VERSION => {
                 conn.framed.set_max_frame(ok.max_frame as usize);
+                conn.served = 0;
                 Ok(conn)
             }
             Response::HelloOk(ok) => Err(Error::protocol(format!(
@@ -60,8 +88,36 @@ impl Conn {
         self.broken
     }
 
+    /// Sets the deadline the session's next requests run under; it reaches the extension in
+    /// front of the next request, with no round trip of its own.
+    pub(crate) fn set_deadline(&mut self, deadline: Option<u64>) {
+        self.want_deadline = deadline;
+    }
+
+    /// Whether the extension has closed this idle session (for idleness, or because it is
+    /// shutting down): anything to read, or the end of the stream, where no answer is due.
+    pub(crate) fn closed_while_idle(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match self.framed.get_ref().try_read(&mut probe) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+
     /// Queues a request; a request over the frame limit fails here, before anything is sent.
     pub(crate) fn queue(&mut self, request: &Request) -> Result<(), Error> {
+        if self.want_deadline != self.deadline {
+            let deadline = Request::Deadline(Deadline {
+                unix_ms: self.want_deadline,
+            });
+            self.queue_one(&deadline)?;
+            self.deadline = self.want_deadline;
+            self.deadline_acks += 1;
+        }
+        self.queue_one(request)
+    }
+
+    fn queue_one(&mut self, request: &Request) -> Result<(), Error> {
         self.framed
             .queue_request(request)
             .map_err(|e| Error::from_wire(WireError::extension(e.sqlstate(), e.to_string())))
@@ -78,6 +134,25 @@ impl Conn {
     /// Reads one response. Cancel safe as to the bytes, but the caller's request is then left
     /// unanswered, so a cancelled caller leaves the connection broken.
     pub(crate) async fn recv(&mut self) -> Result<Response, Error> {
+        while self.deadline_acks > 0 {
+            match self.recv_one().await? {
+                Response::Ok => self.deadline_acks -= 1,
+                Response::Error(e) => {
+                    self.deadline_acks -= 1;
+                    self.deadline = None;
+                    return Err(self.error(e));
+                }
+                other => return Err(self.unexpected(&other)),
+            }
+        }
+        let response = self.recv_one().await?;
+        if !matches!(response, Response::Rows(_)) {
+            self.served += 1;
+        }
+        Ok(response)
+    }
+
+    async fn recv_one(&mut self) -> Result<Response, Error> {
         self.broken = true;
         let frame = match self.framed.read::<Response>().await {
             Ok(Some(frame)) => frame,
@@ -97,6 +172,7 @@ impl Conn {
         if matches!(
             e.code(),
             sqlstate::ADMIN_SHUTDOWN
+                | IDLE_SESSION_TIMEOUT
                 | sqlstate::PROTOCOL_VIOLATION
                 | sqlstate::PROGRAM_LIMIT_EXCEEDED
         ) && e.source == ErrorSource::Extension

@@ -13,6 +13,7 @@
 //! prepared statement belongs to one server session).
 
 mod codec;
+mod deadline;
 mod error;
 mod request;
 mod response;
@@ -20,6 +21,7 @@ mod response;
 mod tests;
 mod types;
 
+pub use deadline::Deadline;
 pub use error::{ErrorSource, FrameError, WireError};
 pub use request::{Begin, Execute, Hello, IsolationLevel, Param, Prepare, Request};
 pub use response::{Column, HelloOk, PrepareOk, RawRow, Response};

@@ -3,6 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::{put_count16, put_nullable, put_str, split_frame, write_frame, Reader};
+use super::deadline::{Deadline, DEADLINE};
 use super::FrameError;
 
 const HELLO: u8 = b'H';
@@ -37,6 +38,8 @@ pub enum Request {
     Ping,
     /// Ends the session cleanly.
     Terminate,
+    /// Sets or lifts the deadline of the session's statements (see [`Deadline`]).
+    Deadline(Deadline),
 }
 
 /// The handshake: the protocol version the client speaks.
@@ -196,6 +199,7 @@ impl Request {
             Request::Rollback => write_frame(buf, ROLLBACK, |_| {}),
             Request::Ping => write_frame(buf, PING, |_| {}),
             Request::Terminate => write_frame(buf, TERMINATE, |_| {}),
+            Request::Deadline(d) => d.encode(buf),
         }
     }
 
@@ -251,6 +255,7 @@ impl Request {
             ROLLBACK => Request::Rollback,
             PING => Request::Ping,
             TERMINATE => Request::Terminate,
+            DEADLINE => Request::Deadline(Deadline::parse(&mut r)?),
             other => return Err(FrameError::UnknownTag(other)),
         };
         r.finish(tag)?;
