@@ -166,7 +166,7 @@ pub fn from_connect(e: &ConnectError) -> WireError {
             UNABLE_TO_CONNECT,
             format!("could not obtain database credentials: {e}"),
         ),
-        ConnectError::Timeout { .. } => {
+        ConnectError::Timeout { .. } | ConnectError::Unavailable(_) => {
             WireError::extension(sqlstate::CONNECTION_FAILURE, e.to_string())
         }
     }

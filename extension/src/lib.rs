@@ -28,6 +28,7 @@ pub mod lambda;
 pub mod lifecycle;
 pub mod local;
 pub mod pool;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod session;
