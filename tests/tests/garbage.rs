@@ -35,7 +35,7 @@ async fn bad_session(ext_socket: std::path::PathBuf, seed: u64) {
     let mut rng = Rng(seed | 1);
     let mut stream = UnixStream::connect(&ext_socket).await.unwrap();
     let mut out = Vec::new();
-    if rng.next() % 2 == 0 {
+    if rng.next() & 1 == 0 {
         let mut hello = BytesMut::new();
         Request::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -46,7 +46,7 @@ async fn bad_session(ext_socket: std::path::PathBuf, seed: u64) {
     }
     let len = (rng.next() % 200) as usize;
     let body = rng.bytes(len);
-    if rng.next() % 2 == 0 {
+    if rng.next() & 1 == 0 {
         let tags = b"HPEQBCRYXLZ\0";
         out.push(tags[(rng.next() % tags.len() as u64) as usize]);
         out.extend_from_slice(&(body.len() as u32).to_be_bytes());

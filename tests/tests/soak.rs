@@ -28,7 +28,10 @@ const GUARD: Duration = Duration::from_secs(60);
 fn invocations() -> usize {
     std::env::var("WARMPOOL_SOAK_INVOCATIONS")
         .ok()
-        .map(|v| v.parse().expect("WARMPOOL_SOAK_INVOCATIONS must be a number"))
+        .map(|v| {
+            v.parse()
+                .expect("WARMPOOL_SOAK_INVOCATIONS must be a number")
+        })
         .unwrap_or(400)
 }
 
@@ -91,7 +94,9 @@ async fn soak() {
                 }
                 if restarts < 2 && d >= ENVIRONMENTS * per_env * (restarts + 1) / 3 {
                     let pg = pg.clone();
-                    tokio::task::spawn_blocking(move || pg.restart()).await.unwrap();
+                    tokio::task::spawn_blocking(move || pg.restart())
+                        .await
+                        .unwrap();
                     restarts += 1;
                 }
                 if d >= next_kill {
@@ -166,7 +171,10 @@ async fn soak() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let duplicated: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicated.is_empty(), "writes applied twice: {duplicated:?}");
+    assert!(
+        duplicated.is_empty(),
+        "writes applied twice: {duplicated:?}"
+    );
     let lost: Vec<_> = acked.iter().filter(|i| !stored.contains_key(*i)).collect();
     assert!(lost.is_empty(), "acknowledged writes missing: {lost:?}");
     assert_eq!(restarts, 2, "the server was not restarted twice");
