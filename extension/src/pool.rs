@@ -304,24 +304,17 @@ impl Pool {
             let mut done = self.checking.subscribe();
             let _ = tokio::time::timeout(self.wait_timeout, done.wait_for(|n| *n == 0)).await;
         }
+        // Not a timeout around the whole get: waiting for a busy pool is bounded by
+        // WARMPOOL_WAIT_TIMEOUT_MS alone, and each attempt's wait for its turn by the budget.
         let budget = self.inner.manager().backoff.policy().budget;
         let until = tokio::time::Instant::now() + budget;
-        let mut last = None;
         loop {
-            match tokio::time::timeout_at(until, self.inner.get()).await {
-                Ok(Err(PoolError::Backend(e))) if retry::transient(&e) && !budget.is_zero() => {
-                    if tokio::time::Instant::now() >= until {
-                        return Err(PoolError::Backend(e));
-                    }
-                    last = Some(e);
-                }
-                Ok(other) => return other,
-                Err(_) => {
-                    let e = last.unwrap_or_else(|| {
-                        ConnectError::Unavailable("the database is refusing connections".into())
-                    });
-                    return Err(PoolError::Backend(e));
-                }
+            match self.inner.get().await {
+                Err(PoolError::Backend(e))
+                    if retry::transient(&e)
+                        && !budget.is_zero()
+                        && tokio::time::Instant::now() < until => {}
+                other => return other,
             }
         }
     }

@@ -200,7 +200,7 @@ pub fn transient(e: &ConnectError) -> bool {
     match e {
         ConnectError::Timeout { .. } => true,
         ConnectError::Database(e) => match e.code() {
-            None => true,
+            None => !misconfigured(e),
             Some(code) => {
                 let c = code.code();
                 // 08 connection exceptions, 53 insufficient resources (53300 too many
@@ -214,6 +214,28 @@ pub fn transient(e: &ConnectError) -> bool {
             false
         }
     }
+}
+
+/// A failure no retry can cure: a certificate that does not verify, a protocol the server does
+/// not speak. TLS errors reach tokio-postgres as `InvalidData` I/O errors; refused, reset and
+/// timed-out sockets, and a socket file missing during a restart, are other kinds.
+fn misconfigured(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::InvalidInput
+                    | std::io::ErrorKind::PermissionDenied
+            );
+        }
+        if s.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 #[cfg(test)]

@@ -23,8 +23,6 @@ pub(crate) struct Conn {
     want_deadline: Option<u64>,
     /// Deadline frames sent whose Ok has not been read yet.
     deadline_acks: usize,
-    /// Requests answered on this session: 0 while it has never been used past the handshake.
-    pub(crate) served: u64,
 }
 
 /// The extension closed this session for idleness (PostgreSQL's `idle_session_timeout` code).
@@ -62,7 +60,6 @@ impl Conn {
             deadline: None,
             want_deadline: None,
             deadline_acks: 0,
-            served: 0,
         };
         conn.queue(&Request::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -72,7 +69,6 @@ impl Conn {
         match conn.recv().await? {
             Response::HelloOk(ok) if ok.version == PROTOCOL_VERSION => {
                 conn.framed.set_max_frame(ok.max_frame as usize);
-                conn.served = 0;
                 Ok(conn)
             }
             Response::HelloOk(ok) => Err(Error::protocol(format!(
@@ -145,11 +141,7 @@ impl Conn {
                 other => return Err(self.unexpected(&other)),
             }
         }
-        let response = self.recv_one().await?;
-        if !matches!(response, Response::Rows(_)) {
-            self.served += 1;
-        }
-        Ok(response)
+        self.recv_one().await
     }
 
     async fn recv_one(&mut self) -> Result<Response, Error> {
