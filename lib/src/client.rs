@@ -128,8 +128,8 @@ impl Client {
     /// the caller's future is dropped, the session is dropped with it.
     ///
     /// A session the extension closed for idleness just as the request went out answers 57P05
-    /// instead of reading the request, so the request did not run: `f` runs once more, on a new
-    /// session (`f(true)`).
+    /// instead of reading the request, or refuses the write: either way the request did not
+    /// run, and `f` runs once more, on a new session (`f(true)`).
     async fn with_conn<T, Fut>(&self, f: impl Fn(bool) -> Fut) -> Result<T, Error>
     where
         Fut: std::future::Future<Output = Result<T, Error>>,
@@ -323,9 +323,18 @@ impl Client {
     }
 }
 
+/// The session was closed before the request reached the extension: its 57P05 came back
+/// instead of an answer, or the write found the socket already closed.
 fn is_idle_close<T>(result: &Result<T, Error>) -> bool {
-    matches!(result, Err(e) if e.is_extension()
-        && e.code().is_some_and(|c| c.code() == crate::conn::IDLE_SESSION_TIMEOUT))
+    let Err(e) = result else {
+        return false;
+    };
+    let not_sent = std::error::Error::source(e)
+        .is_some_and(|s| s.downcast_ref::<crate::conn::NotSent>().is_some());
+    not_sent
+        || (e.is_extension()
+            && e.code()
+                .is_some_and(|c| c.code() == crate::conn::IDLE_SESSION_TIMEOUT))
 }
 
 pub(crate) fn one(mut rows: Vec<Row>) -> Result<Row, Error> {

@@ -25,6 +25,23 @@ pub(crate) struct Conn {
     deadline_acks: usize,
 }
 
+/// A request that could not be written because the extension had closed the session: it
+/// closes only after it stops reading, so nothing of the request was read, and it did not run.
+#[derive(Debug)]
+pub(crate) struct NotSent(pub(crate) std::io::Error);
+
+impl std::fmt::Display for NotSent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the request could not be sent: {}", self.0)
+    }
+}
+
+impl std::error::Error for NotSent {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 /// The extension closed this session for idleness (PostgreSQL's `idle_session_timeout` code).
 pub(crate) const IDLE_SESSION_TIMEOUT: &str = "57P05";
 
@@ -122,7 +139,10 @@ impl Conn {
     /// Writes what is queued. Not cancel safe: a cancelled flush leaves the connection broken.
     pub(crate) async fn flush(&mut self) -> Result<(), Error> {
         self.broken = true;
-        self.framed.flush().await.map_err(Error::closed)?;
+        self.framed
+            .flush()
+            .await
+            .map_err(|e| Error::closed(NotSent(e)))?;
         self.broken = false;
         Ok(())
     }
