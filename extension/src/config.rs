@@ -131,6 +131,17 @@ pub struct Config {
     /// `WARMPOOL_HANDSHAKE_TIMEOUT_MS`: how long a new session may take to send Hello.
     /// Default 5000.
     pub handshake_timeout: Duration,
+    /// `WARMPOOL_IDLE_SESSION_TIMEOUT_MS`: a session that sends no whole frame for this long,
+    /// counted while the environment runs (not while it is frozen), is closed with 57P05; an
+    /// open transaction in it is rolled back. `0` means never. Default 600000 (ten minutes).
+    pub idle_session_timeout: Option<Duration>,
+    /// `WARMPOOL_RETRY_BASE_MS`, `WARMPOOL_RETRY_MAX_MS`, `WARMPOOL_RETRY_BUDGET_MS`: while the
+    /// database refuses new connections, attempts are spaced by a jittered backoff that starts
+    /// at the base (default 50) and doubles up to the max (default 1000), one attempt at a time
+    /// for the whole pool; a request keeps waiting for a connection for up to the budget
+    /// (default 3000; `0` disables retries) before the error goes to the client. Statements are
+    /// never retried.
+    pub retry: crate::retry::Policy,
     /// `WARMPOOL_LOG_STATEMENTS`: log every statement with its parameter values at debug level,
     /// for debugging. Default `false`: parameters can hold secrets and personal data.
     pub log_statements: bool,
@@ -235,6 +246,14 @@ pub mod defaults {
     pub const MAX_SESSIONS: usize = 1024;
     /// `WARMPOOL_HANDSHAKE_TIMEOUT_MS`.
     pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+    /// `WARMPOOL_IDLE_SESSION_TIMEOUT_MS`.
+    pub const IDLE_SESSION_TIMEOUT_MS: u64 = 600_000;
+    /// `WARMPOOL_RETRY_BASE_MS`.
+    pub const RETRY_BASE_MS: u64 = 50;
+    /// `WARMPOOL_RETRY_MAX_MS`.
+    pub const RETRY_MAX_MS: u64 = 1_000;
+    /// `WARMPOOL_RETRY_BUDGET_MS`.
+    pub const RETRY_BUDGET_MS: u64 = 3_000;
     /// `WARMPOOL_LOG_STATEMENTS`.
     pub const LOG_STATEMENTS: bool = false;
     /// `PGPORT`.
@@ -449,6 +468,16 @@ impl Config {
                 "WARMPOOL_HANDSHAKE_TIMEOUT_MS",
                 defaults::HANDSHAKE_TIMEOUT_MS,
             )?,
+            idle_session_timeout: Some(ms(
+                "WARMPOOL_IDLE_SESSION_TIMEOUT_MS",
+                defaults::IDLE_SESSION_TIMEOUT_MS,
+            )?)
+            .filter(|d| !d.is_zero()),
+            retry: crate::retry::Policy {
+                base: ms("WARMPOOL_RETRY_BASE_MS", defaults::RETRY_BASE_MS)?,
+                cap: ms("WARMPOOL_RETRY_MAX_MS", defaults::RETRY_MAX_MS)?,
+                budget: ms("WARMPOOL_RETRY_BUDGET_MS", defaults::RETRY_BUDGET_MS)?,
+            },
             log_statements: parse(&get, "WARMPOOL_LOG_STATEMENTS", defaults::LOG_STATEMENTS)?,
             auth: auth(&get, mode)?,
             max_connection_lifetime: Some(ms(
@@ -497,6 +526,15 @@ impl Config {
         }
         if !(1..=64).contains(&self.runtime_threads) {
             return fail("WARMPOOL_RUNTIME_THREADS", "must be between 1 and 64");
+        }
+        if self.retry.base.is_zero() {
+            return fail("WARMPOOL_RETRY_BASE_MS", "must be greater than zero");
+        }
+        if self.retry.cap < self.retry.base {
+            return fail(
+                "WARMPOOL_RETRY_MAX_MS",
+                "must not be below WARMPOOL_RETRY_BASE_MS",
+            );
         }
         if self.handshake_timeout.is_zero() {
             return fail("WARMPOOL_HANDSHAKE_TIMEOUT_MS", "must be greater than zero");

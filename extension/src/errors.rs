@@ -166,7 +166,7 @@ pub fn from_connect(e: &ConnectError) -> WireError {
             UNABLE_TO_CONNECT,
             format!("could not obtain database credentials: {e}"),
         ),
-        ConnectError::Timeout { .. } => {
+        ConnectError::Timeout { .. } | ConnectError::Unavailable(_) => {
             WireError::extension(sqlstate::CONNECTION_FAILURE, e.to_string())
         }
     }
@@ -183,6 +183,45 @@ pub fn shutting_down() -> WireError {
 /// A frame that could not be decoded.
 pub fn from_frame(e: &FrameError) -> WireError {
     WireError::extension(e.sqlstate(), e.to_string())
+}
+
+/// 57014 query_canceled, PostgreSQL's own code for a cancelled statement.
+pub const QUERY_CANCELED: &str = "57014";
+
+/// A statement cancelled because the session's deadline passed.
+pub fn deadline_cancelled() -> WireError {
+    WireError::extension(
+        QUERY_CANCELED,
+        "the statement was cancelled at the deadline the client set for it (the invocation's \
+         deadline); any transaction it was in has been rolled back",
+    )
+}
+
+/// The deadline passed and the server did not confirm the cancel in time; the connection is
+/// closed.
+pub fn deadline_unconfirmed(budget: std::time::Duration) -> WireError {
+    WireError::extension(
+        QUERY_CANCELED,
+        format!(
+            "the statement was cancelled at the client's deadline, and the database did not \
+             confirm within {} ms (WARMPOOL_RESET_TIMEOUT_MS); its connection was closed",
+            budget.as_millis()
+        ),
+    )
+}
+
+/// 57P05 idle_session_timeout, PostgreSQL's own code for the same decision.
+pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+
+/// The session sent no whole frame within the idle session timeout.
+pub fn idle_session(limit: Option<std::time::Duration>) -> WireError {
+    WireError::extension(
+        IDLE_SESSION_TIMEOUT,
+        format!(
+            "closing the session after {} ms without a request (WARMPOOL_IDLE_SESSION_TIMEOUT_MS)",
+            limit.unwrap_or_default().as_millis()
+        ),
+    )
 }
 
 /// A protocol violation other than a malformed frame.

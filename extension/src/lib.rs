@@ -28,6 +28,7 @@
 pub mod config;
 pub mod conn;
 pub mod credentials;
+pub mod deadline;
 pub mod emf;
 pub mod errors;
 pub mod lambda;
@@ -38,6 +39,7 @@ pub mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod pool;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::conn::PgConn;
 use crate::credentials::{CredentialsError, ErrorKind, Login, Origin, Provider};
 use crate::metrics::{Event, Meter};
+use crate::retry::{self, Backoff};
 use crate::tls;
 
 /// A connection checked out of the pool; it goes back when dropped.
@@ -46,6 +47,8 @@ pub struct Manager {
     thaw_epoch: AtomicU64,
     /// Counts connections opened and replaced.
     meter: Arc<Meter>,
+    /// Backoff between connection attempts while the database refuses them.
+    backoff: Backoff,
 }
 
 impl std::fmt::Debug for Manager {
@@ -80,6 +83,11 @@ pub enum ConnectError {
     /// Any other failure of the database connection.
     #[error(transparent)]
     Database(#[from] tokio_postgres::Error),
+    /// The database refused the connections tried for this request within
+    /// `WARMPOOL_RETRY_BUDGET_MS`, and it was not this request's turn to try again: the last
+    /// refusal.
+    #[error("{0} (no new attempt within WARMPOOL_RETRY_BUDGET_MS while the database refuses connections)")]
+    Unavailable(String),
     /// Obtaining credentials or connecting took longer than `WARMPOOL_CONNECT_TIMEOUT_MS`.
     #[error("{phase} took longer than {} ms (WARMPOOL_CONNECT_TIMEOUT_MS)", .after.as_millis())]
     Timeout {
@@ -160,35 +168,10 @@ impl Manager {
             .into()),
         }
     }
-}
 
-impl managed::Manager for Manager {
-    type Type = PgConn;
-    type Error = ConnectError;
-
-    /// Opens a connection with the provider's current login. When the server refuses it
-    /// (rotated password, expired token), asks the provider for a fresh login and tries once
-    /// more; only that second refusal becomes an error, naming where the credentials came from.
-    async fn create(&self) -> Result<PgConn, ConnectError> {
-        let conn = self.create_conn().await?;
-        self.meter.add(Event::ConnectionCreated);
-        Ok(conn)
-    }
-
-    /// Runs on every checkout of an idle connection. deadpool bounds it with the recycle timeout,
-    /// and a connection that fails it is closed and replaced.
-    async fn recycle(&self, conn: &mut PgConn, metrics: &Metrics) -> RecycleResult<ConnectError> {
-        let checked = self.check(conn, metrics).await;
-        if let Err(e) = &checked {
-            self.meter.add(Event::ConnectionReplaced);
-            tracing::info!(reason = %e, age_ms = metrics.age().as_millis() as u64, "replacing a connection");
-        }
-        checked
-    }
-}
-
-impl Manager {
-    async fn create_conn(&self) -> Result<PgConn, ConnectError> {
+    /// One connection with the provider's current login, plus the one retry with fresh
+    /// credentials after an authentication refusal.
+    async fn create_once(&self) -> Result<PgConn, ConnectError> {
         let login = self.bounded(self.credentials.login()).await?;
         let first = match self.connect(&login).await {
             Err(ConnectError::Database(e)) if is_auth_failure(&e) => e,
@@ -218,7 +201,57 @@ impl Manager {
             other => other,
         }
     }
+}
 
+impl managed::Manager for Manager {
+    type Type = PgConn;
+    type Error = ConnectError;
+
+    /// Opens a connection with the provider's current login. When the server refuses it
+    /// (rotated password, expired token), asks the provider for a fresh login and tries once
+    /// more; only that second refusal becomes an error, naming where the credentials came from.
+    ///
+    /// While the database refuses connections, attempts wait their turn in the backoff (see
+    /// [`crate::retry`]), so however many requests need a connection, the database sees one
+    /// attempt per backoff step.
+    async fn create(&self) -> Result<PgConn, ConnectError> {
+        let permit = if self.backoff.failing() {
+            let until = tokio::time::Instant::now() + self.backoff.policy().budget;
+            Some(
+                self.backoff
+                    .permit(until)
+                    .await
+                    .map_err(ConnectError::Unavailable)?,
+            )
+        } else {
+            None
+        };
+        let created = self.create_once().await;
+        match (&created, permit) {
+            (Ok(_), Some(permit)) => self.backoff.succeeded(permit),
+            (Err(e), Some(permit)) if retry::transient(e) => self.backoff.failed(permit, e),
+            (Err(e), None) if retry::transient(e) => self.backoff.first_failure(e),
+            _ => {}
+        }
+        if created.is_ok() {
+            self.meter.add(Event::ConnectionCreated);
+        }
+        created
+    }
+
+    /// Runs on every checkout of an idle connection. deadpool bounds it with the recycle timeout,
+    /// and a connection that fails it is closed and replaced.
+    async fn recycle(&self, conn: &mut PgConn, metrics: &Metrics) -> RecycleResult<ConnectError> {
+        let checked = self.check(conn, metrics).await;
+        if let Err(e) = &checked {
+            self.meter.add(Event::ConnectionReplaced);
+            tracing::info!(reason = %e, age_ms = metrics.age().as_millis() as u64, "replacing a connection");
+        }
+        checked
+    }
+}
+
+impl Manager {
     /// Whether an idle connection may be handed out: open, young enough, outside a transaction,
     /// reset, and alive if it sat idle across a gap or a thaw.
     async fn check(&self, conn: &mut PgConn, metrics: &Metrics) -> RecycleResult<ConnectError> {
@@ -287,12 +320,28 @@ pub struct Pool {
 
 impl Pool {
     /// A connection, checked first if it sat idle across a gap or a thaw.
+    ///
+    /// When a new connection is needed and the database refuses it for a reason that may pass
+    /// (see [`retry::transient`]), tries again with backoff for up to `WARMPOOL_RETRY_BUDGET_MS`
+    /// (see [`crate::retry`]). An idle connection is handed out without waiting for the backoff.
     pub async fn get(&self) -> Result<PooledConn, GetError> {
         if *self.checking.borrow() > 0 && self.inner.status().available == 0 {
             let mut done = self.checking.subscribe();
             let _ = tokio::time::timeout(self.wait_timeout, done.wait_for(|n| *n == 0)).await;
         }
-        self.inner.get().await
+        // Not a timeout around the whole get: waiting for a busy pool is bounded by
+        // WARMPOOL_WAIT_TIMEOUT_MS alone, and each attempt's wait for its turn by the budget.
+        let budget = self.inner.manager().backoff.policy().budget;
+        let until = tokio::time::Instant::now() + budget;
+        loop {
+            match self.inner.get().await {
+                Err(PoolError::Backend(e))
+                    if retry::transient(&e)
+                        && !budget.is_zero()
+                        && tokio::time::Instant::now() < until => {}
+                other => return other,
+            }
+        }
     }
 
     /// The counters of what the pool and its sessions do.
@@ -408,6 +457,7 @@ pub fn build_with(config: &Config, credentials: Provider) -> Result<Pool, BuildE
         prepare: config.prepare.iter().cloned().collect(),
         thaw_epoch: AtomicU64::new(0),
         meter: Arc::new(Meter::new(config.max_concurrency.saturating_mul(4).max(64))),
+        backoff: Backoff::new(config.retry),
     };
     let inner = managed::Pool::builder(manager)
         .max_size(config.max_size)

@@ -12,7 +12,7 @@ use std::io;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use deadpool::managed::Object;
@@ -21,8 +21,8 @@ use postgres_types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use warmpool::protocol::{
-    sqlstate, Begin, Column, Execute, Hello, HelloOk, Prepare, PrepareOk, RawRow, Request,
-    Response, WireError, PROTOCOL_VERSION,
+    sqlstate, Begin, Column, Deadline, Execute, Hello, HelloOk, Prepare, PrepareOk, RawRow,
+    Request, Response, WireError, PROTOCOL_VERSION,
 };
 use warmpool::transport::{Framed, ReadError};
 
@@ -31,6 +31,7 @@ use warmpool::protocol::{Invocation, Stats};
 
 use crate::config::Config;
 use crate::conn::PgConn;
+use crate::deadline::{self, Guard};
 use crate::errors;
 use crate::logging::invocation_span;
 use crate::metrics::{Counters, Event, Meter};
@@ -109,6 +110,7 @@ where
         shared,
         tx: TxState::Idle,
         named: None,
+        deadline: None,
     };
     if session.handshake().await {
         session.serve(&shutdown).await;
@@ -123,6 +125,8 @@ struct Session<S> {
     /// The invocation the client named with an Invocation frame: its ids, its counters, and
     /// the span its requests run in.
     named: Option<(Arc<Invocation>, Arc<Counters>, Span)>,
+    /// The client's deadline (a Deadline frame): nothing the session runs may outlive it.
+    deadline: Option<SystemTime>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -160,11 +164,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn serve(&mut self, shutdown: &CancellationToken) {
         loop {
+            let idle_timeout = self.config().idle_session_timeout;
+            // A transaction left open past the deadline holds its locks for an invocation that
+            // has ended: it is rolled back at the deadline, not when the client next speaks.
+            let tx_deadline = match &self.tx {
+                TxState::Idle => None,
+                _ => self.deadline.map(deadline::instant),
+            };
             let next = tokio::select! {
                 next = self.framed.read::<Request>() => next,
                 _ = shutdown.cancelled() => {
                     let _ = self.send(&Response::Error(errors::shutting_down())).await;
                     return;
+                }
+                // Bounds a client that sends nothing, or a frame a byte at a time.
+                _ = deadline::idle_for(idle_timeout) => {
+                    tracing::info!("closing a session idle past WARMPOOL_IDLE_SESSION_TIMEOUT_MS");
+                    let _ = self.send(&Response::Error(errors::idle_session(idle_timeout))).await;
+                    return;
+                }
+                _ = deadline::sleep_until(tx_deadline) => {
+                    tracing::info!("the session's deadline passed inside a transaction; rolling it back");
+                    self.abandon().await;
+                    self.tx = TxState::Failed { conn: None, begun: false };
+                    self.deadline = None;
+                    continue;
                 }
             };
             let request = match next {
@@ -222,6 +246,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Request::Rollback => self.rollback().await.is_ok(),
             Request::Ping => self.send(&Response::Pong).await.is_ok(),
             Request::Pipeline(p) => self.pipeline(p).await.is_ok(),
+            Request::Deadline(Deadline { unix_ms }) => {
+                self.deadline = unix_ms.map(deadline::from_unix_ms);
+                self.send(&Response::Ok).await.is_ok()
+            }
             Request::Terminate => false,
             Request::State(r) => crate::state::serve::handle(&mut self.framed, &self.shared, r)
                 .await
@@ -263,6 +291,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.framed.flush().await
     }
 
+    /// The deadline guard for a statement about to run on `client`.
+    fn guard<'a>(&self, shared: &'a Shared, client: &tokio_postgres::Client) -> Guard<'a> {
+        Guard::new(
+            &shared.pool,
+            client,
+            self.deadline,
+            shared.config.reset_timeout,
+        )
+    }
+
     fn pool(&self) -> &Pool {
         &self.shared.pool
     }
@@ -273,11 +311,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Answers a statement's outcome and moves the transaction state on; an error only when the
     /// client's socket failed.
+    ///
+    /// A statement the deadline cancelled inside a transaction rolls the transaction back at
+    /// once, so its locks go with it; statements after it get 25P02 until the client rolls back.
     async fn finish(
         &mut self,
         outcome: Result<Response, StmtError>,
         lease: Lease,
+        guard: &Guard<'_>,
     ) -> io::Result<()> {
+        let hit = guard.hit();
+        let outcome = match outcome {
+            Err(StmtError::Sql(e)) if hit && e.code() == "57014" => {
+                Err(StmtError::Sql(errors::deadline_cancelled()))
+            }
+            other => other,
+        };
+        let response = self.settle_outcome(outcome, lease).await;
+        if hit {
+            if let TxState::Failed {
+                conn: Some(_),
+                begun,
+            } = &self.tx
+            {
+                let begun = *begun;
+                if let TxState::Failed {
+                    conn: Some(conn), ..
+                } = std::mem::replace(&mut self.tx, TxState::Idle)
+                {
+                    self.roll_back(conn, begun).await;
+                }
+                self.tx = TxState::Failed {
+                    conn: None,
+                    begun: false,
+                };
+            }
+        }
+        match response {
+            Ok(response) => self.send(&response).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves the transaction state on after a statement; the response to send, or the client's
+    /// socket error.
+    async fn settle_outcome(
+        &mut self,
+        outcome: Result<Response, StmtError>,
+        lease: Lease,
+    ) -> io::Result<Response> {
         let response = match outcome {
             Ok(r) => {
                 lease.release(self);
@@ -315,7 +397,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Response::Error(e)
             }
         };
-        self.send(&response).await
+        Ok(response)
     }
 
     /// Takes the connection a statement runs on.
@@ -357,12 +439,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(l) => l,
             Err(e) => return self.send(&Response::Error(e)).await,
         };
+        let shared = self.shared.clone();
         let conn = lease.conn();
+        let guard = self.guard(&shared, &conn.client);
         let PgConn {
             client, statements, ..
         } = &mut **conn;
-        let outcome = match statements.prepare(client, &p.sql, &p.types).await {
-            Ok(stmt) => Ok(Response::PrepareOk(PrepareOk {
+        let prepared = guard
+            .run(statements.prepare(client, &p.sql, &p.types))
+            .await;
+        let outcome = match prepared {
+            Err(e) => Err(StmtError::Lost(e)),
+            Ok(Err(e)) => Err(StmtError::from_pg(&e)),
+            Ok(Ok(stmt)) => Ok(Response::PrepareOk(PrepareOk {
                 params: stmt.params().to_vec(),
                 columns: stmt
                     .columns()
@@ -373,9 +462,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     })
                     .collect(),
             })),
-            Err(e) => Err(StmtError::from_pg(&e)),
         };
-        self.finish(outcome, lease).await
+        let outcome = absorb_cancel(&guard, lease.conn(), outcome).await;
+        self.finish(outcome, lease, &guard).await
     }
 
     async fn execute(&mut self, ex: Execute) -> io::Result<()> {
@@ -386,14 +475,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let begin = lease.take_begin();
         let max_frame = self.config().max_frame;
         let started = Instant::now();
+        let shared = self.shared.clone();
+        let guard = self.guard(&shared, &lease.conn().client);
         let outcome = run_execute(
             &mut self.framed,
             lease.conn(),
             begin.as_deref(),
             &ex,
             max_frame,
+            &guard,
         )
         .await;
+        let outcome = absorb_cancel(&guard, lease.conn(), outcome).await;
         if let Err(StmtError::Sql(e)) = &outcome {
             if matches!(e.code(), "26000" | "0A000") {
                 // The server no longer knows the statement, or its plan changed shape after DDL:
@@ -406,7 +499,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             rows: *outcome.as_ref().unwrap_or(&0),
             time: started.elapsed(),
         });
-        self.finish(outcome.map(Response::Complete), lease).await
+        self.finish(outcome.map(Response::Complete), lease, &guard)
+            .await
     }
 
     async fn batch(&mut self, sql: String) -> io::Result<()> {
@@ -416,12 +510,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let begin = lease.take_begin();
         let pinned = lease.is_pinned();
+        let shared = self.shared.clone();
         let conn = lease.conn();
         let started = Instant::now();
-        let (began, ran) = tokio::join!(
-            send_begin(&conn.client, begin.as_deref()),
-            conn.client.batch_execute(&sql)
-        );
+        let guard = self.guard(&shared, &conn.client);
+        let ran = guard
+            .run(async {
+                tokio::join!(
+                    send_begin(&conn.client, begin.as_deref()),
+                    conn.client.batch_execute(&sql)
+                )
+            })
+            .await;
+        let (began, ran) = match ran {
+            Ok(both) => both,
+            Err(e) => {
+                return self.finish(Err(StmtError::Lost(e)), lease, &guard).await;
+            }
+        };
         if begin.is_some() && began.is_ok() {
             conn.in_transaction = true;
         }
@@ -438,7 +544,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .and(ran)
             .map(|()| Response::Ok)
             .map_err(|e| StmtError::from_pg(&e));
-        self.finish(outcome, lease).await
+        let outcome = absorb_cancel(&guard, lease.conn(), outcome).await;
+        self.finish(outcome, lease, &guard).await
     }
 
     async fn begin(&mut self, options: Begin) -> io::Result<()> {
@@ -680,6 +787,7 @@ async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
     begin: Option<&str>,
     ex: &Execute,
     max_frame: usize,
+    guard: &Guard<'_>,
 ) -> Result<u64, StmtError> {
     let PgConn {
         client,
@@ -700,8 +808,7 @@ async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
             .await
             .map_err(|e| StmtError::from_pg(&e))
     };
-    let cancel = client.cancel_token();
-    let (began, stream) = watch(framed, &cancel, async {
+    let (began, stream) = watch(framed, guard, async {
         tokio::join!(send_begin(client, begin), statement)
     })
     .await?;
@@ -713,7 +820,7 @@ async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
 
     let mut rows = Vec::new();
     let mut bytes = 0;
-    while let Some(row) = watch(framed, &cancel, stream.try_next())
+    while let Some(row) = watch(framed, guard, stream.try_next())
         .await?
         .map_err(|e| StmtError::from_pg(&e))?
     {
@@ -752,19 +859,42 @@ async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Runs `work` unless the client closes its socket first, in which case the statement `work`
 /// started must be cancelled. A long statement (a lock wait, `pg_sleep`) would otherwise keep
-/// running, and holding its locks, for a client that is gone.
+/// running, and holding its locks, for a client that is gone. The same goes when the session's
+/// deadline passes: the statement is cancelled on the server, and ends with its 57014.
 async fn watch<S, T>(
     framed: &mut Framed<S>,
-    cancel: &tokio_postgres::CancelToken,
+    guard: &Guard<'_>,
     work: impl std::future::Future<Output = T>,
 ) -> Result<T, StmtError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut work = pin!(work);
     tokio::select! {
         biased;
-        out = work => Ok(out),
-        _ = framed.closed() => Err(StmtError::Gone(Box::new(cancel.clone()))),
+        out = &mut work => return Ok(out),
+        _ = framed.closed() => return Err(StmtError::Gone(Box::new(guard.token().clone()))),
+        _ = deadline::sleep_until(guard.at()) => {}
+    }
+    guard.cancel(work).await.map_err(StmtError::Lost)
+}
+
+/// After the deadline cancelled a statement, makes sure the cancel cannot hit the connection's
+/// next statement: a statement that finished just before the cancel arrived leaves it in
+/// flight. The empty query queues behind it; if the cancel lands on it instead, the second one
+/// proves the connection idle.
+async fn absorb_cancel<T>(
+    guard: &Guard<'_>,
+    conn: &mut PgConn,
+    outcome: Result<T, StmtError>,
+) -> Result<T, StmtError> {
+    if !guard.hit() || matches!(outcome, Err(StmtError::Lost(_) | StmtError::Gone(_))) {
+        return outcome;
+    }
+    if conn.check().await.is_ok() || conn.check().await.is_ok() {
+        outcome
+    } else {
+        Err(StmtError::Lost(errors::deadline_cancelled()))
     }
 }
 

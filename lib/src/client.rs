@@ -30,6 +30,9 @@ pub struct Client {
     inner: Arc<Inner>,
     /// The invocation this handle's requests belong to, from [`Client::with_invocation`].
     invocation: Option<Arc<Invocation>>,
+    /// Milliseconds since the Unix epoch after which the extension cancels this handle's
+    /// statements and rolls back its transactions; see [`Client::with_deadline`].
+    deadline: Option<u64>,
 }
 
 struct Inner {
@@ -71,6 +74,7 @@ impl Client {
                 statements: Mutex::new(HashMap::new()),
             }),
             invocation: None,
+            deadline: None,
         })
     }
 
@@ -88,6 +92,7 @@ impl Client {
                 request_id: request_id.into(),
                 trace_id: trace_id.unwrap_or_default().to_owned(),
             })),
+            deadline: self.deadline,
         }
     }
 
@@ -105,7 +110,7 @@ impl Client {
     /// ahead of that event); on Managed Instances they are the environment's since the last
     /// metrics record, and [`Stats::request_id`] is empty.
     pub async fn stats(&self) -> Result<Stats, Error> {
-        self.with_conn(async |conn| {
+        self.with_conn_once(async |conn| {
             conn.queue(&Request::Stats)?;
             conn.flush().await?;
             match conn.recv().await? {
@@ -117,19 +122,51 @@ impl Client {
         .await
     }
 
+    /// A handle to the same sessions whose statements may not outlive `deadline`: at that instant
+    /// the extension cancels whatever statement of this handle's is still running on the
+    /// database and rolls back its open transaction, so nothing keeps running, or holding
+    /// locks, for an invocation that has timed out. The cancelled statement fails with
+    /// PostgreSQL's 57014 (query_canceled). Off unless asked for.
+    ///
+    /// On Lambda, pass the invocation's deadline (`lambda_runtime::Context::deadline`), less a
+    /// margin if the function should still have time to report the error before it is stopped.
+    pub fn with_deadline(&self, deadline: std::time::SystemTime) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            invocation: self.invocation.clone(),
+            deadline: Some(crate::conn::unix_ms(deadline)),
+        }
+    }
+
+    /// A handle to the same sessions with no deadline.
+    pub fn without_deadline(&self) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            invocation: self.invocation.clone(),
+            deadline: None,
+        }
+    }
+
+    /// An idle session, or a new one; either carries this handle's deadline.
     pub(crate) async fn take_conn(&self) -> Result<Conn, Error> {
-        let idle = self
-            .inner
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop();
-        let mut conn = match idle {
-            Some(conn) => conn,
-            None => Conn::open(&self.inner.path).await?,
-        };
-        conn.announce(self.invocation.as_ref())?;
-        Ok(conn)
+        loop {
+            let idle = self
+                .inner
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop();
+            let mut conn = match idle {
+                // The extension closes sessions left idle too long; one it closed is dropped
+                // here rather than found out by the request.
+                Some(conn) if conn.closed_while_idle() => continue,
+                Some(conn) => conn,
+                None => Conn::open(&self.inner.path).await?,
+            };
+            conn.set_deadline(self.deadline);
+            conn.announce(self.invocation.as_ref())?;
+            return Ok(conn);
+        }
     }
 
     pub(crate) fn put_conn(&self, conn: Conn) {
@@ -144,11 +181,43 @@ impl Client {
 
     /// Runs `f` on a session, which goes back to the idle list unless the exchange broke it. If
     /// the caller's future is dropped, the session is dropped with it.
-    pub(crate) async fn with_conn<T>(
+    ///
+    /// A session the extension closed for idleness just as the request went out answers 57P05
+    /// instead of reading the request, or refuses the write: either way the request did not
+    /// run, and `f` runs once more, on a new session (`f(true)`).
+    async fn with_conn<T, Fut>(&self, f: impl Fn(bool) -> Fut) -> Result<T, Error>
+    where
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        match f(false).await {
+            result if is_idle_close(&result) => f(true).await,
+            result => result,
+        }
+    }
+
+    /// Runs `f` on one session, with no second try after an idle close: for exchanges that are
+    /// not safe or not worth repeating as a whole.
+    pub(crate) async fn with_conn_once<T>(
         &self,
         f: impl AsyncFnOnce(&mut Conn) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let mut conn = self.take_conn().await?;
+        self.on_conn(false, f).await
+    }
+
+    /// Runs `f` on one session: an idle one, unless `fresh`, or a new one.
+    async fn on_conn<T>(
+        &self,
+        fresh: bool,
+        f: impl AsyncFnOnce(&mut Conn) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut conn = if fresh {
+            let mut conn = Conn::open(&self.inner.path).await?;
+            conn.set_deadline(self.deadline);
+            conn.announce(self.invocation.as_ref())?;
+            conn
+        } else {
+            self.take_conn().await?
+        };
         let result = f(&mut conn).await;
         self.put_conn(conn);
         result
@@ -187,7 +256,11 @@ impl Client {
             return Ok(s);
         }
         let statement = self
-            .with_conn(async |conn| ops::prepare(conn, &mut None, sql, types).await)
+            .with_conn(|fresh| {
+                self.on_conn(fresh, async |conn| {
+                    ops::prepare(conn, &mut None, sql, types).await
+                })
+            })
             .await?;
         self.remember(&statement);
         Ok(statement)
@@ -202,9 +275,13 @@ impl Client {
     where
         T: ?Sized + ToStatement,
     {
-        self.with_conn(async |conn| self.run(conn, &mut None, statement, params).await)
-            .await
-            .map(|(rows, _)| rows)
+        self.with_conn(|fresh| {
+            self.on_conn(fresh, async |conn| {
+                self.run(conn, &mut None, statement, params).await
+            })
+        })
+        .await
+        .map(|(rows, _)| rows)
     }
 
     /// Runs a statement that returns exactly one row.
@@ -240,15 +317,21 @@ impl Client {
     where
         T: ?Sized + ToStatement,
     {
-        self.with_conn(async |conn| self.run(conn, &mut None, statement, params).await)
-            .await
-            .map(|(_, n)| n)
+        self.with_conn(|fresh| {
+            self.on_conn(fresh, async |conn| {
+                self.run(conn, &mut None, statement, params).await
+            })
+        })
+        .await
+        .map(|(_, n)| n)
     }
 
     /// Runs one or more statements separated by semicolons, without parameters or results.
     pub async fn batch_execute(&self, sql: &str) -> Result<(), Error> {
-        self.with_conn(async |conn| ops::batch(conn, &mut None, sql).await)
-            .await
+        self.with_conn(|fresh| {
+            self.on_conn(fresh, async |conn| ops::batch(conn, &mut None, sql).await)
+        })
+        .await
     }
 
     /// A batch: statements sent to the extension in one frame and pipelined to PostgreSQL on
@@ -259,8 +342,10 @@ impl Client {
 
     /// Checks that the extension answers.
     pub async fn ping(&self) -> Result<(), Error> {
-        self.with_conn(async |conn| ops::simple(conn, Request::Ping).await)
-            .await
+        self.with_conn(|fresh| {
+            self.on_conn(fresh, async |conn| ops::simple(conn, Request::Ping).await)
+        })
+        .await
     }
 
     /// Starts a transaction. It holds one session, and one database connection once its first
@@ -307,6 +392,20 @@ impl Client {
             }
         }
     }
+}
+
+/// The session was closed before the request reached the extension: its 57P05 came back
+/// instead of an answer, or the write found the socket already closed.
+fn is_idle_close<T>(result: &Result<T, Error>) -> bool {
+    let Err(e) = result else {
+        return false;
+    };
+    let not_sent = std::error::Error::source(e)
+        .is_some_and(|s| s.downcast_ref::<crate::conn::NotSent>().is_some());
+    not_sent
+        || (e.is_extension()
+            && e.code()
+                .is_some_and(|c| c.code() == crate::conn::IDLE_SESSION_TIMEOUT))
 }
 
 pub(crate) fn one(mut rows: Vec<Row>) -> Result<Row, Error> {

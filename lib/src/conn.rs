@@ -2,12 +2,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::net::UnixStream;
 
 use crate::error::{Error, Kind};
 use crate::protocol::{
-    sqlstate, ErrorSource, FrameError, Hello, Invocation, Request, Response, WireError,
+    sqlstate, Deadline, ErrorSource, FrameError, Hello, Invocation, Request, Response, WireError,
     DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::transport::{Framed, ReadError};
@@ -22,6 +23,42 @@ pub(crate) struct Conn {
     /// Invocation frames queued whose Ok has not been read yet: they are pipelined with the
     /// request that follows, so naming the invocation costs no round trip.
     pending_acks: usize,
+    /// The deadline the extension holds for this session.
+    deadline: Option<u64>,
+    /// The deadline the session's next request runs under.
+    want_deadline: Option<u64>,
+    /// Deadline frames sent whose Ok has not been read yet.
+    deadline_acks: usize,
+}
+
+/// A request that could not be written because the extension had closed the session: it
+/// closes only after it stops reading, so nothing of the request was read, and it did not run.
+#[derive(Debug)]
+pub(crate) struct NotSent(pub(crate) std::io::Error);
+
+impl std::fmt::Display for NotSent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the request could not be sent: {}", self.0)
+    }
+}
+
+impl std::error::Error for NotSent {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// The extension closed this session for idleness (PostgreSQL's `idle_session_timeout` code).
+pub(crate) const IDLE_SESSION_TIMEOUT: &str = "57P05";
+
+/// Milliseconds since the Unix epoch, as the protocol carries deadlines; at least 1, since 0
+/// means none.
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
 }
 
 impl Conn {
@@ -45,6 +82,9 @@ impl Conn {
             broken: false,
             invocation: None,
             pending_acks: 0,
+            deadline: None,
+            want_deadline: None,
+            deadline_acks: 0,
         };
         conn.queue(&Request::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -69,8 +109,36 @@ impl Conn {
         self.broken
     }
 
+    /// Sets the deadline the session's next requests run under; it reaches the extension in
+    /// front of the next request, with no round trip of its own.
+    pub(crate) fn set_deadline(&mut self, deadline: Option<u64>) {
+        self.want_deadline = deadline;
+    }
+
+    /// Whether the extension has closed this idle session (for idleness, or because it is
+    /// shutting down): anything to read, or the end of the stream, where no answer is due.
+    pub(crate) fn closed_while_idle(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match self.framed.get_ref().try_read(&mut probe) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+
     /// Queues a request; a request over the frame limit fails here, before anything is sent.
     pub(crate) fn queue(&mut self, request: &Request) -> Result<(), Error> {
+        if self.want_deadline != self.deadline {
+            let deadline = Request::Deadline(Deadline {
+                unix_ms: self.want_deadline,
+            });
+            self.queue_one(&deadline)?;
+            self.deadline = self.want_deadline;
+            self.deadline_acks += 1;
+        }
+        self.queue_one(request)
+    }
+
+    fn queue_one(&mut self, request: &Request) -> Result<(), Error> {
         self.framed
             .queue_request(request)
             .map_err(|e| Error::from_wire(WireError::extension(e.sqlstate(), e.to_string())))
@@ -84,7 +152,10 @@ impl Conn {
     /// Writes what is queued. Not cancel safe: a cancelled flush leaves the connection broken.
     pub(crate) async fn flush(&mut self) -> Result<(), Error> {
         self.broken = true;
-        self.framed.flush().await.map_err(Error::closed)?;
+        self.framed
+            .flush()
+            .await
+            .map_err(|e| Error::closed(NotSent(e)))?;
         self.broken = false;
         Ok(())
     }
@@ -93,14 +164,25 @@ impl Conn {
     /// unanswered, so a cancelled caller leaves the connection broken.
     pub(crate) async fn recv(&mut self) -> Result<Response, Error> {
         while self.pending_acks > 0 {
-            match self.read().await? {
+            match self.recv_one().await? {
                 Response::Ok => self.pending_acks -= 1,
                 // The extension never refuses an Invocation frame; if it did, the answers that
                 // follow would be out of step with the requests.
                 other => return Err(self.unexpected(&other)),
             }
         }
-        self.read().await
+        while self.deadline_acks > 0 {
+            match self.recv_one().await? {
+                Response::Ok => self.deadline_acks -= 1,
+                Response::Error(e) => {
+                    self.deadline_acks -= 1;
+                    self.deadline = None;
+                    return Err(self.error(e));
+                }
+                other => return Err(self.unexpected(&other)),
+            }
+        }
+        self.recv_one().await
     }
 
     /// Names `invocation` to the extension, unless this session already works for it. The frame
@@ -116,7 +198,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn read(&mut self) -> Result<Response, Error> {
+    async fn recv_one(&mut self) -> Result<Response, Error> {
         self.broken = true;
         let frame = match self.framed.read::<Response>().await {
             Ok(Some(frame)) => frame,
@@ -136,6 +218,7 @@ impl Conn {
         if matches!(
             e.code(),
             sqlstate::ADMIN_SHUTDOWN
+                | IDLE_SESSION_TIMEOUT
                 | sqlstate::PROTOCOL_VIOLATION
                 | sqlstate::PROGRAM_LIMIT_EXCEEDED
         ) && e.source == ErrorSource::Extension

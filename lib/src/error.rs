@@ -110,16 +110,19 @@ impl Error {
             Kind::Extension => matches!(
                 self.code(),
                 Some(c) if *c == SqlState::ADMIN_SHUTDOWN || *c == SqlState::CONNECTION_FAILURE
+                    || c.code() == crate::conn::IDLE_SESSION_TIMEOUT
             ),
             _ => false,
         }
     }
 
-    /// Whether the request timed out, waiting for a pooled connection or for the database.
+    /// Whether the request timed out, waiting for a pooled connection or for the database, or
+    /// was cancelled at the deadline of [`crate::Client::with_deadline`].
     pub fn is_timeout(&self) -> bool {
         match self.0.kind {
             Kind::Extension => {
-                matches!(self.code(), Some(c) if *c == SqlState::TOO_MANY_CONNECTIONS)
+                matches!(self.code(), Some(c) if *c == SqlState::TOO_MANY_CONNECTIONS
+                    || *c == SqlState::QUERY_CANCELED)
                     || self
                         .0
                         .db

@@ -84,7 +84,7 @@ pub struct StateStore<'a> {
 impl StateStore<'_> {
     async fn request(&self, request: StateRequest) -> Result<Response, Error> {
         self.client
-            .with_conn(async |conn| {
+            .with_conn_once(async |conn| {
                 conn.queue(&Request::State(request))?;
                 conn.flush().await?;
                 match conn.recv().await? {
@@ -215,7 +215,7 @@ impl Client {
     /// extension's memory with no database round trip. If its query has failed so far, the
     /// extension runs it once now and returns its rows or its error.
     pub async fn warm(&self, name: &str) -> Result<Vec<Row>, Error> {
-        self.with_conn(async |conn| {
+        self.with_conn_once(async |conn| {
             conn.queue(&Request::State(StateRequest::Warm { name: name.into() }))?;
             conn.flush().await?;
             let columns = match conn.recv().await? {
@@ -285,7 +285,7 @@ impl Client {
                 params,
             },
         }));
-        self.with_conn(async |conn| cached_exchange(conn, &request, &statement).await)
+        self.with_conn_once(async |conn| cached_exchange(conn, &request, &statement).await)
             .await
     }
 }

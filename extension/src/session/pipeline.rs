@@ -25,6 +25,7 @@ use super::{
     ROWS_CHUNK,
 };
 use crate::conn::{type_for_oid, PgConn};
+use crate::deadline::Guard;
 use crate::errors;
 use crate::metrics::Event;
 use crate::pool::PooledConn;
@@ -60,7 +61,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let cancel = conn.client.cancel_token();
         let max_frame = self.config().max_frame;
         let started = std::time::Instant::now();
-        let outcome = run(&mut self.framed, &mut conn, &p, max_frame).await;
+        let shared = self.shared.clone();
+        let guard = self.guard(&shared, &conn.client);
+        let outcome = run(&mut self.framed, &mut conn, &p, max_frame, &guard).await;
         // Counted as one query per statement; the batch's database time goes to the first.
         // Rows and per-statement errors of a batch are not counted yet.
         for i in 0..p.statements.len() {
@@ -154,10 +157,10 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut PooledConn,
     p: &Pipeline,
     max_frame: usize,
+    guard: &Guard<'_>,
 ) -> Result<Finish, StmtError> {
-    let cancel = conn.client.cancel_token();
     let transactional = p.transaction.is_some();
-    let described = watch(framed, &cancel, describe(conn, &p.statements)).await?;
+    let described = watch(framed, guard, describe(conn, &p.statements)).await?;
     // Each statement ready to run, or the error that stops it before it is sent.
     let ready: Vec<Result<Statement, (WireError, bool)>> = described
         .into_iter()
@@ -244,7 +247,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut keep_connection = !lost_early;
     let mut begin_error = None;
     if let Some(mut b) = begin.take() {
-        watch(framed, &cancel, b.as_mut()).await?;
+        watch(framed, guard, b.as_mut()).await?;
         if let Some(Err(e)) = b.as_mut().take_output() {
             keep_connection &= !errors::connection_lost(&e);
             begin_error = Some(errors::from_pg(&e));
@@ -264,13 +267,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             (Some(step), _) => {
-                watch(framed, &cancel, step.as_mut()).await?;
+                watch(framed, guard, step.as_mut()).await?;
                 let stream = step
                     .as_mut()
                     .take_output()
                     .expect("a finished step has its output");
                 let answer = match stream {
-                    Ok(stream) => stream_rows(framed, &cancel, stream, max_frame).await?,
+                    Ok(stream) => stream_rows(framed, guard, stream, max_frame).await?,
                     Err(e) => Err(StmtError::from_pg(&e)),
                 };
                 match answer {
@@ -321,7 +324,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let last = match commit.take() {
         None => Response::Ok,
         Some(mut c) => {
-            watch(framed, &cancel, c.as_mut()).await?;
+            watch(framed, guard, c.as_mut()).await?;
             match c.as_mut().take_output() {
                 Some(Ok(())) => {
                     *in_transaction = false;
@@ -436,7 +439,7 @@ async fn describe(
 /// the rows affected, or the statement's error.
 async fn stream_rows<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut warmpool::transport::Framed<S>,
-    cancel: &tokio_postgres::CancelToken,
+    guard: &Guard<'_>,
     stream: RowStream,
     max_frame: usize,
 ) -> Result<Result<u64, StmtError>, StmtError> {
@@ -444,7 +447,7 @@ async fn stream_rows<S: AsyncRead + AsyncWrite + Unpin>(
     let mut rows = Vec::new();
     let mut bytes = 0;
     loop {
-        let row = match watch(framed, cancel, stream.try_next()).await? {
+        let row = match watch(framed, guard, stream.try_next()).await? {
             Ok(Some(row)) => row,
             Ok(None) => break,
             Err(e) => return Ok(Err(StmtError::from_pg(&e))),

@@ -13,6 +13,7 @@
 //! prepared statement belongs to one server session).
 
 mod codec;
+mod deadline;
 mod error;
 mod observability;
 #[cfg(test)]
@@ -29,6 +30,7 @@ mod state_tests;
 mod tests;
 mod types;
 
+pub use deadline::Deadline;
 pub use error::{ErrorSource, FrameError, WireError};
 pub use observability::{Invocation, Stats};
 pub use pipeline::Pipeline;

@@ -3,6 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::{put_count16, put_nullable, put_str, split_frame, write_frame, Reader};
+use super::deadline::{Deadline, DEADLINE};
 use super::observability::{self, Invocation};
 use super::pipeline::{Pipeline, PIPELINE};
 use super::state::{self, StateRequest};
@@ -48,6 +49,8 @@ pub enum Request {
     Stats,
     /// Runs several parameterised statements back to back, optionally as one transaction.
     Pipeline(Pipeline),
+    /// Sets or lifts the deadline of the session's statements (see [`Deadline`]).
+    Deadline(Deadline),
 }
 
 /// The handshake: the protocol version the client speaks.
@@ -247,6 +250,7 @@ impl Request {
             }),
             Request::Stats => write_frame(buf, observability::STATS, |_| {}),
             Request::Pipeline(p) => write_frame(buf, PIPELINE, |b| p.encode_body(b)),
+            Request::Deadline(d) => d.encode(buf),
         }
     }
 
@@ -282,6 +286,7 @@ impl Request {
             }
             observability::STATS => Request::Stats,
             PIPELINE => Request::Pipeline(Pipeline::parse_body(&mut r)?),
+            DEADLINE => Request::Deadline(Deadline::parse(&mut r)?),
             other => return Err(FrameError::UnknownTag(other)),
         };
         r.finish(tag)?;

@@ -1793,6 +1793,12 @@ fn protocol_md_type_example_decodes() {
 /// A small frame limit, so that mutated lengths hit it often.
 const FUZZ_MAX: usize = 512;
 
+/// The decoded form of an item is bigger than its smallest encoding (a 4-byte NULL becomes an
+/// `Option<Bytes>`, a 2-byte empty row a `Vec`), so a frame of the limit's size may decode into
+/// allocations a few times that size; never more, whatever its lengths and counts declare.
+const DECODE_ALLOC_FACTOR: usize = 16;
+const DECODE_ALLOC_BOUND: usize = DECODE_ALLOC_FACTOR * (FUZZ_MAX + HEADER_LEN);
+
 fn fuzz_config(cases: u32) -> Config {
     Config {
         cases,
@@ -1809,7 +1815,13 @@ fn decode_all<F: Frame>(bytes: &[u8]) {
     let mut buf = BytesMut::from(bytes);
     loop {
         let before = buf.len();
-        match F::dec(&mut buf, FUZZ_MAX) {
+        let (decoded, largest) = largest_alloc(|| F::dec(&mut buf, FUZZ_MAX));
+        assert!(
+            largest <= DECODE_ALLOC_BOUND,
+            "decoding allocated {largest} bytes at once, over {DECODE_ALLOC_BOUND} \
+             ({DECODE_ALLOC_FACTOR} x the {FUZZ_MAX}-byte frame limit)"
+        );
+        match decoded {
             Ok(Some(value)) => {
                 assert!(
                     before - buf.len() >= HEADER_LEN,
@@ -1953,6 +1965,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
             })
         }),
         Just(Request::Stats),
+        prop::option::of(1u64..).prop_map(|unix_ms| Request::Deadline(Deadline { unix_ms })),
     ]
 }
 

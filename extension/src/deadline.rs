@@ -1,0 +1,125 @@
+//! Time bounds on a session: its idle timeout, and the client's deadline for its statements.
+//!
+//! A deadline arrives as wall-clock milliseconds (Lambda's `deadline_ms`) and is turned into a
+//! tokio instant when a statement starts. When it passes with the statement still running, the
+//! statement is cancelled on the server with a CancelRequest, the only way to stop a running
+//! statement from outside it:
+//! <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-CANCELING-REQUESTS>.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+use warmpool::protocol::WireError;
+
+use crate::errors;
+use crate::pool::Pool;
+
+/// A deadline given in milliseconds since the Unix epoch.
+pub fn from_unix_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// The monotonic instant of a wall-clock deadline: now, if it has passed.
+pub fn instant(deadline: SystemTime) -> Instant {
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    Instant::now() + left
+}
+
+/// Sleeps until `at`, or forever when there is none.
+pub async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Returns once `limit` has passed while the process ran, or never when there is no limit.
+///
+/// Time while the environment is frozen does not count: the monotonic clock goes on during a
+/// freeze, so a plain timer would close every idle session on the first thaw, racing the
+/// function, which is about to use them. Counted in ticks instead, each worth at most twice
+/// its length, a freeze of any length costs at most one tick of the limit.
+pub async fn idle_for(limit: Option<Duration>) {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    let tick = limit.min(Duration::from_secs(1));
+    let mut counted = Duration::ZERO;
+    while counted < limit {
+        let started = Instant::now();
+        tokio::time::sleep(tick).await;
+        counted += started.elapsed().min(tick * 2);
+    }
+}
+
+/// Bounds one statement by the session's deadline.
+pub struct Guard<'a> {
+    pool: &'a Pool,
+    token: tokio_postgres::CancelToken,
+    at: Option<Instant>,
+    budget: Duration,
+    hit: AtomicBool,
+}
+
+impl<'a> Guard<'a> {
+    /// A guard for a statement on `client`, cancelled through `pool` at `deadline`; `budget`
+    /// bounds the wait for the server to confirm the cancel.
+    pub fn new(
+        pool: &'a Pool,
+        client: &tokio_postgres::Client,
+        deadline: Option<SystemTime>,
+        budget: Duration,
+    ) -> Guard<'a> {
+        Guard {
+            pool,
+            token: client.cancel_token(),
+            at: deadline.map(instant),
+            budget,
+            hit: AtomicBool::new(false),
+        }
+    }
+
+    /// The token that cancels the statement.
+    pub fn token(&self) -> &tokio_postgres::CancelToken {
+        &self.token
+    }
+
+    /// When the deadline falls, if there is one.
+    pub fn at(&self) -> Option<Instant> {
+        self.at
+    }
+
+    /// Whether the deadline passed while the statement ran.
+    pub fn hit(&self) -> bool {
+        self.hit.load(Ordering::Relaxed)
+    }
+
+    /// Runs `work`, cancelling it on the server if the deadline passes first.
+    pub async fn run<T>(&self, work: impl Future<Output = T>) -> Result<T, WireError> {
+        let mut work = std::pin::pin!(work);
+        tokio::select! {
+            biased;
+            out = &mut work => return Ok(out),
+            _ = sleep_until(self.at) => {}
+        }
+        self.cancel(work).await
+    }
+
+    /// The deadline has passed with `work` still running: asks the server to cancel it, then
+    /// waits, within the budget, for the statement to end with the server's 57014. An error
+    /// means the server did not answer, and the connection must be closed.
+    pub async fn cancel<T>(&self, work: impl Future<Output = T>) -> Result<T, WireError> {
+        self.hit.store(true, Ordering::Relaxed);
+        tracing::info!("the session's deadline passed mid-statement; cancelling it on the server");
+        if let Err(e) = self.pool.cancel(&self.token).await {
+            tracing::warn!(error = %errors::error_chain(&e), "CancelRequest failed");
+        }
+        tokio::time::timeout(self.budget, work)
+            .await
+            .map_err(|_| errors::deadline_unconfirmed(self.budget))
+    }
+}

@@ -1,0 +1,179 @@
+//! `Client::with_deadline`: nothing a handle with a deadline starts keeps running, or holding
+//! locks, past that deadline. A running statement is cancelled on the server (CancelRequest),
+//! and the transaction it was in, or a transaction merely left open, is rolled back.
+
+use std::time::{Duration, SystemTime};
+
+use warmpool_tests::{Extension, PgServer};
+
+/// A guard against a hung test, never a timing assertion.
+const GUARD: &str = "30s";
+
+async fn setup(pg: &PgServer, ext: &Extension) -> warmpool::Client {
+    let client = warmpool::Client::connect_to(ext.socket()).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)")
+        .await
+        .unwrap();
+    let _ = pg;
+    client
+}
+
+/// A direct connection whose lock waits end at the guard instead of hanging the test.
+async fn direct(pg: &PgServer) -> tokio_postgres::Client {
+    let direct = pg.tokio_client().await;
+    direct
+        .batch_execute(&format!("SET lock_timeout = '{GUARD}'"))
+        .await
+        .unwrap();
+    direct
+}
+
+async fn sleeping_backends(direct: &tokio_postgres::Client) -> i64 {
+    direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(%' \
+             AND state = 'active'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn soon() -> SystemTime {
+    SystemTime::now() + Duration::from_millis(1500)
+}
+
+#[tokio::test]
+async fn statement_is_cancelled_on_the_server_at_the_deadline() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let client = setup(&pg, &ext).await;
+    let bounded = client.with_deadline(soon());
+    let err = bounded
+        .query("SELECT pg_sleep(600)", &[])
+        .await
+        .expect_err("pg_sleep(600) must not outlive the deadline");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    assert!(err.is_timeout(), "{err}");
+    assert!(err.to_string().contains("deadline"), "{err}");
+    let direct = direct(&pg).await;
+    assert_eq!(
+        sleeping_backends(&direct).await,
+        0,
+        "the statement still runs"
+    );
+    // The connection it ran on is clean and back in service, for this handle and others.
+    let n: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    assert!(!ext.logs().contains("panicked"));
+}
+
+#[tokio::test]
+async fn no_deadline_no_cancel() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let client = setup(&pg, &ext).await;
+    // Without with_deadline nothing is bounded: a statement longer than any deadline used in
+    // these tests completes.
+    let bounded = client.with_deadline(SystemTime::now() + Duration::from_secs(3600));
+    bounded.query("SELECT pg_sleep(0.5)", &[]).await.unwrap();
+    client.query("SELECT pg_sleep(0.5)", &[]).await.unwrap();
+    let unbounded = bounded.without_deadline();
+    unbounded.query("SELECT pg_sleep(0.5)", &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn transaction_at_the_deadline_is_rolled_back_and_its_locks_released() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let client = setup(&pg, &ext).await;
+    let bounded = client.with_deadline(soon());
+    let mut tx = bounded.transaction().await.unwrap();
+    tx.execute("UPDATE t SET v = 1 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let err = tx
+        .query("SELECT pg_sleep(600)", &[])
+        .await
+        .expect_err("cancelled at the deadline");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    // The row lock went with the rollback: a direct update does not wait for it.
+    let direct = direct(&pg).await;
+    direct
+        .batch_execute("SET lock_timeout = '1ms'")
+        .await
+        .unwrap();
+    direct
+        .execute("UPDATE t SET v = v + 10 WHERE id = 1", &[])
+        .await
+        .expect("the cancelled transaction still holds its row lock");
+    let err = tx
+        .commit()
+        .await
+        .expect_err("the transaction was rolled back");
+    assert_eq!(err.code().map(|c| c.code()), Some("25P02"), "{err}");
+    let v: i32 = direct
+        .query_one("SELECT v FROM t WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        v, 10,
+        "the update of the cancelled transaction was committed"
+    );
+    assert_eq!(sleeping_backends(&direct).await, 0);
+}
+
+#[tokio::test]
+async fn transaction_left_open_is_rolled_back_at_the_deadline() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let client = setup(&pg, &ext).await;
+    let bounded = client.with_deadline(soon());
+    let mut tx = bounded.transaction().await.unwrap();
+    tx.execute("UPDATE t SET v = 1 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    // The transaction sits idle holding the row lock. The direct update waits for it, and
+    // returns once the extension rolls back at the deadline: that is the signal.
+    let direct = direct(&pg).await;
+    direct
+        .execute("UPDATE t SET v = v + 10 WHERE id = 1", &[])
+        .await
+        .expect("the open transaction kept its lock past the deadline");
+    let err = tx.commit().await.expect_err("rolled back at the deadline");
+    assert_eq!(err.code().map(|c| c.code()), Some("25P02"), "{err}");
+    let v: i32 = direct
+        .query_one("SELECT v FROM t WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 10);
+}
+
+#[tokio::test]
+async fn a_lock_wait_is_cancelled_at_the_deadline() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let client = setup(&pg, &ext).await;
+    let direct = direct(&pg).await;
+    direct
+        .batch_execute("BEGIN; UPDATE t SET v = 5 WHERE id = 1")
+        .await
+        .unwrap();
+    let err = client
+        .with_deadline(soon())
+        .execute("UPDATE t SET v = 7 WHERE id = 1", &[])
+        .await
+        .expect_err("the lock wait must end at the deadline");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    direct.batch_execute("COMMIT").await.unwrap();
+    let v: i32 = direct
+        .query_one("SELECT v FROM t WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 5, "the cancelled update must not have been applied");
+}

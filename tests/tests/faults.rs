@@ -1,0 +1,205 @@
+//! Database faults, each recovered from without restarting the extension: connections refused
+//! for a while (a role's connection limit, as with `too many clients`), a stalled backend, a
+//! connection that dies after its statement ran. Connection attempts are retried with backoff,
+//! one at a time, within `WARMPOOL_RETRY_BUDGET_MS`; statements never are.
+
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use warmpool_tests::{Extension, PgServer};
+
+/// A guard against a hung test, never a timing assertion.
+const GUARD: Duration = Duration::from_secs(30);
+
+fn set_connection_limit(pg: &PgServer, limit: i32) {
+    pg.superuser_psql(&format!(
+        "ALTER ROLE \"{}\" CONNECTION LIMIT {limit}",
+        pg.user()
+    ));
+}
+
+/// Terminates every connection the extension holds and waits until the server lists none.
+/// As the superuser, whom a role's connection limit does not stop.
+fn terminate_warmpool_backends(pg: &PgServer) {
+    pg.superuser_psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'warmpool'",
+    );
+    while pg
+        .superuser_psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'warmpool'")
+        != "0"
+    {
+        std::thread::yield_now();
+    }
+}
+
+fn refusals_in_log(pg: &PgServer) -> usize {
+    std::fs::read_to_string(pg.log_path())
+        .unwrap_or_default()
+        .matches("too many connections for role")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_refused_for_a_while_cost_no_error() {
+    let pg = PgServer::start();
+    let mut ext = Extension::start(&pg, &[("WARMPOOL_RETRY_BUDGET_MS", "20000")]);
+    let client = warmpool::Client::connect_to(ext.socket()).await.unwrap();
+    client.query("SELECT 1", &[]).await.unwrap();
+    set_connection_limit(&pg, 0);
+    terminate_warmpool_backends(&pg);
+    let query = {
+        let client = client.clone();
+        tokio::spawn(async move { client.query_one("SELECT 42", &[]).await })
+    };
+    // The request is now retrying against the refusals; lift the limit once it has been
+    // refused at least twice.
+    ext.wait_for_log("retrying after a backoff", GUARD);
+    ext.wait_for_log("retrying after a backoff", GUARD);
+    set_connection_limit(&pg, -1);
+    let row = query
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("a brief refusal reached the function: {e}\n{}", ext.logs()));
+    assert_eq!(row.get::<_, i32>(0), 42);
+    assert!(refusals_in_log(&pg) >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_database_gets_one_attempt_per_backoff_step_and_errors_only_while_it_refuses() {
+    let pg = PgServer::start();
+    let ext = Extension::start(
+        &pg,
+        &[
+            ("WARMPOOL_MAX_SIZE", "4"),
+            ("WARMPOOL_RETRY_BASE_MS", "50"),
+            ("WARMPOOL_RETRY_MAX_MS", "200"),
+            ("WARMPOOL_RETRY_BUDGET_MS", "1000"),
+        ],
+    );
+    let client = warmpool::Client::connect_to(ext.socket()).await.unwrap();
+    client.query("SELECT 1", &[]).await.unwrap();
+    set_connection_limit(&pg, 0);
+    terminate_warmpool_backends(&pg);
+    let before = refusals_in_log(&pg);
+    let requests = 32;
+    let results = futures_util::future::join_all((0..requests).map(|_| {
+        let client = client.clone();
+        async move { client.query_one("SELECT 1", &[]).await }
+    }))
+    .await;
+    for r in &results {
+        let e = r
+            .as_ref()
+            .expect_err("the database refused every connection");
+        let code = e.code().map(|c| c.code().to_owned()).unwrap_or_default();
+        assert!(
+            code == "53300" || code == "08006",
+            "expected the refusal (53300) or 08006, got {e}"
+        );
+    }
+    let attempts = refusals_in_log(&pg) - before;
+    // One attempt at a time: every refusal but those of the first concurrent attempts (at
+    // most one per pooled connection slot) was its own backoff step, each logged.
+    let steps = ext.logs().matches("retrying after a backoff").count();
+    assert!(
+        attempts >= 2 && attempts <= steps + 4,
+        "{attempts} connection attempts in {steps} backoff steps for {requests} requests"
+    );
+    // The database accepts connections again: so does the extension, without a restart.
+    set_connection_limit(&pg, -1);
+    let n: i32 = client.query_one("SELECT 7", &[]).await.unwrap().get(0);
+    assert_eq!(n, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_with_a_request_waiting_costs_no_error() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[("WARMPOOL_RETRY_BUDGET_MS", "20000")]);
+    let client = warmpool::Client::connect_to(ext.socket()).await.unwrap();
+    client.query("SELECT 1", &[]).await.unwrap();
+    pg.stop();
+    let query = {
+        let client = client.clone();
+        tokio::spawn(async move { client.query_one("SELECT 9", &[]).await })
+    };
+    let mut ext = ext;
+    ext.wait_for_log("retrying after a backoff", GUARD);
+    pg.start_again();
+    let row = query
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the restart reached the function: {e}\n{}", ext.logs()));
+    assert_eq!(row.get::<_, i32>(0), 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_backend_is_given_up_at_the_deadline_and_replaced() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[("WARMPOOL_RESET_TIMEOUT_MS", "500")]);
+    let client = warmpool::Client::connect_to(ext.socket()).await.unwrap();
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // The backend stops answering, as behind a network stall; its socket stays open.
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    let resume = scopeguard(pid);
+    let err = client
+        .with_deadline(SystemTime::now() + Duration::from_millis(500))
+        .query_one("SELECT 1", &[])
+        .await
+        .expect_err("a stalled backend cannot answer");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    // The stalled connection was closed; the next request gets a new one.
+    let other: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(other, pid);
+    drop(resume);
+}
+
+/// Resumes a stopped backend when dropped, so a failing test leaves no process stopped.
+fn scopeguard(pid: i32) -> impl Drop {
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = kill(Pid::from_raw(self.0), Signal::SIGCONT);
+        }
+    }
+    Resume(pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_connection_dies_after_it_ran_is_not_retried() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let client = warmpool::Client::connect_to(ext.socket()).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE w (id serial PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    // The insert commits, then the connection dies before the batch is answered: the outcome
+    // is unknown to the extension, so the function gets the error and the write is not repeated.
+    let err = client
+        .batch_execute(
+            "BEGIN; INSERT INTO w (v) VALUES ('once'); COMMIT; \
+             SELECT pg_terminate_backend(pg_backend_pid())",
+        )
+        .await
+        .expect_err("the connection died mid-request");
+    assert!(
+        err.is_closed() || err.code().is_some_and(|c| c.code().starts_with("57P")),
+        "{err}"
+    );
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM w WHERE v = 'once'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the write was applied {n} times");
+}

@@ -1,0 +1,237 @@
+//! Clients that say nothing, or say it a byte at a time: the handshake timeout bounds the wait
+//! for Hello, the idle session timeout (`WARMPOOL_IDLE_SESSION_TIMEOUT_MS`) every wait after it.
+//! Either way the session ends with an error frame naming the setting, and the rest of the
+//! extension goes on serving.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use warmpool::protocol::{
+    ErrorSource, Hello, Request, Response, WireError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+};
+use warmpool_tests::pg::process_alive;
+use warmpool_tests::{Extension, PgServer};
+
+/// A guard against a hung extension, not a timing assertion.
+const GUARD: Duration = Duration::from_secs(30);
+
+/// Pacing of the slow client: well under every timeout configured here, so the client is
+/// never idle for a whole timeout between two bytes.
+const BYTE_EVERY: Duration = Duration::from_millis(50);
+
+fn encode(request: &Request) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    request.encode(&mut buf);
+    buf.to_vec()
+}
+
+fn hello() -> Vec<u8> {
+    encode(&Request::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        client: "idle-test".into(),
+    }))
+}
+
+/// Reads until the extension closes the session; returns the frames it sent.
+async fn frames_until_close(stream: &mut UnixStream) -> Vec<Response> {
+    let mut bytes = Vec::new();
+    tokio::time::timeout(GUARD, stream.read_to_end(&mut bytes))
+        .await
+        .expect("the extension never closed the session")
+        .expect("read");
+    let mut buf = BytesMut::from(&bytes[..]);
+    let mut frames = Vec::new();
+    while let Some(f) = Response::decode(&mut buf, DEFAULT_MAX_FRAME).expect("a well-formed frame")
+    {
+        frames.push(f);
+    }
+    assert!(buf.is_empty(), "a torn frame at the end: {:?}", &buf[..]);
+    frames
+}
+
+/// Sends `bytes` one at a time, `BYTE_EVERY` apart, until the extension closes the session;
+/// returns how many went out and what came back.
+async fn trickle(stream: UnixStream, bytes: &[u8]) -> (usize, Vec<Response>) {
+    let (mut read, mut write) = stream.into_split();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        tokio::time::timeout(GUARD, read.read_to_end(&mut got))
+            .await
+            .expect("the extension never closed the trickling session")
+            .expect("read");
+        got
+    });
+    let mut sent = 0;
+    for b in bytes {
+        if reader.is_finished() || write.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        sent += 1;
+        tokio::time::sleep(BYTE_EVERY).await;
+    }
+    let got = reader.await.unwrap();
+    let mut buf = BytesMut::from(&got[..]);
+    let mut frames = Vec::new();
+    while let Some(f) = Response::decode(&mut buf, DEFAULT_MAX_FRAME).expect("a well-formed frame")
+    {
+        frames.push(f);
+    }
+    (sent, frames)
+}
+
+fn only_error(frames: &[Response]) -> &WireError {
+    match frames {
+        [Response::Error(e)] => e,
+        other => panic!("expected one Error frame before the close, got {other:?}"),
+    }
+}
+
+async fn assert_serving(ext: &Extension) {
+    assert!(
+        process_alive(ext.pid()),
+        "the extension died:\n{}",
+        ext.logs()
+    );
+    let client = warmpool::Client::connect_to(ext.socket()).await.unwrap();
+    let n: i32 = client.query_one("SELECT 5", &[]).await.unwrap().get(0);
+    assert_eq!(n, 5);
+}
+
+#[tokio::test]
+async fn silent_client_is_closed_at_the_handshake_timeout() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[("WARMPOOL_HANDSHAKE_TIMEOUT_MS", "300")]);
+    let mut stream = UnixStream::connect(ext.socket()).await.unwrap();
+    let frames = frames_until_close(&mut stream).await;
+    let e = only_error(&frames);
+    assert_eq!(e.code(), "08P01", "{e:?}");
+    assert!(e.message().contains("handshake timeout"), "{e:?}");
+    assert_serving(&ext).await;
+}
+
+#[tokio::test]
+async fn hello_a_byte_at_a_time_is_closed_at_the_handshake_timeout() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[("WARMPOOL_HANDSHAKE_TIMEOUT_MS", "300")]);
+    let stream = UnixStream::connect(ext.socket()).await.unwrap();
+    // A Hello padded out so that, a byte every 50 ms, it would take far longer than 300 ms.
+    let mut padded = hello();
+    let client_len = u32::from_be_bytes(padded[7..11].try_into().unwrap()) as usize;
+    let extra = 200;
+    padded.extend(std::iter::repeat_n(b'x', extra));
+    let body = (padded.len() - 5) as u32;
+    padded[1..5].copy_from_slice(&body.to_be_bytes());
+    padded[7..11].copy_from_slice(&((client_len + extra) as u32).to_be_bytes());
+    let (sent, frames) = trickle(stream, &padded).await;
+    assert!(
+        sent < padded.len(),
+        "the whole Hello went out before the close"
+    );
+    let e = only_error(&frames);
+    assert_eq!(e.code(), "08P01", "{e:?}");
+    assert!(e.message().contains("handshake timeout"), "{e:?}");
+    assert_serving(&ext).await;
+}
+
+#[tokio::test]
+async fn silent_session_is_closed_at_the_idle_session_timeout() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[("WARMPOOL_IDLE_SESSION_TIMEOUT_MS", "300")]);
+    let mut stream = UnixStream::connect(ext.socket()).await.unwrap();
+    stream.write_all(&hello()).await.unwrap();
+    let frames = frames_until_close(&mut stream).await;
+    match &frames[..] {
+        [Response::HelloOk(_), Response::Error(e)] => {
+            assert_eq!(e.code(), "57P05", "{e:?}");
+            assert_eq!(e.source, ErrorSource::Extension);
+            assert!(
+                e.message().contains("WARMPOOL_IDLE_SESSION_TIMEOUT_MS"),
+                "{e:?}"
+            );
+        }
+        other => panic!("expected HelloOk then a 57P05 Error, got {other:?}"),
+    }
+    assert_serving(&ext).await;
+}
+
+#[tokio::test]
+async fn frame_a_byte_at_a_time_is_closed_at_the_idle_session_timeout() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[("WARMPOOL_IDLE_SESSION_TIMEOUT_MS", "300")]);
+    let mut stream = UnixStream::connect(ext.socket()).await.unwrap();
+    stream.write_all(&hello()).await.unwrap();
+    let mut ok = [0u8; 64];
+    let n = stream.read(&mut ok).await.unwrap();
+    assert!(
+        matches!(
+            Response::decode(&mut BytesMut::from(&ok[..n]), DEFAULT_MAX_FRAME),
+            Ok(Some(Response::HelloOk(_)))
+        ),
+        "no HelloOk"
+    );
+    // A Batch whose SQL would take 30 s to arrive at this pace.
+    let sql = "SELECT 1 ".repeat(64);
+    let batch = encode(&Request::Batch(sql));
+    let (sent, frames) = trickle(stream, &batch).await;
+    assert!(
+        sent < batch.len(),
+        "the whole frame went out before the close"
+    );
+    let e = only_error(&frames);
+    assert_eq!(e.code(), "57P05", "{e:?}");
+    assert_serving(&ext).await;
+}
+
+#[tokio::test]
+async fn idle_transaction_is_rolled_back_when_its_session_is_closed() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[("WARMPOOL_IDLE_SESSION_TIMEOUT_MS", "300")]);
+    let client = warmpool::Client::connect_to(ext.socket()).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)")
+        .await
+        .unwrap();
+    let mut tx = client.transaction().await.unwrap();
+    tx.execute("UPDATE t SET v = 1 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    // The transaction now holds the row lock and goes quiet. Blocking on the same row is the
+    // signal: it returns once the extension has closed the session and rolled back.
+    let direct = pg.tokio_client().await;
+    direct
+        .batch_execute("SET lock_timeout = '30s'")
+        .await
+        .unwrap();
+    let n = direct
+        .execute("UPDATE t SET v = v + 10 WHERE id = 1", &[])
+        .await
+        .expect("the abandoned transaction kept its lock");
+    assert_eq!(n, 1);
+    let v: i32 = direct
+        .query_one("SELECT v FROM t WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 10, "the idle transaction's update must not be committed");
+    let err = tx.commit().await.expect_err("the session was closed");
+    assert!(err.is_closed(), "{err}");
+}
+
+#[tokio::test]
+async fn client_replaces_sessions_closed_for_idleness() {
+    let pg = PgServer::start();
+    let mut ext = Extension::start(&pg, &[("WARMPOOL_IDLE_SESSION_TIMEOUT_MS", "200")]);
+    let client = warmpool::Client::connect_to(ext.socket()).await.unwrap();
+    let n: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    ext.wait_for_log("closing a session idle", GUARD);
+    // The client's only idle session is gone; the next request must not see that.
+    let n: i32 = client.query_one("SELECT 2", &[]).await.unwrap().get(0);
+    assert_eq!(n, 2);
+    let mut tx = client.transaction().await.unwrap();
+    let n: i32 = tx.query_one("SELECT 3", &[]).await.unwrap().get(0);
+    tx.commit().await.unwrap();
+    assert_eq!(n, 3);
+}
