@@ -297,6 +297,12 @@ async fn state_store_outlives_clients_and_keeps_values_out_of_logs() {
         store.get_json::<Token>("token-key-zq").await.unwrap(),
         Some(token)
     );
+    // Reads served from the store are counted as state hits of the invocation; misses are not.
+    let invocation = b.with_invocation("state-hit-count", None);
+    assert!(invocation.state().get("idem:42").await.unwrap().is_some());
+    assert!(invocation.state().get("never-put").await.unwrap().is_none());
+    let stats = invocation.stats().await.unwrap();
+    assert_eq!(stats.state_hits, 1, "{stats:?}");
     // A value of another shape is a clear error.
     let e = store.get_json::<u64>("token-key-zq").await.unwrap_err();
     assert!(e.to_string().contains("stored value"), "{e}");
@@ -402,6 +408,15 @@ async fn query_cache_hits_misses_expiry_and_eviction() {
         ("France".to_owned(), CacheOutcome::Hit)
     );
     assert_eq!(logged(&pg, "execute", "cached_3f"), 1);
+    // The hit is counted for the invocation that read it, and no query for it.
+    let invocation = other.with_invocation("cache-hit-count", None);
+    let (_, outcome) = invocation
+        .query_cached_outcome(sql, &[&"FR"], hour)
+        .await
+        .unwrap();
+    assert_eq!(outcome, CacheOutcome::Hit);
+    let stats = invocation.stats().await.unwrap();
+    assert_eq!((stats.cache_hits, stats.queries), (1, 0), "{stats:?}");
 
     // Other parameters, another key.
     let (_, outcome) = c.query_cached_outcome(sql, &[&"JP"], hour).await.unwrap();

@@ -17,6 +17,7 @@ use super::cache::{CachedResult, Lookup};
 use super::lru::TooLarge;
 use super::warmup::Found;
 use super::{load, query};
+use crate::metrics::Event;
 use crate::session::Shared;
 
 /// Rows go out in frames of about this many bytes, as an Execute's do.
@@ -33,7 +34,10 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         StateRequest::Get { key } => {
             let now = state.now();
             match state.store().get(&key, now) {
-                Some(v) => Ok(Response::State(StateResponse::Value(v))),
+                Some(v) => {
+                    shared.pool.meter().add(Event::StateHit);
+                    Ok(Response::State(StateResponse::Value(v)))
+                }
                 None => Ok(Response::State(StateResponse::NotFound)),
             }
         }
@@ -144,6 +148,7 @@ async fn warm<S: AsyncRead + AsyncWrite + Unpin>(
     let state = &shared.state;
     let set = match state.warmup().get(name, state.now()) {
         Found::Rows(set, refresh) => {
+            shared.pool.meter().add(Event::StateHit);
             if refresh {
                 if let Some(q) = state.warmup().queries().find(|q| q.name == name) {
                     load::refresh(shared, q.clone());
@@ -203,6 +208,9 @@ async fn cached<S: AsyncRead + AsyncWrite + Unpin>(
     let key = cache_key(&c);
     let lookup = shared.state.cache().lookup(&key, shared.state.now());
     let outcome = lookup.outcome();
+    if !matches!(lookup, Lookup::Miss) {
+        shared.pool.meter().add(Event::CacheHit);
+    }
     let result = match lookup {
         Lookup::Hit(r) => r,
         Lookup::Stale { result, refresh } => {
