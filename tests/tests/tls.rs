@@ -295,3 +295,36 @@ async fn no_secret_leaks_into_logs_or_errors() {
         }
     }
 }
+
+/// Against a server that offers no TLS, `require` (and so every stronger mode) refuses to
+/// connect rather than fall back to plain TCP; `prefer` on the same server connects in plain
+/// TCP, which shows the server really accepts that.
+#[tokio::test]
+async fn sslmode_require_refuses_a_server_without_tls() {
+    let pg = PgServer::start();
+    let hba = pg.data_dir().join("pg_hba.conf");
+    let mut rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    rules.push_str("host all all 127.0.0.1/32 scram-sha-256\n");
+    std::fs::write(&hba, rules).expect("write pg_hba.conf");
+    pg.set_config("ssl", "off");
+
+    let plain = Extension::start(&pg, &[("PGSSLMODE", "prefer")]);
+    let client = plain.client().await;
+    assert!(
+        !server_sees_tls(&client).await,
+        "the server must offer no TLS for this test"
+    );
+    drop(client);
+    drop(plain);
+
+    for mode in ["require", "verify-ca", "verify-full"] {
+        let ext = Extension::start(&pg, &[("PGSSLMODE", mode)]);
+        let e = query_error(&ext, "SELECT 1").await;
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::CONNECTION_FAILURE),
+            "{mode}: {e:?}"
+        );
+        assert!(e.to_string().contains("TLS"), "{mode}: {e}");
+    }
+}
