@@ -177,3 +177,43 @@ async fn a_lock_wait_is_cancelled_at_the_deadline() {
         .get(0);
     assert_eq!(v, 5, "the cancelled update must not have been applied");
 }
+
+#[tokio::test]
+async fn a_batch_is_cancelled_and_rolled_back_at_the_deadline() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let client = setup(&pg, &ext).await;
+    let bounded = client.with_deadline(soon());
+    let id = 1i32;
+    let outcome = bounded
+        .batch()
+        .execute("UPDATE t SET v = v + 1 WHERE id = $1", &[&id])
+        .query("SELECT pg_sleep(600)", &[])
+        .transaction(true)
+        .run()
+        .await;
+    // The sleep was cancelled on the server with 57014, whether the batch as a whole or its
+    // statement reports it.
+    let codes: Vec<String> = match &outcome {
+        Err(e) => vec![e.code().map(|c| c.code().to_owned()).unwrap_or_default()],
+        Ok(results) => results
+            .iter()
+            .filter_map(|r| r.error())
+            .map(|e| e.code().map(|c| c.code().to_owned()).unwrap_or_default())
+            .collect(),
+    };
+    assert!(codes.iter().any(|c| c == "57014"), "{outcome:?}");
+    let direct = direct(&pg).await;
+    assert_eq!(
+        sleeping_backends(&direct).await,
+        0,
+        "the statement still runs"
+    );
+    // Nothing of the batch took effect, and the row is not left locked.
+    let v: i32 = direct
+        .query_one("UPDATE t SET v = v WHERE id = 1 RETURNING v", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 0, "the batch's update was committed");
+}
