@@ -42,7 +42,7 @@ mod pipeline;
 
 /// Rows are sent in frames of about this many bytes, so a large result streams instead of being
 /// held whole in memory.
-const ROWS_CHUNK: usize = 64 * 1024;
+pub(crate) const ROWS_CHUNK: usize = 64 * 1024;
 
 /// What every session shares.
 #[derive(Debug)]
@@ -816,32 +816,46 @@ async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
     if begin.is_some() {
         *in_transaction = true;
     }
-    let mut stream = pin!(stream?);
+    stream_rows(framed, guard, stream?, max_frame).await?
+}
 
+/// Streams one statement's rows to the client in frames of about [`ROWS_CHUNK`] bytes; returns
+/// the rows affected, or the statement's error.
+async fn stream_rows<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S>,
+    guard: &Guard<'_>,
+    stream: tokio_postgres::RowStream,
+    max_frame: usize,
+) -> Result<Result<u64, StmtError>, StmtError> {
+    let mut stream = pin!(stream);
     let mut rows = Vec::new();
     let mut bytes = 0;
-    while let Some(row) = watch(framed, guard, stream.try_next())
-        .await?
-        .map_err(|e| StmtError::from_pg(&e))?
-    {
-        let raw = RawRow {
-            values: (0..row.len())
-                .map(|i| {
-                    row.try_get::<_, RawValue>(i)
-                        .map(|v| v.0.map(Bytes::copy_from_slice))
-                })
-                .collect::<Result<_, _>>()
-                .map_err(|e| StmtError::Sql(errors::from_pg(&e)))?,
+    loop {
+        let row = match watch(framed, guard, stream.try_next()).await? {
+            Ok(Some(row)) => row,
+            Ok(None) => break,
+            Err(e) => return Ok(Err(StmtError::from_pg(&e))),
+        };
+        let values = (0..row.len())
+            .map(|i| {
+                row.try_get::<_, RawValue>(i)
+                    .map(|v| v.0.map(bytes::Bytes::copy_from_slice))
+            })
+            .collect::<Result<_, _>>();
+        let raw = match values {
+            Ok(values) => RawRow { values },
+            Err(e) => return Ok(Err(StmtError::Sql(errors::from_pg(&e)))),
         };
         let len = raw.encoded_len();
         if len + 4 > max_frame {
-            return Err(StmtError::Sql(WireError::extension(
+            return Ok(Err(StmtError::Sql(WireError::extension(
                 sqlstate::PROGRAM_LIMIT_EXCEEDED,
                 format!(
                     "a result row of {len} bytes exceeds the frame limit of {max_frame} bytes \
-                     (WARMPOOL_MAX_FRAME_BYTES)"
+                     (WARMPOOL_MAX_FRAME_BYTES); the statement ran, but its rows cannot be \
+                     returned"
                 ),
-            )));
+            ))));
         }
         if bytes + len + 4 > max_frame.min(ROWS_CHUNK) && !rows.is_empty() {
             framed.queue_response(&Response::Rows(std::mem::take(&mut rows)));
@@ -854,7 +868,7 @@ async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
     if !rows.is_empty() {
         framed.queue_response(&Response::Rows(rows));
     }
-    Ok(stream.rows_affected().unwrap_or(0))
+    Ok(Ok(stream.rows_affected().unwrap_or(0)))
 }
 
 /// Runs `work` unless the client closes its socket first, in which case the statement `work`

@@ -11,18 +11,17 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::task::Poll;
 
 use futures_util::future::{maybe_done, BoxFuture, MaybeDone};
-use futures_util::TryStreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::{RowStream, Statement};
-use warmpool::protocol::{sqlstate, ErrorSource, Execute, Pipeline, RawRow, Response, WireError};
+use warmpool::protocol::{sqlstate, ErrorSource, Execute, Pipeline, Response, WireError};
 
 use super::{
-    check_params, discard, release, settle, watch, RawParam, RawValue, Session, StmtError, TxState,
-    ROWS_CHUNK,
+    check_params, discard, release, settle, stream_rows, watch, RawParam, Session, StmtError,
+    TxState, ROWS_CHUNK,
 };
 use crate::conn::{type_for_oid, PgConn};
 use crate::deadline::Guard;
@@ -433,56 +432,4 @@ async fn describe(
             }
         })
         .collect()
-}
-
-/// Streams one statement's rows to the client in frames of about [`ROWS_CHUNK`] bytes; returns
-/// the rows affected, or the statement's error.
-async fn stream_rows<S: AsyncRead + AsyncWrite + Unpin>(
-    framed: &mut warmpool::transport::Framed<S>,
-    guard: &Guard<'_>,
-    stream: RowStream,
-    max_frame: usize,
-) -> Result<Result<u64, StmtError>, StmtError> {
-    let mut stream = pin!(stream);
-    let mut rows = Vec::new();
-    let mut bytes = 0;
-    loop {
-        let row = match watch(framed, guard, stream.try_next()).await? {
-            Ok(Some(row)) => row,
-            Ok(None) => break,
-            Err(e) => return Ok(Err(StmtError::from_pg(&e))),
-        };
-        let values = (0..row.len())
-            .map(|i| {
-                row.try_get::<_, RawValue>(i)
-                    .map(|v| v.0.map(bytes::Bytes::copy_from_slice))
-            })
-            .collect::<Result<_, _>>();
-        let raw = match values {
-            Ok(values) => RawRow { values },
-            Err(e) => return Ok(Err(StmtError::Sql(errors::from_pg(&e)))),
-        };
-        let len = raw.encoded_len();
-        if len + 4 > max_frame {
-            return Ok(Err(StmtError::Sql(WireError::extension(
-                sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                format!(
-                    "a result row of {len} bytes exceeds the frame limit of {max_frame} bytes \
-                     (WARMPOOL_MAX_FRAME_BYTES); the statement ran, but its rows cannot be \
-                     returned"
-                ),
-            ))));
-        }
-        if bytes + len + 4 > max_frame.min(ROWS_CHUNK) && !rows.is_empty() {
-            framed.queue_response(&Response::Rows(std::mem::take(&mut rows)));
-            framed.flush().await.map_err(StmtError::Client)?;
-            bytes = 0;
-        }
-        bytes += len;
-        rows.push(raw);
-    }
-    if !rows.is_empty() {
-        framed.queue_response(&Response::Rows(rows));
-    }
-    Ok(Ok(stream.rows_affected().unwrap_or(0)))
 }

@@ -18,10 +18,7 @@ use super::lru::TooLarge;
 use super::warmup::Found;
 use super::{load, query};
 use crate::metrics::Event;
-use crate::session::Shared;
-
-/// Rows go out in frames of about this many bytes, as an Execute's do.
-const ROWS_CHUNK: usize = 64 * 1024;
+use crate::session::{Shared, ROWS_CHUNK};
 
 /// Answers one warm-state request; an error only when the client's socket failed.
 pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
