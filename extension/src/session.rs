@@ -251,9 +251,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.send(&Response::Ok).await.is_ok()
             }
             Request::Terminate => false,
-            Request::State(r) => crate::state::serve::handle(&mut self.framed, &self.shared, r)
-                .await
-                .is_ok(),
+            Request::State(r) => {
+                crate::state::serve::handle(&mut self.framed, &self.shared, r, self.deadline)
+                    .await
+                    .is_ok()
+            }
             Request::Invocation(i) => {
                 self.named = (!i.request_id.is_empty()).then(|| {
                     let counters = self.shared.pool.meter().invocation(&i.request_id);

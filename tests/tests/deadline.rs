@@ -9,6 +9,9 @@ use warmpool_tests::{Extension, PgServer};
 /// A guard against a hung test, never a timing assertion.
 const GUARD: &str = "30s";
 
+/// How long a test waits for a log line before it fails.
+const GUARD_WAIT: Duration = Duration::from_secs(30);
+
 async fn setup(pg: &PgServer, ext: &Extension) -> warmpool::Client {
     let client = warmpool::Client::connect_to(ext.socket()).await.unwrap();
     client
@@ -216,4 +219,67 @@ async fn a_batch_is_cancelled_and_rolled_back_at_the_deadline() {
         .unwrap()
         .get(0);
     assert_eq!(v, 0, "the batch's update was committed");
+}
+
+#[tokio::test]
+async fn a_cached_query_that_misses_is_cancelled_at_the_deadline() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let client = setup(&pg, &ext).await;
+    let bounded = client.with_deadline(soon());
+    let err = bounded
+        .query_cached("SELECT pg_sleep(600)::text", &[], Duration::from_secs(60))
+        .await
+        .expect_err("a cache miss must not outlive the deadline");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    assert!(err.to_string().contains("deadline"), "{err}");
+    let direct = direct(&pg).await;
+    assert_eq!(
+        sleeping_backends(&direct).await,
+        0,
+        "the statement still runs"
+    );
+    // Nothing was cached, and the connection is clean and back in service.
+    let (rows, outcome) = client
+        .query_cached_outcome("SELECT 'ok'::text", &[], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "ok", "{outcome:?}");
+    assert!(!ext.logs().contains("panicked"));
+}
+
+#[tokio::test]
+async fn a_warm_up_read_that_goes_to_the_database_is_cancelled_at_the_deadline() {
+    let pg = PgServer::start();
+    // The table is missing at Init, so the data set is not loaded and a read runs the query.
+    let mut ext = Extension::start(
+        &pg,
+        &[
+            (
+                "WARMPOOL_WARMUP",
+                r#"{"slow": "SELECT pg_sleep(s)::text FROM nap"}"#,
+            ),
+            ("WARMPOOL_WARMUP_TIMEOUT_MS", "200"),
+        ],
+    );
+    ext.wait_for_log(
+        "not all loaded within WARMPOOL_WARMUP_TIMEOUT_MS",
+        GUARD_WAIT,
+    );
+    let client = setup(&pg, &ext).await;
+    client
+        .batch_execute("CREATE TABLE nap (s float8); INSERT INTO nap VALUES (600)")
+        .await
+        .unwrap();
+    let err = client
+        .with_deadline(soon())
+        .warm("slow")
+        .await
+        .expect_err("a warm-up read must not outlive the deadline");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    assert!(err.to_string().contains("deadline"), "{err}");
+    // The session's connection is clean and back in service.
+    let n: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    assert!(!ext.logs().contains("panicked"));
 }

@@ -3,7 +3,7 @@
 //! Either way the session ends with an error frame naming the setting, and the rest of the
 //! extension goes on serving.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -234,4 +234,72 @@ async fn client_replaces_sessions_closed_for_idleness() {
     let n: i32 = tx.query_one("SELECT 3", &[]).await.unwrap().get(0);
     tx.commit().await.unwrap();
     assert_eq!(n, 3);
+}
+
+/// Reads the next whole frame.
+async fn next_frame(stream: &mut UnixStream, buf: &mut BytesMut) -> Response {
+    loop {
+        if let Some(f) = Response::decode(buf, DEFAULT_MAX_FRAME).expect("a well-formed frame") {
+            return f;
+        }
+        let n = tokio::time::timeout(GUARD, stream.read_buf(buf))
+            .await
+            .expect("no frame from the extension")
+            .expect("read");
+        assert!(n > 0, "the extension closed the session");
+    }
+}
+
+#[tokio::test]
+async fn a_freeze_longer_than_the_idle_session_timeout_does_not_close_the_session() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let pg = PgServer::start();
+    let mut ext = Extension::start(&pg, &[("WARMPOOL_IDLE_SESSION_TIMEOUT_MS", "3000")]);
+    // Frozen after Init, as on Lambda, not during it.
+    ext.wait_for_log("pool warmed", GUARD);
+    let mut stream = UnixStream::connect(ext.socket()).await.unwrap();
+    let mut buf = BytesMut::new();
+    stream.write_all(&hello()).await.unwrap();
+    assert!(matches!(
+        next_frame(&mut stream, &mut buf).await,
+        Response::HelloOk(_)
+    ));
+    // Frozen between invocations, as Lambda freezes an environment, for longer than the
+    // timeout. The freeze's length is what is under test here, so it is a plain sleep.
+    let pid = Pid::from_raw(ext.pid() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    kill(pid, Signal::SIGCONT).unwrap();
+    // Proof that the extension has run since the thaw and fired its timers that fell due: a
+    // statement on another session cancelled at a deadline after the thaw, which a timer
+    // firing must start. Every timer the freeze made due fires no later than that one.
+    let probe = ext.client().await;
+    let err = probe
+        .with_deadline(SystemTime::now() + Duration::from_millis(100))
+        .query("SELECT pg_sleep(30)", &[])
+        .await
+        .expect_err("the deadline cancels the probe");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    // The function's next request finds its session open: the frozen time counted for at most
+    // one tick of the timeout.
+    stream.write_all(&encode(&Request::Ping)).await.unwrap();
+    match next_frame(&mut stream, &mut buf).await {
+        Response::Pong => {
+            eprintln!("LOGS {}", ext.logs());
+        }
+        other => panic!("the session did not survive the freeze: {other:?}"),
+    }
+    // Idle while the process runs, the session is still closed at the timeout.
+    let frames = frames_until_close(&mut stream).await;
+    match &frames[..] {
+        [Response::Error(e)] => assert_eq!(e.code(), "57P05", "{e:?}"),
+        other => panic!("expected a 57P05 Error, got {other:?}"),
+    }
+    assert!(
+        !ext.logs().contains("panicked"),
+        "the extension panicked:\n{}",
+        ext.logs()
+    );
 }

@@ -5,7 +5,7 @@
 //! or the first read; the old rows are served until the new ones are in.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use futures_util::future::join_all;
 use warmpool::protocol::WireError;
@@ -65,9 +65,14 @@ pub fn refresh(shared: &Arc<Shared>, query: WarmQuery) {
     tokio::spawn(load_until_done(shared.clone(), query));
 }
 
-/// Reads a data set now, once.
-pub async fn fetch(shared: &Shared, query: &WarmQuery) -> Result<Arc<WarmSet>, WireError> {
-    let collected = query::collect(&shared.pool, &shared.config, &query.sql, &[], &[]).await?;
+/// Reads a data set now, once, bounded by `deadline` when a session waits for it.
+pub async fn fetch(
+    shared: &Shared,
+    query: &WarmQuery,
+    deadline: Option<SystemTime>,
+) -> Result<Arc<WarmSet>, WireError> {
+    let collected =
+        query::collect(&shared.pool, &shared.config, &query.sql, &[], &[], deadline).await?;
     Ok(Arc::new(WarmSet {
         columns: collected.columns,
         rows: collected.rows,
@@ -80,7 +85,7 @@ pub async fn fetch(shared: &Shared, query: &WarmQuery) -> Result<Arc<WarmSet>, W
 async fn load_until_done(shared: Arc<Shared>, query: WarmQuery) {
     let mut failures = 0u32;
     loop {
-        match fetch(&shared, &query).await {
+        match fetch(&shared, &query, None).await {
             Ok(set) => {
                 tracing::debug!(name = %query.name, rows = set.rows.len(), "warm-up data set loaded");
                 shared.state.warmup().loaded(&query.name, set);

@@ -7,6 +7,7 @@ use futures_util::TryStreamExt;
 use warmpool::protocol::{sqlstate, Column, Param, RawRow, WireError};
 
 use crate::config::Config;
+use crate::deadline::Guard;
 use crate::errors;
 use crate::pool::{Pool, PooledConn};
 use crate::session::{RawParam, RawValue};
@@ -24,18 +25,33 @@ pub struct Collected {
 
 /// Runs `sql` with `params` (typed as `types` declares, as in an Execute) on a connection from
 /// `pool`, and returns its whole result.
+///
+/// `deadline` is the deadline of the session that waits for the result (none for background
+/// reads): past it the statement is cancelled on the server, as a plain statement would be,
+/// so a cached query or a warm-up read never outlives the invocation that asked for it.
 pub async fn collect(
     pool: &Pool,
     config: &Config,
     sql: &str,
     types: &[u32],
     params: &[Param],
+    deadline: Option<std::time::SystemTime>,
 ) -> Result<Collected, WireError> {
     let mut conn = pool
         .get()
         .await
         .map_err(|e| errors::from_pool(&e, config))?;
-    let result = run(&mut conn, sql, types, params).await;
+    let guard = Guard::new(pool, &conn.client, deadline, config.reset_timeout);
+    let result = match guard.run(run(&mut conn, sql, types, params)).await {
+        Ok(result) => result,
+        // The server never confirmed the cancel: the connection's state is unknown.
+        Err(e) => Err(Failure::Lost(e)),
+    };
+    let result = if guard.hit() && !matches!(result, Err(Failure::Lost(_))) {
+        settle_cancel(&mut conn, result).await
+    } else {
+        result
+    };
     conn.note_statement(sql);
     match &result {
         Err(Failure::Lost(_)) => discard(conn),
@@ -44,6 +60,25 @@ pub async fn collect(
     result.map_err(|f| match f {
         Failure::Sql(e) | Failure::Lost(e) => e,
     })
+}
+
+/// The deadline cancelled the statement: a statement that finished just before the cancel
+/// arrived leaves the cancel in flight, and it must not hit the connection's next statement.
+/// The empty query queues behind it; if the cancel lands on it instead, the second one proves
+/// the connection idle.
+async fn settle_cancel(
+    conn: &mut PooledConn,
+    result: Result<Collected, Failure>,
+) -> Result<Collected, Failure> {
+    if conn.check().await.is_err() && conn.check().await.is_err() {
+        return Err(Failure::Lost(errors::deadline_cancelled()));
+    }
+    match result {
+        Err(Failure::Sql(e)) if e.code() == "57014" => {
+            Err(Failure::Sql(errors::deadline_cancelled()))
+        }
+        other => other,
+    }
 }
 
 enum Failure {

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -20,11 +20,13 @@ use super::{load, query};
 use crate::metrics::Event;
 use crate::session::{Shared, ROWS_CHUNK};
 
-/// Answers one warm-state request; an error only when the client's socket failed.
+/// Answers one warm-state request; an error only when the client's socket failed. A read that
+/// has to go to the database is bounded by the session's `deadline`, as its statements are.
 pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S>,
     shared: &Arc<Shared>,
     request: StateRequest,
+    deadline: Option<SystemTime>,
 ) -> io::Result<()> {
     let state = &shared.state;
     let answer = match request {
@@ -65,8 +67,8 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
                 .map(|applied| Response::State(StateResponse::Applied(applied)))
                 .map_err(too_large)
         }
-        StateRequest::Warm { name } => return warm(framed, shared, &name).await,
-        StateRequest::CachedExecute(c) => return cached(framed, shared, c).await,
+        StateRequest::Warm { name } => return warm(framed, shared, &name, deadline).await,
+        StateRequest::CachedExecute(c) => return cached(framed, shared, c, deadline).await,
     };
     send(framed, &answer.unwrap_or_else(Response::Error)).await
 }
@@ -141,6 +143,7 @@ async fn warm<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S>,
     shared: &Arc<Shared>,
     name: &str,
+    deadline: Option<SystemTime>,
 ) -> io::Result<()> {
     let state = &shared.state;
     let set = match state.warmup().get(name, state.now()) {
@@ -155,7 +158,7 @@ async fn warm<S: AsyncRead + AsyncWrite + Unpin>(
         }
         // Its query has failed so far (the background retry may be waiting): one try now, so
         // the caller gets rows or the database's reason.
-        Found::NotLoaded(q) => match load::fetch(shared, &q).await {
+        Found::NotLoaded(q) => match load::fetch(shared, &q, deadline).await {
             Ok(set) => {
                 state.warmup().offer(name, set.clone());
                 set
@@ -201,6 +204,7 @@ async fn cached<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S>,
     shared: &Arc<Shared>,
     c: CachedExecute,
+    deadline: Option<SystemTime>,
 ) -> io::Result<()> {
     let key = cache_key(&c);
     let lookup = shared.state.cache().lookup(&key, shared.state.now());
@@ -214,8 +218,9 @@ async fn cached<S: AsyncRead + AsyncWrite + Unpin>(
             if refresh {
                 let shared = shared.clone();
                 let key = key.clone();
+                // In the background, for no one invocation: not bounded by this one's deadline.
                 tokio::spawn(async move {
-                    if fill(&shared, key.clone(), &c).await.is_err() {
+                    if fill(&shared, key.clone(), &c, None).await.is_err() {
                         shared
                             .state
                             .cache()
@@ -225,7 +230,7 @@ async fn cached<S: AsyncRead + AsyncWrite + Unpin>(
             }
             result
         }
-        Lookup::Miss => match fill(shared, key, &c).await {
+        Lookup::Miss => match fill(shared, key, &c, deadline).await {
             Ok(r) => r,
             Err(e) => return send(framed, &Response::Error(e)).await,
         },
@@ -246,10 +251,18 @@ async fn fill(
     shared: &Shared,
     key: Bytes,
     c: &CachedExecute,
+    deadline: Option<SystemTime>,
 ) -> Result<Arc<CachedResult>, WireError> {
     let ex = &c.execute;
-    let collected =
-        query::collect(&shared.pool, &shared.config, &ex.sql, &ex.types, &ex.params).await?;
+    let collected = query::collect(
+        &shared.pool,
+        &shared.config,
+        &ex.sql,
+        &ex.types,
+        &ex.params,
+        deadline,
+    )
+    .await?;
     let result = Arc::new(CachedResult {
         rows: collected.rows,
         affected: collected.affected,
