@@ -255,6 +255,12 @@ impl Manager {
     /// Whether an idle connection may be handed out: open, young enough, outside a transaction,
     /// reset, and alive if it sat idle across a gap or a thaw.
     async fn check(&self, conn: &mut PgConn, metrics: &Metrics) -> RecycleResult<ConnectError> {
+        // A connection the server closed while it sat idle (pg_terminate_backend, a restart,
+        // idle_session_timeout) has the server's FATAL and the end of its stream waiting in
+        // the socket, but its driver task reads them only once the runtime polls for I/O;
+        // after a freeze that can be after this request went out on it. A yield lets the
+        // runtime poll first, so the driver closes such a connection before it is handed out.
+        tokio::task::yield_now().await;
         if conn.client.is_closed() {
             return Err(RecycleError::message("connection closed"));
         }

@@ -442,31 +442,72 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(e) => return self.send(&Response::Error(e)).await,
         };
         let shared = self.shared.clone();
-        let conn = lease.conn();
-        let guard = self.guard(&shared, &conn.client);
-        let PgConn {
-            client, statements, ..
-        } = &mut **conn;
-        let prepared = guard
-            .run(statements.prepare(client, &p.sql, &p.types))
-            .await;
-        let outcome = match prepared {
-            Err(e) => Err(StmtError::Lost(e)),
-            Ok(Err(e)) => Err(StmtError::from_pg(&e)),
-            Ok(Ok(stmt)) => Ok(Response::PrepareOk(PrepareOk {
-                params: stmt.params().to_vec(),
-                columns: stmt
-                    .columns()
-                    .iter()
-                    .map(|c| Column {
-                        name: c.name().to_owned(),
-                        type_: c.type_().clone(),
-                    })
-                    .collect(),
-            })),
-        };
-        let outcome = absorb_cancel(&guard, lease.conn(), outcome).await;
-        self.finish(outcome, lease, &guard).await
+        let mut retried = false;
+        loop {
+            let conn = lease.conn();
+            let guard = self.guard(&shared, &conn.client);
+            let PgConn {
+                client, statements, ..
+            } = &mut **conn;
+            let prepared = guard
+                .run(statements.prepare(client, &p.sql, &p.types))
+                .await;
+            let outcome = match prepared {
+                Err(e) => Err(StmtError::Lost(e)),
+                Ok(Err(e)) => Err(StmtError::from_pg(&e)),
+                Ok(Ok(stmt)) => Ok(Response::PrepareOk(PrepareOk {
+                    params: stmt.params().to_vec(),
+                    columns: stmt
+                        .columns()
+                        .iter()
+                        .map(|c| Column {
+                            name: c.name().to_owned(),
+                            type_: c.type_().clone(),
+                        })
+                        .collect(),
+                })),
+            };
+            let outcome = absorb_cancel(&guard, lease.conn(), outcome).await;
+            // Preparing changes nothing in the database, so a connection that died under it is
+            // replaced and the statement prepared again; but a transaction that has begun must
+            // stay on its own connection.
+            let movable = match &lease {
+                Lease::Pooled(_) => true,
+                Lease::Pinned(_, begin) => begin.is_some(),
+            };
+            if !retried && movable && !guard.hit() && matches!(outcome, Err(StmtError::Lost(_))) {
+                let Err(StmtError::Lost(e)) = outcome else {
+                    unreachable!("matched above")
+                };
+                // The dead connection goes first: it holds a place in the pool.
+                let (dead, begin) = match lease {
+                    Lease::Pooled(conn) => (conn, None),
+                    Lease::Pinned(conn, begin) => (conn, begin),
+                };
+                let pinned = begin.is_some();
+                discard(dead, shared.pool.meter());
+                match self.replacement().await {
+                    Some(fresh) => {
+                        lease = match begin {
+                            Some(begin) => Lease::Pinned(fresh, Some(begin)),
+                            None => Lease::Pooled(fresh),
+                        };
+                        retried = true;
+                        continue;
+                    }
+                    None => {
+                        if pinned {
+                            self.tx = TxState::Failed {
+                                conn: None,
+                                begun: false,
+                            };
+                        }
+                        return self.send(&Response::Error(e)).await;
+                    }
+                }
+            }
+            return self.finish(outcome, lease, &guard).await;
+        }
     }
 
     async fn execute(&mut self, ex: Execute) -> io::Result<()> {
@@ -478,31 +519,89 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let max_frame = self.config().max_frame;
         let started = Instant::now();
         let shared = self.shared.clone();
-        let guard = self.guard(&shared, &lease.conn().client);
-        let outcome = run_execute(
-            &mut self.framed,
-            lease.conn(),
-            begin.as_deref(),
-            &ex,
-            max_frame,
-            &guard,
-        )
-        .await;
-        let outcome = absorb_cancel(&guard, lease.conn(), outcome).await;
-        if let Err(StmtError::Sql(e)) = &outcome {
-            if matches!(e.code(), "26000" | "0A000") {
-                // The server no longer knows the statement, or its plan changed shape after DDL:
-                // prepare it afresh next time.
-                lease.conn().statements.forget(&ex.sql, &ex.types);
+        let mut retried = false;
+        loop {
+            let written = self.framed.written();
+            let guard = self.guard(&shared, &lease.conn().client);
+            let outcome = run_execute(
+                &mut self.framed,
+                lease.conn(),
+                begin.as_deref(),
+                &ex,
+                max_frame,
+                &guard,
+            )
+            .await;
+            let outcome = absorb_cancel(&guard, lease.conn(), outcome).await;
+            // A transaction's first statement goes out together with its BEGIN. If the
+            // connection died under it (terminated, the server restarted) nothing of the
+            // transaction can have committed, and the client has been sent nothing of it: it
+            // starts over, once, on another connection, as if it had been given that one.
+            // Any later statement, or one outside a transaction, may have taken effect and is
+            // never run twice.
+            let first_of_transaction = begin.is_some() && self.framed.written() == written;
+            if !retried
+                && first_of_transaction
+                && !guard.hit()
+                && matches!(outcome, Err(StmtError::Lost(_)))
+            {
+                let Err(StmtError::Lost(e)) = outcome else {
+                    unreachable!("matched above")
+                };
+                // The dead connection goes first: it holds a place in the pool.
+                let Lease::Pinned(dead, _) = lease else {
+                    unreachable!("a BEGIN is only pending on a transaction's connection")
+                };
+                discard(dead, shared.pool.meter());
+                match self.replacement().await {
+                    Some(fresh) => {
+                        lease = Lease::Pinned(fresh, None);
+                        retried = true;
+                        continue;
+                    }
+                    None => {
+                        self.tx = TxState::Failed {
+                            conn: None,
+                            begun: false,
+                        };
+                        return self.send(&Response::Error(e)).await;
+                    }
+                }
+            }
+            if let Err(StmtError::Sql(e)) = &outcome {
+                if matches!(e.code(), "26000" | "0A000") {
+                    // The server no longer knows the statement, or its plan changed shape after
+                    // DDL: prepare it afresh next time.
+                    lease.conn().statements.forget(&ex.sql, &ex.types);
+                }
+            }
+            lease.conn().note_statement(&ex.sql);
+            self.pool().meter().add(Event::Query {
+                rows: *outcome.as_ref().unwrap_or(&0),
+                time: started.elapsed(),
+            });
+            return self
+                .finish(outcome.map(Response::Complete), lease, &guard)
+                .await;
+        }
+    }
+
+    /// Another connection for a statement that can safely start over on one, after its own
+    /// died under it; none if the pool cannot give one.
+    async fn replacement(&self) -> Option<PooledConn> {
+        match self.get_conn().await {
+            Ok(conn) => {
+                tracing::info!(
+                    "the database connection died under a statement that had not taken \
+                     effect; running it again on another connection"
+                );
+                Some(conn)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "no connection to run the statement again on");
+                None
             }
         }
-        lease.conn().note_statement(&ex.sql);
-        self.pool().meter().add(Event::Query {
-            rows: *outcome.as_ref().unwrap_or(&0),
-            time: started.elapsed(),
-        });
-        self.finish(outcome.map(Response::Complete), lease, &guard)
-            .await
     }
 
     async fn batch(&mut self, sql: String) -> io::Result<()> {

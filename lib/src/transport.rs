@@ -56,6 +56,8 @@ pub struct Framed<S> {
     read_buf: BytesMut,
     write_buf: BytesMut,
     max_frame: usize,
+    /// Bytes written to the stream so far.
+    written: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
@@ -66,6 +68,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             read_buf: BytesMut::with_capacity(8 * 1024),
             write_buf: BytesMut::with_capacity(8 * 1024),
             max_frame,
+            written: 0,
         }
     }
 
@@ -160,8 +163,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.write_buf.is_empty() {
             self.stream.write_all(&self.write_buf).await?;
+            self.written += self.write_buf.len() as u64;
             self.write_buf.clear();
         }
         self.stream.flush().await
+    }
+
+    /// Bytes flushed to the stream so far: unchanged across an exchange means the peer has
+    /// been sent nothing of its answer.
+    pub fn written(&self) -> u64 {
+        self.written
     }
 }

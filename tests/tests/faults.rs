@@ -203,3 +203,165 @@ async fn a_write_whose_connection_dies_after_it_ran_is_not_retried() {
         .get(0);
     assert_eq!(n, 1, "the write was applied {n} times");
 }
+
+/// Bytes waiting, unread, in the TCP sockets of process `pid` (from /proc).
+fn unread_bytes(pid: i32) -> usize {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let (_, rx) = fields.get(4)?.split_once(':')?;
+                    let inode = fields.get(9)?;
+                    inodes
+                        .iter()
+                        .any(|i| i == inode)
+                        .then(|| usize::from_str_radix(rx, 16).ok())
+                        .flatten()
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_connection_dies_before_its_first_statement_ran_starts_over() {
+    let pg = PgServer::start();
+    // One connection, so the one the transaction is given is the one killed.
+    let mut ext = Extension::start(&pg, &[("WARMPOOL_MAX_SIZE", "1")]);
+    let client = warmpool::Client::connect_to(ext.socket()).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE w (id serial PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // The backend is stopped, so the transaction's first statement (with its BEGIN) waits
+    // unread in its socket; then the server is told to terminate it, which it does as soon as
+    // it runs again, before reading anything: the FATAL answers the statement.
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    let resume = scopeguard(pid);
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut tx = client.transaction().await?;
+            tx.execute("INSERT INTO w (v) VALUES ('once')", &[]).await?;
+            tx.commit().await
+        })
+    };
+    let until = std::time::Instant::now() + GUARD;
+    while unread_bytes(pid) == 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the statement never reached the backend"
+        );
+        tokio::task::yield_now().await;
+    }
+    pg.superuser_psql(&format!("SELECT pg_terminate_backend({pid})"));
+    drop(resume);
+    // Nothing of the transaction ran, and the function saw nothing of it: it starts over on
+    // a new connection and commits, once.
+    tokio::time::timeout(GUARD, writer)
+        .await
+        .expect("the transaction hung")
+        .unwrap()
+        .unwrap_or_else(|e| {
+            panic!(
+                "the transaction must start over on another connection: {e}\n{}",
+                ext.logs()
+            )
+        });
+    ext.wait_for_log("running it again on another connection", GUARD);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM w WHERE v = 'once'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the write was applied {n} times");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_killed_while_the_environment_is_frozen_costs_the_next_statement_nothing() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[("WARMPOOL_MAX_SIZE", "1")]);
+    let client = warmpool::Client::connect_to(ext.socket()).await.unwrap();
+    let before: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Frozen, as between invocations; meanwhile the server ends the idle connection, and the
+    // function's next statement, outside any transaction, reaches the socket before the thaw.
+    let ext_pid = Pid::from_raw(ext.pid() as i32);
+    kill(ext_pid, Signal::SIGSTOP).unwrap();
+    let resume = scopeguard(ext_pid.as_raw());
+    terminate_warmpool_backends(&pg);
+    let query = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .map(|r| r.get::<_, i32>(0))
+        })
+    };
+    let until = std::time::Instant::now() + GUARD;
+    while unread_bytes_unix(ext_pid.as_raw()) == 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the statement never reached the extension"
+        );
+        tokio::task::yield_now().await;
+    }
+    drop(resume);
+    let after = tokio::time::timeout(GUARD, query)
+        .await
+        .expect("the statement hung")
+        .unwrap()
+        .expect("a connection that died while idle must cost the statement nothing");
+    assert_ne!(after, before);
+}
+
+/// Bytes waiting, unread, in the Unix sockets of process `pid` (from /proc).
+fn unread_bytes_unix(pid: i32) -> usize {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let Ok(out) = std::process::Command::new("ss").args(["-xnH"]).output() else {
+        panic!("ss (iproute2) is needed: apt-get install iproute2");
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Netid State Recv-Q Send-Q Local Port Peer Port
+            let rx: usize = f.get(2)?.parse().ok()?;
+            let inode = f.get(5)?;
+            inodes.iter().any(|i| i == inode).then_some(rx)
+        })
+        .sum()
+}
