@@ -3,8 +3,7 @@
 //! plus the floor, a raw Unix-socket ping-pong between two processes.
 
 use std::future::Future;
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::pin::Pin;
 use std::process::{Command, Stdio};
@@ -170,12 +169,7 @@ pub async fn run(
 ) -> MicroResults {
     let max_conc = concurrencies.iter().copied().max().unwrap_or(1);
     let (start_to_listening_us, start_to_warm_us) = start_times(pg, extension, 5);
-    // The floor, half before the loads and half after them.
-    let before = tokio::task::spawn_blocking(move || socket_floor(floor_iters / 2))
-        .await
-        .expect("floor task");
-    let mut floor_samples = before.0;
-
+    let mut floor_peer = Floor::start().await;
     let size = max_conc.to_string();
     let ext = Ext::start(
         pg,
@@ -287,22 +281,48 @@ pub async fn run(
             .await,
         );
     }
-    eprintln!("  micro: warmpool ping and the socket floor");
-    let (samples, _, errors, busy) = load(ping, 1, per_load / 2, 50, 1_000_000).await;
+    // The floor and warmpool's ping alternate in the same rounds, so that both meet the same
+    // machine: on a small VM a wake-up costs a few microseconds when the two processes share a
+    // core and tens when it must wake another, and which one a phase gets can change from one
+    // phase to the next.
+    eprintln!("  micro: warmpool ping and the socket floor, alternating");
+    let (mut floor_samples, mut floor_errors) = (Vec::new(), 0);
+    let (mut ping_samples, mut ping_errors, mut ping_busy) = (Vec::new(), 0, Duration::ZERO);
+    let floor_round = (floor_iters / ROUNDS as usize).max(1);
+    for _ in 0..ROUNDS {
+        // On a worker thread, as the loads' tasks run: the future `block_on` drives runs on a
+        // thread that is woken by the workers, one more wake-up per message.
+        let (peer, (samples, errors)) = tokio::spawn(async move {
+            let mut peer = floor_peer;
+            let out = peer.round(floor_round).await;
+            (peer, out)
+        })
+        .await
+        .expect("floor task");
+        floor_peer = peer;
+        floor_samples.extend(samples);
+        floor_errors += errors;
+        let (samples, _, errors, busy) =
+            load(ping.clone(), 1, per_load / 2 / ROUNDS, 50, 1_000_000).await;
+        ping_samples.extend(samples);
+        ping_errors += errors;
+        ping_busy += busy;
+    }
     let warmpool_ping = Load {
         concurrency: 1,
-        ops_per_s: samples.len() as f64 / busy.as_secs_f64().max(1e-9),
-        latency: Summary::of(&samples, errors),
+        ops_per_s: ping_samples.len() as f64 / ping_busy.as_secs_f64().max(1e-9),
+        latency: Summary::of(&ping_samples, ping_errors),
     };
+    assert!(
+        !floor_samples.is_empty(),
+        "the floor's echo process stopped answering ({floor_errors} errors)"
+    );
+    let floor = Summary::of(&floor_samples, floor_errors);
+    floor_peer.stop().await;
     let extension_peak_rss_kib = crate::setup::peak_rss_kib(ext.pid());
     drop(wp);
     drop(ext);
     drop(direct);
-    let after = tokio::task::spawn_blocking(move || socket_floor(floor_iters / 2))
-        .await
-        .expect("floor task");
-    floor_samples.extend(after.0);
-    let floor = Summary::of(&floor_samples, before.1 + after.1);
 
     MicroResults {
         seconds_per_load: per_load.as_secs_f64(),
@@ -451,70 +471,101 @@ impl Drop for Ext {
     }
 }
 
-/// The floor: a small message and its echo over a Unix socket between this process and a child,
-/// blocking, one at a time. Returns the samples (µs) and the failures.
-fn socket_floor(iters: usize) -> (Vec<f64>, usize) {
-    let dir = tempfile::Builder::new()
-        .prefix("warmpool-bench-floor-")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    let path = dir.path().join("floor.sock");
-    let listener = UnixListener::bind(&path).expect("bind floor socket");
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut child = Command::new(exe)
-        .arg("--pingpong-echo")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start the echo process");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stream = loop {
-        match listener.accept() {
-            Ok((s, _)) => break s,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-            Err(e) => panic!("the echo process did not connect: {e}"),
-        }
-    };
-    stream.set_nonblocking(false).expect("blocking");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let msg = [7u8; PING_BYTES];
-    let mut buf = [0u8; PING_BYTES];
-    let mut samples = Vec::with_capacity(iters);
-    let mut errors = 0;
-    let stop = Instant::now() + Duration::from_secs(20);
-    for i in 0..iters + 1000 {
-        if Instant::now() > stop {
-            break;
-        }
-        let s = Instant::now();
-        let ok = stream.write_all(&msg).is_ok() && stream.read_exact(&mut buf).is_ok();
-        let d = s.elapsed().as_secs_f64() * 1e6;
-        if !ok {
-            errors += 1;
-            break;
-        }
-        if i >= 1000 {
-            samples.push(d);
-        }
-    }
-    drop(stream);
-    let _ = child.wait();
-    (samples, errors)
+/// The floor: a small message and its echo over a Unix socket between this process and a
+/// child, the least a hop can cost on the machine.
+///
+/// Both ends do their I/O the way the hop does: this end on the benchmark's tokio runtime, as
+/// the warmpool client, the child on a one-thread tokio runtime, as the extension. The child is
+/// started once, before the loads, and lives as long as the extension: on a small VM a wake-up
+/// costs a few microseconds when both processes share a core and tens when another core must
+/// be woken, and where the scheduler keeps a process depends on how long it has run beside
+/// the other.
+struct Floor {
+    stream: tokio::net::UnixStream,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
 }
 
-/// The child side of [`socket_floor`]: echoes fixed-size messages until the parent hangs up.
-pub fn echo(path: &Path) {
-    let Ok(mut stream) = UnixStream::connect(path) else {
-        return;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut buf = [0u8; PING_BYTES];
-    while stream.read_exact(&mut buf).is_ok() {
-        if stream.write_all(&buf).is_err() {
-            return;
+impl Floor {
+    async fn start() -> Floor {
+        let dir = tempfile::Builder::new()
+            .prefix("warmpool-bench-floor-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let path = dir.path().join("floor.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind floor socket");
+        let exe = std::env::current_exe().expect("current_exe");
+        let child = Command::new(exe)
+            .arg("--pingpong-echo")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the echo process");
+        let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the echo process did not connect")
+            .expect("accept");
+        Floor {
+            stream,
+            child,
+            _dir: dir,
         }
     }
+
+    /// `iters` round trips after a warm-up; their times in microseconds, and the errors.
+    async fn round(&mut self, iters: usize) -> (Vec<f64>, usize) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let msg = [7u8; PING_BYTES];
+        let mut buf = [0u8; PING_BYTES];
+        let mut samples = Vec::with_capacity(iters);
+        let stop = Instant::now() + Duration::from_secs(20);
+        for i in 0..iters + 100 {
+            if Instant::now() > stop {
+                break;
+            }
+            let s = Instant::now();
+            let ok = self.stream.write_all(&msg).await.is_ok()
+                && self.stream.read_exact(&mut buf).await.is_ok();
+            let d = s.elapsed().as_secs_f64() * 1e6;
+            if !ok {
+                return (samples, 1);
+            }
+            if i >= 100 {
+                samples.push(d);
+            }
+        }
+        (samples, 0)
+    }
+
+    /// Hangs up; the child exits once it reads the end of the stream.
+    async fn stop(self) {
+        let Floor {
+            stream, mut child, ..
+        } = self;
+        drop(stream);
+        let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    }
+}
+
+/// The child side of [`Floor`]: echoes fixed-size messages until the parent hangs up,
+/// on a one-thread tokio runtime like the extension's.
+pub fn echo(path: &Path) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let Ok(mut stream) = tokio::net::UnixStream::connect(path).await else {
+            return;
+        };
+        // No timeout: it waits through the loads, and the end of the stream (the parent hung
+        // up or died) ends it.
+        let mut buf = [0u8; PING_BYTES];
+        while stream.read_exact(&mut buf).await.is_ok() {
+            if stream.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+    });
 }
