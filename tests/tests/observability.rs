@@ -295,3 +295,37 @@ async fn text_format_stays_readable_in_local_mode() {
     assert!(serde_json::from_str::<Value>(&line).is_err(), "{line}");
     assert!(line.contains("INFO") && line.contains("opened=1"), "{line}");
 }
+
+#[tokio::test]
+async fn statement_logging_shows_parameters_only_when_turned_on() {
+    let pg = PgServer::start();
+    let marker = "param-5c1e-logged-on-request";
+    let mut outputs = Vec::new();
+    for on in ["false", "true"] {
+        let mut ext = Extension::start(
+            &pg,
+            &[("WARMPOOL_LOG", "debug"), ("WARMPOOL_LOG_STATEMENTS", on)],
+        );
+        let client = ext.client().await;
+        let v: String = client
+            .query_one("SELECT $1::text", &[&marker])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(v, marker);
+        drop(client);
+        assert!(ext.terminate().success());
+        ext.wait_for_log("connections closed", GUARD);
+        outputs.push(ext.stdout());
+    }
+    assert!(
+        !outputs[0].contains(marker),
+        "a parameter was logged by default:\n{}",
+        outputs[0]
+    );
+    assert!(
+        outputs[1].contains("executing statement") && outputs[1].contains(marker),
+        "WARMPOOL_LOG_STATEMENTS=true did not log the statement and its parameters:\n{}",
+        outputs[1]
+    );
+}
