@@ -256,21 +256,52 @@ async fn a_burst_of_refusals_fetches_once() {
     );
     let client = ext.client().await;
     assert_eq!(sm.fetches(), 1);
+    // Holds the lock the statements below wait for; opened before the rotation, which leaves
+    // open sessions alone.
+    let gate = pg.tokio_client().await;
+    gate.batch_execute("SELECT pg_advisory_lock(4242)")
+        .await
+        .unwrap();
     alter_password(&pg, "rotated-password-4");
     sm.set_secret(rds_secret(&pg, "rotated-password-4"));
 
-    // Four statements at once need four connections: the warm one and three new ones, all
-    // refused with the cached secret at first.
+    // Four statements at once, each waiting on the gate, need four connections: the warm one
+    // and three new ones, all refused with the cached secret at first.
     let tasks: Vec<_> = (0..4)
         .map(|_| {
             let c = client.clone();
             tokio::spawn(async move {
-                c.query_one("SELECT pg_backend_pid(), pg_sleep(0.3)::text", &[])
-                    .await
-                    .map(|r| r.get::<_, i32>(0))
+                c.query_one(
+                    "SELECT pg_backend_pid(), pg_advisory_xact_lock_shared(4242)::text",
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, i32>(0))
             })
         })
         .collect();
+    // All four running at once, each on its own connection: then the gate opens.
+    loop {
+        let waiting: i64 = gate
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 4 {
+            break;
+        }
+        assert!(
+            !tasks.iter().any(|t| t.is_finished()),
+            "a statement ended before the gate opened"
+        );
+        tokio::task::yield_now().await;
+    }
+    gate.batch_execute("SELECT pg_advisory_unlock(4242)")
+        .await
+        .unwrap();
     let mut pids = Vec::new();
     for t in tasks {
         pids.push(t.await.unwrap().expect("no statement sees the rotation"));

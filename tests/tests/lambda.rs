@@ -98,16 +98,16 @@ async fn idle_session_timeout_during_a_freeze_costs_no_error() {
     let env = LambdaEnv::classic(&pg, &[("WARMPOOL_CHECK_AFTER_IDLE_MS", "0")]);
     env.call(json!({"action": "setup"})).await;
     let before = backend_pid(&env).await;
+    // Opened before the setting below, so that this session, which watches, never times out.
+    let watcher = pg.tokio_client().await;
     // The server ends idle sessions while the environment is frozen.
     pg.superuser_psql("ALTER ROLE app SET idle_session_timeout = '100ms'");
-    let direct = pg.tokio_client().await;
     // The setting applies to new sessions: replace the warm one so the new one carries it.
-    drop(direct);
     terminate(&pg, before).await;
     let fresh = backend_pid(&env).await;
     assert!(env.lambda.is_frozen());
     // Wait (frozen) until the server has ended that session by its idle timeout.
-    wait_until_gone(&pg.tokio_client().await, fresh).await;
+    wait_until_gone(&watcher, fresh).await;
     let after = backend_pid(&env).await;
     assert_ne!(fresh, after);
 }
