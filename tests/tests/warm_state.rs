@@ -480,3 +480,45 @@ async fn query_cache_serves_stale_while_it_revalidates() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_of_one_key_run_the_query_once() {
+    let pg = PgServer::start();
+    let mut ext = Extension::start(&pg, &[("WARMPOOL_MAX_SIZE", "8")]);
+    let c = ext.client().await;
+    c.batch_execute("CREATE SEQUENCE runs").await.unwrap();
+    // The query waits at this lock until every request has arrived.
+    let gate = pg.tokio_client().await;
+    gate.batch_execute("SELECT pg_advisory_lock(77)")
+        .await
+        .unwrap();
+    let sql = "SELECT nextval('runs'), pg_advisory_xact_lock_shared(77)::text";
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.query_cached_outcome(sql, &[], Duration::from_secs(60))
+                    .await
+            })
+        })
+        .collect();
+    // One miss runs the query; the five others wait for its result.
+    for _ in 0..5 {
+        ext.wait_for_log("already being filled", LOG_WAIT);
+    }
+    gate.batch_execute("SELECT pg_advisory_unlock(77)")
+        .await
+        .unwrap();
+    let mut values = Vec::new();
+    for t in tasks {
+        let (rows, _) = t.await.unwrap().unwrap();
+        values.push(rows[0].get::<_, i64>(0));
+    }
+    assert_eq!(values, vec![1; 6], "each caller got the one result");
+    let runs: i64 = gate
+        .query_one("SELECT last_value FROM runs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 1, "the query ran {runs} times");
+}

@@ -22,7 +22,11 @@ pub mod serve;
 pub mod store;
 pub mod warmup;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::watch;
 
 use crate::config::Config;
 use cache::QueryCache;
@@ -36,8 +40,34 @@ pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 pub struct State {
     store: Mutex<Store>,
     cache: Mutex<QueryCache>,
+    /// Cache misses being filled, by key: a miss of a key already being filled waits for that
+    /// fill instead of running the same query again.
+    filling: Mutex<HashMap<Bytes, watch::Receiver<()>>>,
     warmup: Warmup,
     clock: Clock,
+}
+
+/// A cache miss's turn: fill the key, or wait for the fill already running.
+pub enum Fill<'a> {
+    /// No fill of this key runs: this caller runs the query; the others wait until the guard
+    /// is dropped.
+    Lead(FillGuard<'a>),
+    /// Another caller is filling the key; resolves when it is done, whatever the outcome.
+    Follow(watch::Receiver<()>),
+}
+
+/// Held by the caller filling a key; dropping it (done, failed or cancelled) releases the
+/// waiters.
+pub struct FillGuard<'a> {
+    state: &'a State,
+    key: Bytes,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for FillGuard<'_> {
+    fn drop(&mut self) {
+        self.state.filling().remove(&self.key);
+    }
 }
 
 impl std::fmt::Debug for State {
@@ -61,6 +91,7 @@ impl State {
         State {
             store: Mutex::new(Store::new(config.state_max_bytes)),
             cache: Mutex::new(QueryCache::new(config.query_cache_max_bytes)),
+            filling: Mutex::new(HashMap::new()),
             warmup: Warmup::new(&config.warmup),
             clock,
         }
@@ -79,6 +110,25 @@ impl State {
     /// The query result cache. Held only for in-memory work, never across an await.
     pub fn cache(&self) -> MutexGuard<'_, QueryCache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn filling(&self) -> MutexGuard<'_, HashMap<Bytes, watch::Receiver<()>>> {
+        self.filling.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the turn to fill cache key `key` after a miss, or joins the fill that has it.
+    pub fn fill_turn(&self, key: &Bytes) -> Fill<'_> {
+        let mut filling = self.filling();
+        if let Some(done) = filling.get(key) {
+            return Fill::Follow(done.clone());
+        }
+        let (tx, rx) = watch::channel(());
+        filling.insert(key.clone(), rx);
+        Fill::Lead(FillGuard {
+            state: self,
+            key: key.clone(),
+            _done: tx,
+        })
     }
 
     /// The warm-up data sets.
@@ -117,5 +167,30 @@ mod tests {
         assert!(state.store().get("k", state.now()).is_none());
         let shown = format!("{state:?}");
         assert!(shown.contains("budget_bytes: 100000"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn a_miss_of_a_key_being_filled_waits_until_the_fill_ends() {
+        let config = Config::from_lookup(|k| match k {
+            "PGHOST" => Some("h".into()),
+            "PGUSER" => Some("u".into()),
+            _ => None,
+        })
+        .unwrap();
+        let state = State::new(&config);
+        let key = Bytes::from_static(b"statement and parameters");
+        let Fill::Lead(guard) = state.fill_turn(&key) else {
+            panic!("the first miss must fill the key");
+        };
+        let Fill::Follow(mut done) = state.fill_turn(&key) else {
+            panic!("a second miss must wait for the first");
+        };
+        let other = Bytes::from_static(b"another key");
+        assert!(matches!(state.fill_turn(&other), Fill::Lead(_)));
+        assert!(!done.has_changed().unwrap_or(true), "released too early");
+        drop(guard);
+        // The filler is gone: the waiter is released, and the next miss fills again.
+        let _ = done.changed().await;
+        assert!(matches!(state.fill_turn(&key), Fill::Lead(_)));
     }
 }

@@ -16,7 +16,7 @@ use warmpool::transport::Framed;
 use super::cache::{CachedResult, Lookup};
 use super::lru::TooLarge;
 use super::warmup::Found;
-use super::{load, query};
+use super::{load, query, Fill};
 use crate::metrics::Event;
 use crate::session::{Shared, ROWS_CHUNK};
 
@@ -216,21 +216,11 @@ async fn cached<S: AsyncRead + AsyncWrite + Unpin>(
         Lookup::Hit(r) => r,
         Lookup::Stale { result, refresh } => {
             if refresh {
-                let shared = shared.clone();
-                let key = key.clone();
-                // In the background, for no one invocation: not bounded by this one's deadline.
-                tokio::spawn(async move {
-                    if fill(&shared, key.clone(), &c, None).await.is_err() {
-                        shared
-                            .state
-                            .cache()
-                            .refresh_failed(&key, shared.state.now());
-                    }
-                });
+                refresh_in_background(shared, key.clone(), c.clone());
             }
             result
         }
-        Lookup::Miss => match fill(shared, key, &c, deadline).await {
+        Lookup::Miss => match miss(shared, key, &c, deadline).await {
             Ok(r) => r,
             Err(e) => return send(framed, &Response::Error(e)).await,
         },
@@ -243,6 +233,59 @@ async fn cached<S: AsyncRead + AsyncWrite + Unpin>(
         result.affected,
     )
     .await
+}
+
+/// Refreshes a stale result in the background, for no one invocation: not bounded by any
+/// invocation's deadline.
+fn refresh_in_background(shared: &Arc<Shared>, key: Bytes, c: CachedExecute) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if fill(&shared, key.clone(), &c, None).await.is_err() {
+            shared
+                .state
+                .cache()
+                .refresh_failed(&key, shared.state.now());
+        }
+    });
+}
+
+/// After a miss: runs the statement, unless another session is already running it for the
+/// same key, in which case this one waits for that result (a burst of invocations on a cold
+/// or expired key sends one query, not one each). If that fill fails or its result could not
+/// be cached, this session runs the statement itself.
+async fn miss(
+    shared: &Arc<Shared>,
+    key: Bytes,
+    c: &CachedExecute,
+    deadline: Option<SystemTime>,
+) -> Result<Arc<CachedResult>, WireError> {
+    let mut done = match shared.state.fill_turn(&key) {
+        Fill::Lead(_guard) => return fill(shared, key, c, deadline).await,
+        Fill::Follow(done) => done,
+    };
+    tracing::debug!("a cached query's miss is already being filled; waiting for its result");
+    tokio::select! {
+        // Resolves when the filler drops its sender, whatever became of its query.
+        _ = done.changed() => {}
+        _ = crate::deadline::sleep_until(deadline.map(crate::deadline::instant)) => {
+            return Err(crate::errors::deadline_cancelled());
+        }
+    }
+    let found = shared.state.cache().lookup(&key, shared.state.now());
+    match found {
+        Lookup::Hit(r) => {
+            shared.pool.meter().add(Event::CacheHit);
+            Ok(r)
+        }
+        Lookup::Stale { result, refresh } => {
+            shared.pool.meter().add(Event::CacheHit);
+            if refresh {
+                refresh_in_background(shared, key, c.clone());
+            }
+            Ok(result)
+        }
+        Lookup::Miss => fill(shared, key, c, deadline).await,
+    }
 }
 
 /// Runs the statement and caches its result; a result over the whole budget is returned
