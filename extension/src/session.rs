@@ -21,8 +21,8 @@ use postgres_types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use warmpool::protocol::{
-    sqlstate, Begin, Column, Deadline, Execute, Hello, HelloOk, Prepare, PrepareOk, RawRow,
-    Request, Response, WireError, PROTOCOL_VERSION,
+    sqlstate, Begin, Column, Deadline, Execute, Hello, HelloOk, Prepare, PrepareOk, Request,
+    Response, RowsEncoder, WireError, PROTOCOL_VERSION,
 };
 use warmpool::transport::{Framed, ReadError};
 
@@ -929,47 +929,50 @@ async fn stream_rows<S: AsyncRead + AsyncWrite + Unpin>(
     max_frame: usize,
 ) -> Result<Result<u64, StmtError>, StmtError> {
     let mut stream = pin!(stream);
-    let mut rows = Vec::new();
-    let mut bytes = 0;
-    loop {
-        let row = match watch(framed, guard, stream.try_next()).await? {
-            Ok(Some(row)) => row,
-            Ok(None) => break,
-            Err(e) => return Ok(Err(StmtError::from_pg(&e))),
-        };
-        let values = (0..row.len())
-            .map(|i| {
-                row.try_get::<_, RawValue>(i)
-                    .map(|v| v.0.map(bytes::Bytes::copy_from_slice))
-            })
-            .collect::<Result<_, _>>();
-        let raw = match values {
-            Ok(values) => RawRow { values },
-            Err(e) => return Ok(Err(StmtError::Sql(errors::from_pg(&e)))),
-        };
-        let len = raw.encoded_len();
-        if len + 4 > max_frame {
-            return Ok(Err(StmtError::Sql(WireError::extension(
-                sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                format!(
-                    "a result row of {len} bytes exceeds the frame limit of {max_frame} bytes \
-                     (WARMPOOL_MAX_FRAME_BYTES); the statement ran, but its rows cannot be \
-                     returned"
-                ),
-            ))));
+    // Rows are encoded into the frame straight from tokio-postgres' row buffer: one copy of
+    // each value, no allocation per row or value.
+    let mut frame: Option<RowsEncoder> = None;
+    let streamed = async {
+        let mut bytes = 0;
+        loop {
+            let row = match watch(framed, guard, stream.try_next()).await? {
+                Ok(Some(row)) => row,
+                Ok(None) => return Ok(Ok(())),
+                Err(e) => return Ok(Err(StmtError::from_pg(&e))),
+            };
+            // A RawValue takes any type, so a column of this row is always there to read.
+            let value = |i: usize| row.get::<_, RawValue>(i).0;
+            let len = RowsEncoder::row_len((0..row.len()).map(value));
+            if len + 4 > max_frame {
+                return Ok(Err(StmtError::Sql(WireError::extension(
+                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                    format!(
+                        "a result row of {len} bytes exceeds the frame limit of {max_frame} bytes \
+                         (WARMPOOL_MAX_FRAME_BYTES); the statement ran, but its rows cannot be \
+                         returned"
+                    ),
+                ))));
+            }
+            if bytes + len + 4 > max_frame.min(ROWS_CHUNK) {
+                if let Some(f) = frame.take() {
+                    f.finish(framed.write_buf());
+                    framed.flush().await.map_err(StmtError::Client)?;
+                    bytes = 0;
+                }
+            }
+            let f = frame.get_or_insert_with(|| RowsEncoder::begin(framed.write_buf()));
+            f.push(framed.write_buf(), (0..row.len()).map(value));
+            bytes += len;
         }
-        if bytes + len + 4 > max_frame.min(ROWS_CHUNK) && !rows.is_empty() {
-            framed.queue_response(&Response::Rows(std::mem::take(&mut rows)));
-            framed.flush().await.map_err(StmtError::Client)?;
-            bytes = 0;
-        }
-        bytes += len;
-        rows.push(raw);
     }
-    if !rows.is_empty() {
-        framed.queue_response(&Response::Rows(rows));
+    .await;
+    match (&streamed, frame) {
+        (Ok(Ok(())), Some(f)) => f.finish(framed.write_buf()),
+        // An error follows instead of the rest: the frame in progress goes.
+        (_, Some(f)) => f.abandon(framed.write_buf()),
+        (_, None) => {}
     }
-    Ok(Ok(stream.rows_affected().unwrap_or(0)))
+    Ok(streamed?.map(|()| stream.rows_affected().unwrap_or(0)))
 }
 
 /// Runs `work` unless the client closes its socket first, in which case the statement `work`

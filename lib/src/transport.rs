@@ -151,6 +151,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         frame.encode(&mut self.write_buf);
     }
 
+    /// The buffer of bytes queued for the next [`Framed::flush`], for an encoder that writes a
+    /// frame in place (see [`crate::protocol::RowsEncoder`]).
+    pub fn write_buf(&mut self) -> &mut BytesMut {
+        &mut self.write_buf
+    }
+
     /// Bytes queued and not yet written.
     pub fn queued(&self) -> usize {
         self.write_buf.len()

@@ -35,7 +35,7 @@ pub use error::{ErrorSource, FrameError, WireError};
 pub use observability::{Invocation, Stats};
 pub use pipeline::Pipeline;
 pub use request::{Begin, Execute, Hello, IsolationLevel, Param, Prepare, Request};
-pub use response::{Column, HelloOk, PrepareOk, RawRow, Response};
+pub use response::{Column, HelloOk, PrepareOk, RawRow, Response, RowsEncoder};
 pub use state::{
     CacheOutcome, CachedExecute, CompareAndSet, Put, StateRequest, StateResponse, WarmOk,
 };

@@ -95,6 +95,63 @@ impl RawRow {
     }
 }
 
+/// Encodes a Rows frame a row at a time, straight from each value's bytes: a server streaming a
+/// statement's rows copies every value once, into the frame, with no row held in between.
+/// The frame it produces is the one [`Response::Rows`] encodes.
+#[derive(Debug)]
+pub struct RowsEncoder {
+    len_at: usize,
+    rows: u32,
+}
+
+impl RowsEncoder {
+    /// Starts a Rows frame at the end of `buf`.
+    pub fn begin(buf: &mut BytesMut) -> RowsEncoder {
+        buf.put_u8(ROWS);
+        let len_at = buf.len();
+        buf.put_u32(0);
+        buf.put_u32(0);
+        RowsEncoder { len_at, rows: 0 }
+    }
+
+    /// The bytes a row of `values` takes in the frame.
+    pub fn row_len<'v>(values: impl Iterator<Item = Option<&'v [u8]>>) -> usize {
+        2 + values.map(|v| 4 + v.map_or(0, <[u8]>::len)).sum::<usize>()
+    }
+
+    /// Appends one row.
+    pub fn push<'v>(
+        &mut self,
+        buf: &mut BytesMut,
+        values: impl ExactSizeIterator<Item = Option<&'v [u8]>>,
+    ) {
+        put_count16(buf, values.len());
+        for v in values {
+            put_nullable(buf, v);
+        }
+        self.rows += 1;
+    }
+
+    /// Rows appended so far.
+    pub fn rows(&self) -> u32 {
+        self.rows
+    }
+
+    /// Takes the unfinished frame back out of `buf`, when the rows cannot all be sent: what
+    /// follows it on the stream (an error) must not land inside it.
+    pub fn abandon(self, buf: &mut BytesMut) {
+        buf.truncate(self.len_at - 1);
+    }
+
+    /// Completes the frame: its length and row count.
+    pub fn finish(self, buf: &mut BytesMut) {
+        let len = buf.len() - self.len_at - 4;
+        let len = u32::try_from(len).expect("frame body over 4 GiB");
+        buf[self.len_at..self.len_at + 4].copy_from_slice(&len.to_be_bytes());
+        buf[self.len_at + 4..self.len_at + 8].copy_from_slice(&self.rows.to_be_bytes());
+    }
+}
+
 impl Response {
     /// Appends this frame to `buf`.
     pub fn encode(&self, buf: &mut BytesMut) {

@@ -2126,3 +2126,39 @@ proptest! {
         decode_both(&frame);
     }
 }
+
+#[test]
+fn rows_encoded_in_place_match_the_rows_frame() {
+    let rows = vec![
+        RawRow {
+            values: vec![Some(Bytes::from_static(b"ada")), None],
+        },
+        RawRow {
+            values: vec![
+                Some(Bytes::from_static(b"")),
+                Some(Bytes::from_static(b"\x00\x01")),
+            ],
+        },
+    ];
+    let mut whole = BytesMut::new();
+    Response::Rows(rows.clone()).encode(&mut whole);
+
+    let mut buf = BytesMut::from(&b"queued before"[..]);
+    let mut enc = RowsEncoder::begin(&mut buf);
+    for row in &rows {
+        let values = || row.values.iter().map(|v| v.as_deref());
+        assert_eq!(RowsEncoder::row_len(values()), row.encoded_len());
+        enc.push(&mut buf, values());
+    }
+    assert_eq!(enc.rows(), 2);
+    enc.finish(&mut buf);
+    assert_eq!(&buf[..13], b"queued before");
+    assert_eq!(&buf[13..], &whole[..]);
+
+    // Abandoned, the frame leaves nothing behind.
+    let mut buf = BytesMut::from(&b"queued before"[..]);
+    let mut enc = RowsEncoder::begin(&mut buf);
+    enc.push(&mut buf, rows[0].values.iter().map(|v| v.as_deref()));
+    enc.abandon(&mut buf);
+    assert_eq!(&buf[..], b"queued before");
+}
