@@ -22,33 +22,10 @@ pub fn is_release() -> bool {
 }
 
 /// Builds the benchmark's function binary with this program's profile, as the test harness builds
-/// the extension, and returns its path.
+/// the extension (without the variables Cargo set for this program, which would make the build
+/// recompile dependencies, and the next `cargo run` recompile them back), and returns its path.
 pub fn build_function() -> PathBuf {
-    let profile = profile_dir();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "--quiet",
-        "-p",
-        "warmpool-bench",
-        "--bin",
-        "bench-fn",
-    ]);
-    if is_release() {
-        cmd.arg("--release");
-    }
-    if let Some(target_dir) = profile.parent() {
-        cmd.arg("--target-dir").arg(target_dir);
-    }
-    let status = cmd
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cannot run cargo to build bench-fn");
-    assert!(status.success(), "building bench-fn failed");
-    let bin = profile.join("bench-fn");
-    assert!(bin.exists(), "{} missing after build", bin.display());
-    bin
+    warmpool_tests::ext::built("warmpool-bench", "bench-fn")
 }
 
 /// Starts the private PostgreSQL with connection logging (to count server connections) and
