@@ -129,6 +129,25 @@ impl PgConn {
         self.client.simple_query("").await.map(drop)
     }
 
+    /// After a CancelRequest: whether the connection is idle again with no cancel left to land.
+    /// A statement that finished just before the cancel arrived leaves it in flight; an empty
+    /// query queues behind it, and if the cancel lands on that one instead, a second proves the
+    /// connection idle.
+    pub(crate) async fn settle_after_cancel(&self) -> bool {
+        self.check().await.is_ok() || self.check().await.is_ok()
+    }
+
+    /// The result columns of `stmt`, as the protocol describes them.
+    pub(crate) fn columns(stmt: &tokio_postgres::Statement) -> Vec<warmpool::protocol::Column> {
+        stmt.columns()
+            .iter()
+            .map(|c| warmpool::protocol::Column {
+                name: c.name().to_owned(),
+                type_: c.type_().clone(),
+            })
+            .collect()
+    }
+
     /// Closes the connection with a Terminate message, waiting at most `budget` for it to go
     /// out; past that the connection is dropped.
     /// <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-TERMINATION>

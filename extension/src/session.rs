@@ -21,8 +21,8 @@ use postgres_types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use warmpool::protocol::{
-    sqlstate, Begin, Column, Deadline, Execute, Hello, HelloOk, Prepare, PrepareOk, Request,
-    Response, RowsEncoder, WireError, PROTOCOL_VERSION,
+    sqlstate, Begin, Deadline, Execute, Hello, HelloOk, Prepare, PrepareOk, Request, Response,
+    RowsEncoder, WireError, PROTOCOL_VERSION,
 };
 use warmpool::transport::{Framed, ReadError};
 
@@ -457,14 +457,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Ok(Err(e)) => Err(StmtError::from_pg(&e)),
                 Ok(Ok(stmt)) => Ok(Response::PrepareOk(PrepareOk {
                     params: stmt.params().to_vec(),
-                    columns: stmt
-                        .columns()
-                        .iter()
-                        .map(|c| Column {
-                            name: c.name().to_owned(),
-                            type_: c.type_().clone(),
-                        })
-                        .collect(),
+                    columns: PgConn::columns(&stmt),
                 })),
             };
             let outcome = absorb_cancel(&guard, lease.conn(), outcome).await;
@@ -1009,7 +1002,7 @@ async fn absorb_cancel<T>(
     if !guard.hit() || matches!(outcome, Err(StmtError::Lost(_) | StmtError::Gone(_))) {
         return outcome;
     }
-    if conn.check().await.is_ok() || conn.check().await.is_ok() {
+    if conn.settle_after_cancel().await {
         outcome
     } else {
         Err(StmtError::Lost(errors::deadline_cancelled()))
@@ -1029,9 +1022,7 @@ async fn settle(
             tracing::warn!(error = %errors::error_chain(&e), "CancelRequest failed");
             return false;
         }
-        // The empty query queues behind the cancelled statement; if the cancel lands on it
-        // instead, the second one proves the connection is idle.
-        conn.check().await.is_ok() || conn.check().await.is_ok()
+        conn.settle_after_cancel().await
     })
     .await;
     matches!(settled, Ok(true))

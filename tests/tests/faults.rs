@@ -204,9 +204,9 @@ async fn a_write_whose_connection_dies_after_it_ran_is_not_retried() {
     assert_eq!(n, 1, "the write was applied {n} times");
 }
 
-/// Bytes waiting, unread, in the TCP sockets of process `pid` (from /proc).
-fn unread_bytes(pid: i32) -> usize {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+/// The inodes of the sockets process `pid` holds open (from /proc).
+fn socket_inodes(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|dir| {
             dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
                 .filter_map(|l| {
@@ -215,7 +215,12 @@ fn unread_bytes(pid: i32) -> usize {
                 })
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Bytes waiting, unread, in the TCP sockets of process `pid` (from /proc).
+fn unread_bytes(pid: i32) -> usize {
+    let inodes = socket_inodes(pid);
     ["tcp", "tcp6"]
         .iter()
         .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
@@ -341,16 +346,7 @@ async fn a_connection_killed_while_the_environment_is_frozen_costs_the_next_stat
 
 /// Bytes waiting, unread, in the Unix sockets of process `pid` (from /proc).
 fn unread_bytes_unix(pid: i32) -> usize {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|dir| {
-            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter_map(|l| {
-                    let l = l.to_string_lossy().into_owned();
-                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let inodes = socket_inodes(pid);
     let Ok(out) = std::process::Command::new("ss").args(["-xnH"]).output() else {
         panic!("ss (iproute2) is needed: apt-get install iproute2");
     };

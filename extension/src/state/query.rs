@@ -62,15 +62,12 @@ pub async fn collect(
     })
 }
 
-/// The deadline cancelled the statement: a statement that finished just before the cancel
-/// arrived leaves the cancel in flight, and it must not hit the connection's next statement.
-/// The empty query queues behind it; if the cancel lands on it instead, the second one proves
-/// the connection idle.
+/// The deadline cancelled the statement: the cancel must not hit the connection's next one.
 async fn settle_cancel(
     conn: &mut PooledConn,
     result: Result<Collected, Failure>,
 ) -> Result<Collected, Failure> {
-    if conn.check().await.is_err() && conn.check().await.is_err() {
+    if !conn.settle_after_cancel().await {
         return Err(Failure::Lost(errors::deadline_cancelled()));
     }
     match result {
@@ -126,14 +123,7 @@ async fn run(
     }
     let affected = stream.rows_affected().unwrap_or(rows.len() as u64);
     Ok(Collected {
-        columns: stmt
-            .columns()
-            .iter()
-            .map(|c| Column {
-                name: c.name().to_owned(),
-                type_: c.type_().clone(),
-            })
-            .collect(),
+        columns: crate::conn::PgConn::columns(&stmt),
         rows,
         affected,
     })
