@@ -139,11 +139,7 @@ async fn a_stalled_backend_is_given_up_at_the_deadline_and_replaced() {
     let pg = PgServer::start();
     let ext = Extension::start(&pg, &[("WARMPOOL_RESET_TIMEOUT_MS", "500")]);
     let client = warmpool::Client::connect_to(ext.socket()).await.unwrap();
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid: i32 = backend_pid(&client).await;
     // The backend stops answering, as behind a network stall; its socket stays open.
     kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
     let resume = scopeguard(pid);
@@ -154,11 +150,7 @@ async fn a_stalled_backend_is_given_up_at_the_deadline_and_replaced() {
         .expect_err("a stalled backend cannot answer");
     assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
     // The stalled connection was closed; the next request gets a new one.
-    let other: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let other: i32 = backend_pid(&client).await;
     assert_ne!(other, pid);
     drop(resume);
 }
@@ -202,6 +194,25 @@ async fn a_write_whose_connection_dies_after_it_ran_is_not_retried() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1, "the write was applied {n} times");
+}
+
+/// The backend serving `client`'s next statement (the extension's only connection, where the
+/// tests set `WARMPOOL_MAX_SIZE=1`, or the one it reuses).
+async fn backend_pid(client: &warmpool::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until `unread` reports bytes waiting in a socket; fails after [`GUARD`] with `what`.
+async fn until_unread(unread: impl Fn() -> usize, what: &str) {
+    let until = std::time::Instant::now() + GUARD;
+    while unread() == 0 {
+        assert!(std::time::Instant::now() < until, "{what}");
+        tokio::task::yield_now().await;
+    }
 }
 
 /// The inodes of the sockets process `pid` holds open (from /proc).
@@ -253,11 +264,7 @@ async fn a_transaction_whose_connection_dies_before_its_first_statement_ran_star
         .batch_execute("CREATE TABLE w (id serial PRIMARY KEY, v text)")
         .await
         .unwrap();
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid: i32 = backend_pid(&client).await;
     // The backend is stopped, so the transaction's first statement (with its BEGIN) waits
     // unread in its socket; then the server is told to terminate it, which it does as soon as
     // it runs again, before reading anything: the FATAL answers the statement.
@@ -271,14 +278,11 @@ async fn a_transaction_whose_connection_dies_before_its_first_statement_ran_star
             tx.commit().await
         })
     };
-    let until = std::time::Instant::now() + GUARD;
-    while unread_bytes(pid) == 0 {
-        assert!(
-            std::time::Instant::now() < until,
-            "the statement never reached the backend"
-        );
-        tokio::task::yield_now().await;
-    }
+    until_unread(
+        || unread_bytes(pid),
+        "the statement never reached the backend",
+    )
+    .await;
     pg.superuser_psql(&format!("SELECT pg_terminate_backend({pid})"));
     drop(resume);
     // Nothing of the transaction ran, and the function saw nothing of it: it starts over on
@@ -307,11 +311,7 @@ async fn a_connection_killed_while_the_environment_is_frozen_costs_the_next_stat
     let pg = PgServer::start();
     let ext = Extension::start(&pg, &[("WARMPOOL_MAX_SIZE", "1")]);
     let client = warmpool::Client::connect_to(ext.socket()).await.unwrap();
-    let before: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let before: i32 = backend_pid(&client).await;
     // Frozen, as between invocations; meanwhile the server ends the idle connection, and the
     // function's next statement, outside any transaction, reaches the socket before the thaw.
     let ext_pid = Pid::from_raw(ext.pid() as i32);
@@ -327,14 +327,11 @@ async fn a_connection_killed_while_the_environment_is_frozen_costs_the_next_stat
                 .map(|r| r.get::<_, i32>(0))
         })
     };
-    let until = std::time::Instant::now() + GUARD;
-    while unread_bytes_unix(ext_pid.as_raw()) == 0 {
-        assert!(
-            std::time::Instant::now() < until,
-            "the statement never reached the extension"
-        );
-        tokio::task::yield_now().await;
-    }
+    until_unread(
+        || unread_bytes_unix(ext_pid.as_raw()),
+        "the statement never reached the extension",
+    )
+    .await;
     drop(resume);
     let after = tokio::time::timeout(GUARD, query)
         .await
