@@ -26,8 +26,18 @@ use crate::config::LogFormat;
 /// The span that ties log lines to an invocation. At ERROR level so that no `WARMPOOL_LOG`
 /// short of `off` disables it: a disabled span records no ids, and a warning inside it would
 /// lose its request id.
+///
+/// A root span, whatever span is current: a session names its next invocation while its
+/// requests still run in the previous one's span, and a child would keep every earlier
+/// invocation of the session alive in a chain that grows with each one (longer log lines, more
+/// memory, and a recursive drop that overflows the stack).
 pub fn invocation_span(request_id: &str, trace_id: &str) -> tracing::Span {
-    let span = tracing::error_span!("invocation", request_id = %request_id, trace_id = %trace_id);
+    let span = tracing::error_span!(
+        parent: None,
+        "invocation",
+        request_id = %request_id,
+        trace_id = %trace_id
+    );
     #[cfg(feature = "otel")]
     crate::otel::set_parent(&span, trace_id);
     span
