@@ -1,9 +1,10 @@
 //! The client function code uses.
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use lru::LruCache;
 use postgres_types::{ToSql, Type};
 
 use crate::batch::Batch;
@@ -35,10 +36,18 @@ pub struct Client {
     deadline: Option<u64>,
 }
 
+/// Statements the client remembers (their parameter and column types, so a repeat costs no
+/// Describe), the least recently used forgotten first: a function that builds SQL text per call
+/// must not grow the cache with every call. The extension's own per-connection cache has the same
+/// default size (`WARMPOOL_STATEMENT_CACHE_SIZE`).
+pub const STATEMENT_CACHE_SIZE: usize = 256;
+
+type StatementKey = (String, Vec<u32>);
+
 struct Inner {
     path: PathBuf,
     idle: Mutex<Vec<Conn>>,
-    statements: Mutex<HashMap<(String, Vec<u32>), Statement>>,
+    statements: Mutex<LruCache<StatementKey, Statement>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -71,7 +80,9 @@ impl Client {
             inner: Arc::new(Inner {
                 path,
                 idle: Mutex::new(vec![conn]),
-                statements: Mutex::new(HashMap::new()),
+                statements: Mutex::new(LruCache::new(
+                    NonZeroUsize::new(STATEMENT_CACHE_SIZE).expect("a non-zero constant"),
+                )),
             }),
             invocation: None,
             deadline: None,
@@ -223,8 +234,17 @@ impl Client {
         result
     }
 
+    /// How many statements this client remembers: at most [`STATEMENT_CACHE_SIZE`].
+    pub fn cached_statements(&self) -> usize {
+        self.inner
+            .statements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     pub(crate) fn cached(&self, sql: &str, types: &[u32]) -> Option<Statement> {
-        let cache = self
+        let mut cache = self
             .inner
             .statements
             .lock()
@@ -238,7 +258,7 @@ impl Client {
             .statements
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        cache.insert(
+        cache.put(
             (statement.sql().to_owned(), statement.declared().to_vec()),
             statement.clone(),
         );

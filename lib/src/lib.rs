@@ -31,7 +31,7 @@ mod statement;
 mod transaction;
 
 pub use batch::{Batch, BatchResult};
-pub use client::{Client, TransactionBuilder, DEFAULT_SOCKET};
+pub use client::{Client, TransactionBuilder, DEFAULT_SOCKET, STATEMENT_CACHE_SIZE};
 pub use error::{DbError, Error};
 pub use protocol::CacheOutcome;
 pub use protocol::{IsolationLevel, Stats};
