@@ -257,6 +257,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .is_ok()
             }
             Request::Invocation(i) => {
+                let i = i.bounded();
                 self.named = (!i.request_id.is_empty()).then(|| {
                     let counters = self.shared.pool.meter().invocation(&i.request_id);
                     let span = invocation_span(&i.request_id, &i.trace_id);

@@ -212,3 +212,43 @@ async fn a_session_of_invocation_frames_alone_ends_cleanly() {
     assert_eq!(row.get::<_, i32>(0), 2);
     assert!(process_alive(pid), "the extension exited");
 }
+
+/// A request id far longer than any Lambda's is cut before it is kept: it rides on every log line
+/// of its invocation and keys that invocation's counters.
+#[tokio::test]
+async fn an_oversized_request_id_is_cut() {
+    let pg = PgServer::start();
+    let ext = Extension::start(
+        &pg,
+        &[
+            ("WARMPOOL_LOG", "info,warmpool_extension::session=debug"),
+            ("WARMPOOL_LOG_FORMAT", "text"),
+        ],
+    );
+    let db = ext.client().await;
+    let id = "r".repeat(100_000);
+    let named = db.with_invocation(id.as_str(), Some(&"t".repeat(100_000)));
+    let e = named
+        .query_one("SELECT 1 / 0", &[])
+        .await
+        .expect_err("division by zero");
+    assert_eq!(e.code().map(|c| c.code()), Some("22012"), "{e}");
+    let stats = named.stats().await.expect("stats");
+    assert!(
+        stats.request_id.len() == warmpool::protocol::MAX_REQUEST_ID
+            && id.starts_with(&stats.request_id),
+        "the extension kept {} bytes of the request id",
+        stats.request_id.len()
+    );
+    assert_eq!(stats.errors, vec![("22".to_owned(), 1)]);
+    let out = ext.stdout();
+    let line = out
+        .lines()
+        .find(|l| l.contains("the database refused a statement"))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{out:.2000}"));
+    assert!(
+        line.len() <= warmpool::protocol::MAX_REQUEST_ID + warmpool::protocol::MAX_TRACE_ID + 512,
+        "a log line of {} bytes",
+        line.len()
+    );
+}

@@ -32,7 +32,7 @@ mod types;
 
 pub use deadline::Deadline;
 pub use error::{ErrorSource, FrameError, WireError};
-pub use observability::{Invocation, Stats};
+pub use observability::{Invocation, Stats, MAX_REQUEST_ID, MAX_TRACE_ID};
 pub use pipeline::Pipeline;
 pub use request::{Begin, Execute, Hello, IsolationLevel, Param, Prepare, Request};
 pub use response::{Column, HelloOk, PrepareOk, RawRow, Response, RowsEncoder};

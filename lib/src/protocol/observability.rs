@@ -10,14 +10,44 @@ pub(super) const INVOCATION: u8 = b'I';
 pub(super) const STATS: u8 = b'T';
 pub(super) const STATS_OK: u8 = b't';
 
+/// The longest request id the extension keeps: Lambda's are UUIDs (36 bytes). Ids ride on every
+/// log line and key the per-invocation counters, so a longer one is cut, not stored whole.
+pub const MAX_REQUEST_ID: usize = 256;
+/// The longest trace id the extension keeps. An X-Ray trace header (`Root=…;Parent=…;Sampled=…`
+/// and optional `Lineage`) is well under this:
+/// <https://docs.aws.amazon.com/xray/latest/devguide/xray-concepts.html#xray-concepts-tracingheader>.
+pub const MAX_TRACE_ID: usize = 1024;
+
 /// The invocation a session's next requests belong to: Lambda's request id and, when the
 /// function is traced, its X-Ray trace header. An empty request id means "no invocation".
 #[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
 pub struct Invocation {
-    /// The Lambda request id (`Context::request_id`); empty to clear.
+    /// The Lambda request id (`Context::request_id`); empty to clear. The extension keeps at
+    /// most [`MAX_REQUEST_ID`] bytes of it.
     pub request_id: String,
-    /// The `X-Amzn-Trace-Id` value (`Context::xray_trace_id`); empty when there is none.
+    /// The `X-Amzn-Trace-Id` value (`Context::xray_trace_id`); empty when there is none. The
+    /// extension keeps at most [`MAX_TRACE_ID`] bytes of it.
     pub trace_id: String,
+}
+
+impl Invocation {
+    /// The ids cut to [`MAX_REQUEST_ID`] and [`MAX_TRACE_ID`] bytes, at a character boundary.
+    pub fn bounded(mut self) -> Invocation {
+        cut(&mut self.request_id, MAX_REQUEST_ID);
+        cut(&mut self.trace_id, MAX_TRACE_ID);
+        self
+    }
+}
+
+fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.shrink_to_fit();
+    }
 }
 
 /// What the extension did for one invocation, or, when the invocation is not known, for the

@@ -99,3 +99,21 @@ fn truncated_stats_counters_are_rejected() {
     let mut b = frame(b't', &body);
     assert!(Response::decode(&mut b, MAX).is_err());
 }
+
+#[test]
+fn bounded_ids_are_cut_at_a_character_boundary() {
+    let short = Invocation {
+        request_id: "8f5e-request".into(),
+        trace_id: "Root=1-abc".into(),
+    };
+    assert_eq!(short.clone().bounded(), short);
+    // 'é' is two bytes: the cut falls inside one and moves back to its start.
+    let long = Invocation {
+        request_id: format!("a{}", "é".repeat(MAX_REQUEST_ID)),
+        trace_id: "t".repeat(MAX_TRACE_ID + 1),
+    }
+    .bounded();
+    assert_eq!(long.request_id.len(), MAX_REQUEST_ID - 1);
+    assert!(long.request_id.starts_with("aé"));
+    assert_eq!(long.trace_id.len(), MAX_TRACE_ID);
+}
