@@ -9,6 +9,8 @@
 //! - [`secrets_manager`]: a Secrets Manager stand-in on loopback.
 //! - [`logs`]: the extension's JSON log lines, read back.
 //! - [`emf`]: a checker for CloudWatch Embedded Metric Format records.
+//! - [`prereq`]: what the tests need from the machine (PostgreSQL, PgBouncer, `ss`), installed on
+//!   first use.
 
 pub mod certs;
 pub mod emf;
@@ -17,6 +19,7 @@ pub mod lambda_env;
 pub mod logs;
 pub mod pg;
 pub mod pgbouncer;
+pub mod prereq;
 pub mod secrets_manager;
 
 pub use ext::Extension;

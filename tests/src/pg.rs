@@ -583,7 +583,8 @@ impl Drop for PgServer {
 
 // ---- free helpers ------------------------------------------------------------------------
 
-/// `PG_BINDIR` if set, else the highest version under /usr/lib/postgresql (Debian layout).
+/// `PG_BINDIR` if set, else the highest version under /usr/lib/postgresql (Debian layout),
+/// installed first when missing.
 fn find_bindir() -> PathBuf {
     let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
     if let Some(dir) = std::env::var_os("PG_BINDIR") {
@@ -596,6 +597,7 @@ fn find_bindir() -> PathBuf {
         }
         return dir;
     }
+    crate::prereq::postgres_server();
     let mut found: Vec<(Vec<u32>, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()

@@ -7,8 +7,8 @@
 //!
 //! The binary is PgBouncer 1.21 or later, for `max_prepared_statements`. Debian 12 ships 1.18, so
 //! `bench/pgbouncer/build.sh` builds a current release from Debian's source package into a cache
-//! outside the repository; [`PgBouncer::binary`] finds it there and fails, naming that command,
-//! when it is missing.
+//! outside the repository; [`PgBouncer::binary`] runs it on first use (it returns at once when
+//! the build is cached) and fails, naming that command, when it cannot.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -58,20 +58,14 @@ pub struct PgBouncer {
 }
 
 impl PgBouncer {
-    /// The PgBouncer binary that `bench/pgbouncer/build.sh` builds:
+    /// The PgBouncer binary that `bench/pgbouncer/build.sh` builds, on first use:
     /// `$WARMPOOL_BENCH_CACHE/pgbouncer/bin/pgbouncer`, the cache defaulting to
-    /// `~/.cache/warmpool-bench`. Panics, naming the build command, when it is missing or older
-    /// than 1.21.
+    /// `~/.cache/warmpool-bench`. Panics, naming the build command, when it cannot be built or
+    /// is older than 1.21.
     pub fn binary() -> PathBuf {
-        let cache = std::env::var_os("WARMPOOL_BENCH_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/warmpool-bench"))
-            })
-            .expect("neither WARMPOOL_BENCH_CACHE nor HOME is set");
-        let bin = cache.join("pgbouncer/bin/pgbouncer");
+        let bin = crate::prereq::pgbouncer();
         let build = "bench/pgbouncer/build.sh (PgBouncer 1.24.1 from Debian's source package, \
-                     cached outside the repository; .ci/run runs it)";
+                     cached outside the repository)";
         let version = Command::new(&bin)
             .arg("--version")
             .output()

@@ -343,6 +343,7 @@ async fn a_connection_killed_while_the_environment_is_frozen_costs_the_next_stat
 
 /// Bytes waiting, unread, in the Unix sockets of process `pid` (from /proc).
 fn unread_bytes_unix(pid: i32) -> usize {
+    warmpool_tests::prereq::ss();
     let inodes = socket_inodes(pid);
     let Ok(out) = std::process::Command::new("ss").args(["-xnH"]).output() else {
         panic!("ss (iproute2) is needed: apt-get install iproute2");

@@ -107,6 +107,10 @@ async fn one_session_carries_hundreds_of_thousands_of_invocations() {
         "the client remembers {} statements",
         db.cached_statements()
     );
+    eprintln!(
+        "extension RSS: {first_rss} KiB after {FIRST_MEASURE} invocations, {last_rss} KiB after \
+         {total}"
+    );
     assert!(
         last_rss <= first_rss + RSS_SLACK_KIB,
         "the extension grew from {first_rss} KiB after {FIRST_MEASURE} invocations to \
