@@ -9,6 +9,8 @@ use postgres_types::{Kind, Type};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Statement};
 
+use crate::notices::Notices;
+
 /// Undoes what a statement can leave behind in a session, but keeps prepared statements, which
 /// `DISCARD ALL` would drop. <https://www.postgresql.org/docs/current/sql-discard.html> lists what
 /// DISCARD ALL does; this is that list without DEALLOCATE ALL and DISCARD PLANS.
@@ -22,6 +24,8 @@ type StatementKey = (String, Vec<u32>);
 pub struct PgConn {
     pub(crate) client: Client,
     driver: Option<JoinHandle<()>>,
+    /// Notices the database sent, for the client the connection serves.
+    pub(crate) notices: Notices,
     pub(crate) statements: StatementCache,
     /// A statement may have changed session state (SET, LISTEN, temp tables, locks…).
     dirty: bool,
@@ -45,10 +49,16 @@ impl std::fmt::Debug for PgConn {
 }
 
 impl PgConn {
-    pub(crate) fn new(client: Client, driver: JoinHandle<()>, cache_size: NonZeroUsize) -> PgConn {
+    pub(crate) fn new(
+        client: Client,
+        driver: JoinHandle<()>,
+        notices: Notices,
+        cache_size: NonZeroUsize,
+    ) -> PgConn {
         PgConn {
             client,
             driver: Some(driver),
+            notices,
             statements: StatementCache::new(cache_size),
             dirty: false,
             maybe_in_transaction: false,

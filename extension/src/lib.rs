@@ -7,6 +7,7 @@
 //!   an RDS IAM token.
 //! - [`tls`]: rustls for each libpq `sslmode`.
 //! - [`conn`]: one database connection, its statement cache and session-state tracking.
+//! - [`notices`]: the database's notices, kept for the client that ran the statement.
 //! - [`pool`]: the deadpool pool of those connections: warm-up, health checks, clean close.
 //! - [`socket`]: binding the Unix socket.
 //! - [`server`]: the accept loop.
@@ -36,6 +37,7 @@ pub mod lifecycle;
 pub mod local;
 pub mod logging;
 pub mod metrics;
+pub mod notices;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod pool;

@@ -49,6 +49,8 @@ pub struct Manager {
     meter: Arc<Meter>,
     /// Backoff between connection attempts while the database refuses them.
     backoff: Backoff,
+    /// `WARMPOOL_LOG_STATEMENTS`: notices are logged with their text.
+    log_statements: bool,
 }
 
 impl std::fmt::Debug for Manager {
@@ -134,17 +136,18 @@ impl Manager {
                 phase: "connecting to the database",
                 after: self.connect_timeout,
             })??;
-        let driver = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %crate::errors::error_chain(&e), "database connection ended with an error");
-            }
-        });
+        let notices = crate::notices::Notices::default();
+        let driver = tokio::spawn(crate::notices::drive(
+            connection,
+            notices.clone(),
+            self.log_statements,
+        ));
         tracing::debug!(
             user = pg.get_user().unwrap_or_default(),
             secret_version = login.version.as_deref(),
             "opened a database connection"
         );
-        let mut conn = PgConn::new(client, driver, self.cache_size);
+        let mut conn = PgConn::new(client, driver, notices, self.cache_size);
         conn.checked_epoch = self.thaw_epoch.load(Ordering::Acquire);
         if !self.prepare.is_empty() {
             conn.prepare_configured(&self.prepare, self.connect_timeout)
@@ -464,6 +467,7 @@ pub fn build_with(config: &Config, credentials: Provider) -> Result<Pool, BuildE
         thaw_epoch: AtomicU64::new(0),
         meter: Arc::new(Meter::new(config.max_concurrency.saturating_mul(4).max(64))),
         backoff: Backoff::new(config.retry),
+        log_statements: config.log_statements,
     };
     let inner = managed::Pool::builder(manager)
         .max_size(config.max_size)

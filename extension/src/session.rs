@@ -361,8 +361,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn settle_outcome(
         &mut self,
         outcome: Result<Response, StmtError>,
-        lease: Lease,
+        mut lease: Lease,
     ) -> io::Result<Response> {
+        if !matches!(outcome, Err(StmtError::Client(_) | StmtError::Gone(_))) {
+            self.queue_notices(lease.conn());
+        }
         let response = match outcome {
             Ok(r) => {
                 lease.release(self);
@@ -403,6 +406,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(response)
     }
 
+    /// Queues the notices the database sent on `conn` for this session's client, ahead of the
+    /// answer they came with.
+    fn queue_notices(&mut self, conn: &PgConn) {
+        let (notices, dropped) = conn.notices.take();
+        if dropped > 0 {
+            tracing::debug!(
+                dropped,
+                "notices past the limit for one answer were dropped"
+            );
+        }
+        for notice in notices {
+            self.framed.queue_response(&Response::Notice(notice));
+        }
+    }
+
     /// Takes the connection a statement runs on.
     async fn lease(&mut self) -> Result<Lease, WireError> {
         match std::mem::replace(&mut self.tx, TxState::Idle) {
@@ -422,6 +440,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn get_conn(&self) -> Result<PooledConn, GetError> {
         let started = Instant::now();
         let got = self.pool().get().await;
+        if let Ok(conn) = &got {
+            // What the database said to the connection's last user is not this client's.
+            conn.notices.clear();
+        }
         let waited = started.elapsed();
         self.pool().meter().add(Event::PoolWait(waited));
         let slow = self.shared.telemetry.settings().slow_pool_wait;
@@ -692,6 +714,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             } => {
                 // Never retried: a COMMIT whose outcome is unknown must not run twice.
                 let result = conn.client.batch_execute("COMMIT").await;
+                self.queue_notices(&conn);
                 match result {
                     Ok(()) => {
                         conn.in_transaction = false;

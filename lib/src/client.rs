@@ -8,8 +8,8 @@ use lru::LruCache;
 use postgres_types::{ToSql, Type};
 
 use crate::batch::Batch;
-use crate::conn::Conn;
-use crate::error::{Error, Kind};
+use crate::conn::{Conn, NoticeSink};
+use crate::error::{DbError, Error, Kind};
 use crate::ops;
 use crate::protocol::{Begin, Invocation, IsolationLevel, Request, Response, Stats};
 use crate::row::Row;
@@ -48,6 +48,7 @@ struct Inner {
     path: PathBuf,
     idle: Mutex<Vec<Conn>>,
     statements: Mutex<LruCache<StatementKey, Statement>>,
+    notices: Arc<NoticeSink>,
 }
 
 impl std::fmt::Debug for Client {
@@ -75,9 +76,11 @@ impl Client {
     /// Connects to the extension at `path`.
     pub async fn connect_to(path: impl AsRef<Path>) -> Result<Client, Error> {
         let path = path.as_ref().to_owned();
-        let conn = Conn::open(&path).await?;
+        let notices = Arc::new(NoticeSink::default());
+        let conn = Conn::open(&path, notices.clone()).await?;
         Ok(Client {
             inner: Arc::new(Inner {
+                notices,
                 path,
                 idle: Mutex::new(vec![conn]),
                 statements: Mutex::new(LruCache::new(
@@ -87,6 +90,25 @@ impl Client {
             invocation: None,
             deadline: None,
         })
+    }
+
+    /// Calls `handler` with each notice or warning the database raises while this client's
+    /// statements run (`RAISE NOTICE`, a deprecation warning), as tokio-postgres hands them out as
+    /// `AsyncMessage::Notice`. The handler is shared by this client's clones and replaces any set
+    /// before; it runs on the task awaiting the statement, before the statement's result returns,
+    /// so keep it short. Without a handler, notices are dropped. The extension never writes a
+    /// notice's text to its own log (only its SQLSTATE at debug level) unless
+    /// `WARMPOOL_LOG_STATEMENTS` is on, since it can quote the statement's values; it keeps at
+    /// most 32 for one answer, the newest.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), warmpool::Error> {
+    /// let db = warmpool::Client::connect().await?;
+    /// db.on_notice(|notice| eprintln!("{}: {}", notice.severity(), notice.message()));
+    /// # Ok(()) }
+    /// ```
+    pub fn on_notice(&self, handler: impl Fn(&DbError) + Send + Sync + 'static) {
+        self.inner.notices.set(Arc::new(handler));
     }
 
     /// A handle whose requests belong to one invocation: the extension tags its log lines with
@@ -172,7 +194,7 @@ impl Client {
                 // here rather than found out by the request.
                 Some(conn) if conn.closed_while_idle() => continue,
                 Some(conn) => conn,
-                None => Conn::open(&self.inner.path).await?,
+                None => Conn::open(&self.inner.path, self.inner.notices.clone()).await?,
             };
             conn.set_deadline(self.deadline);
             conn.announce(self.invocation.as_ref())?;
@@ -222,7 +244,7 @@ impl Client {
         f: impl AsyncFnOnce(&mut Conn) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let mut conn = if fresh {
-            let mut conn = Conn::open(&self.inner.path).await?;
+            let mut conn = Conn::open(&self.inner.path, self.inner.notices.clone()).await?;
             conn.set_deadline(self.deadline);
             conn.announce(self.invocation.as_ref())?;
             conn

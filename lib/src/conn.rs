@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::net::UnixStream;
 
-use crate::error::{Error, Kind};
+use crate::error::{DbError, Error, Kind};
 use crate::protocol::{
     sqlstate, Deadline, ErrorSource, FrameError, Hello, Invocation, Request, Response, WireError,
     DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
@@ -29,6 +29,29 @@ pub(crate) struct Conn {
     want_deadline: Option<u64>,
     /// Deadline frames sent whose Ok has not been read yet.
     deadline_acks: usize,
+    /// Where the database's notices go.
+    notices: Arc<NoticeSink>,
+}
+
+/// A handler for the notices and warnings the database raises while a client's statements run;
+/// one for a [`crate::Client`] and its clones.
+pub(crate) type NoticeHandler = Arc<dyn Fn(&DbError) + Send + Sync>;
+
+/// The [`NoticeHandler`] a client's sessions share, if one is set.
+#[derive(Default)]
+pub(crate) struct NoticeSink(std::sync::Mutex<Option<NoticeHandler>>);
+
+impl NoticeSink {
+    pub(crate) fn set(&self, handler: NoticeHandler) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(handler);
+    }
+
+    fn deliver(&self, notice: WireError) {
+        let handler = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(handler) = handler {
+            handler(&DbError::from_wire(notice));
+        }
+    }
 }
 
 /// A request that could not be written because the extension had closed the session: it
@@ -63,7 +86,7 @@ pub(crate) fn unix_ms(t: SystemTime) -> u64 {
 
 impl Conn {
     /// Connects and performs the handshake.
-    pub(crate) async fn open(path: &Path) -> Result<Conn, Error> {
+    pub(crate) async fn open(path: &Path, notices: Arc<NoticeSink>) -> Result<Conn, Error> {
         let stream = UnixStream::connect(path).await.map_err(|e| {
             Error::new(
                 Kind::Connect,
@@ -85,6 +108,7 @@ impl Conn {
             deadline: None,
             want_deadline: None,
             deadline_acks: 0,
+            notices,
         };
         conn.queue(&Request::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -198,18 +222,24 @@ impl Conn {
         Ok(())
     }
 
+    /// The next frame that answers a request; notices on the way go to the client's handler.
     async fn recv_one(&mut self) -> Result<Response, Error> {
-        self.broken = true;
-        let frame = match self.framed.read::<Response>().await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return Err(Error::closed("the extension closed the session")),
-            Err(ReadError::Frame(e)) => return Err(Error::protocol(e.to_string())),
-            Err(e @ (ReadError::Torn | ReadError::Io(_))) => {
-                return Err(Error::closed(e.to_string()))
+        loop {
+            self.broken = true;
+            let frame = match self.framed.read::<Response>().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Err(Error::closed("the extension closed the session")),
+                Err(ReadError::Frame(e)) => return Err(Error::protocol(e.to_string())),
+                Err(e @ (ReadError::Torn | ReadError::Io(_))) => {
+                    return Err(Error::closed(e.to_string()))
+                }
+            };
+            self.broken = false;
+            match frame {
+                Response::Notice(notice) => self.notices.deliver(notice),
+                frame => return Ok(frame),
             }
-        };
-        self.broken = false;
-        Ok(frame)
+        }
     }
 
     /// An error frame. After some errors the extension closes the session, so the connection is
@@ -242,6 +272,7 @@ impl Conn {
             Response::Error(_) => "Error",
             Response::State(_) => "warm-state",
             Response::Stats(_) => "Stats",
+            Response::Notice(_) => "Notice",
         };
         Error::protocol(format!("unexpected {name} frame from the extension"))
     }

@@ -198,7 +198,7 @@ pub struct DbError {
 }
 
 impl DbError {
-    fn from_wire(wire: WireError) -> DbError {
+    pub(crate) fn from_wire(wire: WireError) -> DbError {
         let code = SqlState::from_code(wire.code());
         let position = match (wire.field(b'P'), wire.field(b'p'), wire.field(b'q')) {
             (Some(p), _, _) => p.parse().ok().map(ErrorPosition::Original),

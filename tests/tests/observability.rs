@@ -329,3 +329,83 @@ async fn statement_logging_shows_parameters_only_when_turned_on() {
         outputs[1]
     );
 }
+
+/// A notice can quote the statement's values (`RAISE NOTICE 'got %', $1`): it goes to the client
+/// that ran the statement, and only its SQLSTATE to the log, even at debug level.
+#[tokio::test]
+async fn notices_reach_the_client_and_never_the_log() {
+    let pg = PgServer::start();
+    let direct = pg.tokio_client().await;
+    direct
+        .batch_execute(
+            "CREATE FUNCTION nc_notice(v text) RETURNS int LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE NOTICE 'nc_notice got %', v; RAISE WARNING 'nc_warning'; RETURN 1; END $$",
+        )
+        .await
+        .unwrap();
+    let ext = Extension::start(&pg, &[]);
+    let client = ext.client().await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    client.on_notice(move |n| {
+        sink.lock().unwrap().push((
+            n.severity().to_owned(),
+            n.code().code().to_owned(),
+            n.message().to_owned(),
+        ))
+    });
+    let secret = "s3cr3t-param-value-7f1c";
+    let n: i32 = client
+        .query_one("SELECT nc_notice($1)", &[&secret])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    // Inside a transaction, and with a batch of plain SQL.
+    let mut tx = client.transaction().await.unwrap();
+    tx.execute("SELECT nc_notice('in a transaction')", &[])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    client
+        .batch_execute("SELECT nc_notice('in a batch')")
+        .await
+        .unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    let expected = |m: &str| {
+        (
+            "NOTICE".to_owned(),
+            "00000".to_owned(),
+            format!("nc_notice got {m}"),
+        )
+    };
+    let warning = (
+        "WARNING".to_owned(),
+        "01000".to_owned(),
+        "nc_warning".to_owned(),
+    );
+    assert_eq!(
+        seen,
+        vec![
+            expected(secret),
+            warning.clone(),
+            expected("in a transaction"),
+            warning.clone(),
+            expected("in a batch"),
+            warning,
+        ]
+    );
+    let out = ext.stdout();
+    assert!(!out.contains(secret), "a notice's text was logged:\n{out}");
+    assert!(
+        !out.contains("nc_notice got"),
+        "a notice's text was logged:\n{out}"
+    );
+    assert!(
+        logs::json_lines(&out)
+            .iter()
+            .any(|l| l["message"] == "the database sent a notice" && l["code"] == "00000"),
+        "the notice's code is logged at debug level:\n{out}"
+    );
+}

@@ -51,7 +51,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.refuse(p.statements.len(), e).await;
         }
         let mut conn = match self.pool().get().await {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                conn.notices.clear();
+                conn
+            }
             Err(e) => {
                 let e = errors::from_pool(&e, self.config());
                 return self.refuse(p.statements.len(), e).await;
@@ -83,6 +86,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 last,
                 keep_connection,
             }) => {
+                self.queue_notices(&conn);
                 if keep_connection {
                     release(conn, self.shared.clone());
                 } else {

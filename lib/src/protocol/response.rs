@@ -17,6 +17,7 @@ const COMPLETE: u8 = b'c';
 const OK: u8 = b'k';
 const PONG: u8 = b'y';
 const ERROR: u8 = b'e';
+const NOTICE: u8 = b'n';
 
 /// Rows reserved up front when decoding a Rows frame; more grow the vector as they are read.
 const MAX_PREALLOC_ROWS: usize = 1024;
@@ -46,6 +47,10 @@ pub enum Response {
     /// A statement of a Pipeline did not run because an earlier statement of its transaction
     /// failed.
     NotRun,
+    /// A notice or warning the database raised while serving the request being answered
+    /// (`RAISE NOTICE`, a deprecation warning). It comes before the answer's last frame and is
+    /// not itself an answer: the client hands it on and reads on.
+    Notice(WireError),
 }
 
 /// The extension's side of the handshake.
@@ -186,17 +191,8 @@ impl Response {
             Response::Pong => write_frame(buf, PONG, |_| {}),
             Response::State(s) => s.encode(buf),
             Response::NotRun => write_frame(buf, NOT_RUN, |_| {}),
-            Response::Error(e) => write_frame(buf, ERROR, |b| {
-                b.put_u8(match e.source {
-                    ErrorSource::Database => b'D',
-                    ErrorSource::Extension => b'W',
-                });
-                put_count16(b, e.fields.len());
-                for (code, value) in &e.fields {
-                    b.put_u8(*code);
-                    put_str(b, value);
-                }
-            }),
+            Response::Error(e) => write_frame(buf, ERROR, |b| put_wire_error(b, e)),
+            Response::Notice(e) => write_frame(buf, NOTICE, |b| put_wire_error(b, e)),
             Response::Stats(s) => write_frame(buf, observability::STATS_OK, |b| {
                 observability::put_stats(b, s)
             }),
@@ -253,18 +249,8 @@ impl Response {
             OK => Response::Ok,
             PONG => Response::Pong,
             NOT_RUN => Response::NotRun,
-            ERROR => {
-                let source = match r.u8("error source")? {
-                    b'D' => ErrorSource::Database,
-                    b'W' => ErrorSource::Extension,
-                    _ => return Err(FrameError::Invalid("unknown error source")),
-                };
-                let n = r.count16(5, "error fields")?;
-                let fields = (0..n)
-                    .map(|_| Ok((r.u8("error field code")?, r.string("error field")?)))
-                    .collect::<Result<_, FrameError>>()?;
-                Response::Error(WireError { source, fields })
-            }
+            ERROR => Response::Error(read_wire_error(&mut r)?),
+            NOTICE => Response::Notice(read_wire_error(&mut r)?),
             tag if state::is_response_tag(tag) => {
                 Response::State(StateResponse::parse(tag, &mut r)?)
             }
@@ -274,4 +260,30 @@ impl Response {
         r.finish(tag)?;
         Ok(resp)
     }
+}
+
+/// An Error or Notice frame's body: who raised it, then its fields.
+fn put_wire_error(b: &mut BytesMut, e: &WireError) {
+    b.put_u8(match e.source {
+        ErrorSource::Database => b'D',
+        ErrorSource::Extension => b'W',
+    });
+    put_count16(b, e.fields.len());
+    for (code, value) in &e.fields {
+        b.put_u8(*code);
+        put_str(b, value);
+    }
+}
+
+fn read_wire_error(r: &mut Reader) -> Result<WireError, FrameError> {
+    let source = match r.u8("error source")? {
+        b'D' => ErrorSource::Database,
+        b'W' => ErrorSource::Extension,
+        _ => return Err(FrameError::Invalid("unknown error source")),
+    };
+    let n = r.count16(5, "error fields")?;
+    let fields = (0..n)
+        .map(|_| Ok((r.u8("error field code")?, r.string("error field")?)))
+        .collect::<Result<_, FrameError>>()?;
+    Ok(WireError { source, fields })
 }
