@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lambda_extension::{service_fn, Extension, LambdaEvent, NextEvent};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
@@ -120,12 +121,38 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         service.start_metrics_interval();
     }
 
+    // Every way out is the same orderly stop: Terminate to each connection, the last metrics
+    // record written, the socket removed. Lambda itself sends SHUTDOWN and then SIGKILL past its
+    // deadline (<https://docs.aws.amazon.com/lambda/latest/dg/lambda-runtime-environment.html#runtimes-lifecycle-shutdown>),
+    // but an emulator, a container runtime or an operator may send SIGTERM or SIGINT, and the
+    // Extensions API may go away.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     // The run loop's first /next ends this extension's Init.
-    let (reason, deadline_ms) = tokio::select! {
-        ended = registered.run() => {
-            return Err(format!("the Extensions API loop ended: {ended:?}").into());
+    let stop = tokio::select! {
+        ended = registered.run() => Stop::ApiEnded(match ended {
+            Ok(()) => "it closed".to_owned(),
+            Err(e) => e.to_string(),
+        }),
+        Some((reason, deadline_ms)) = shutdown_rx.recv() => Stop::Shutdown { reason, deadline_ms },
+        _ = term.recv() => Stop::Signal("SIGTERM"),
+        _ = int.recv() => Stop::Signal("SIGINT"),
+    };
+    let (reason, deadline_ms) = match &stop {
+        Stop::Shutdown {
+            reason,
+            deadline_ms,
+        } => (reason.clone(), *deadline_ms),
+        Stop::Signal(name) => {
+            tracing::info!(signal = name, "stopping: a termination signal arrived");
+            shared.telemetry.on_shutdown();
+            (name.to_string(), 0)
         }
-        Some(shutdown) = shutdown_rx.recv() => shutdown,
+        Stop::ApiEnded(why) => {
+            tracing::error!(error = %why, "stopping: the Extensions API loop ended");
+            shared.telemetry.on_shutdown();
+            ("the Extensions API loop ended".to_owned(), 0)
+        }
     };
     let budget = lifecycle
         .lock()
@@ -147,7 +174,20 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
         connections_replaced = totals.connections_replaced,
         "SHUTDOWN: connections closed"
     );
-    Ok(())
+    match stop {
+        Stop::ApiEnded(why) => Err(format!("the Extensions API loop ended: {why}").into()),
+        Stop::Shutdown { .. } | Stop::Signal(_) => Ok(()),
+    }
+}
+
+/// Why the extension stops.
+enum Stop {
+    /// Lambda's SHUTDOWN event.
+    Shutdown { reason: String, deadline_ms: u64 },
+    /// SIGTERM or SIGINT: a requested stop.
+    Signal(&'static str),
+    /// The Extensions API closed the connection or failed: not a requested stop.
+    ApiEnded(String),
 }
 
 /// Tells Lambda that Init failed, so the environment's Init fails with a reason.

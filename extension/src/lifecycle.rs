@@ -55,6 +55,10 @@ pub struct Lifecycle {
 /// Time kept back from the SHUTDOWN deadline for the process to exit.
 const EXIT_MARGIN: Duration = Duration::from_millis(100);
 
+/// The least time given to closing connections, even with no deadline (0) or one already past:
+/// enough for a Terminate to go out on each idle connection.
+pub const MIN_CLOSE_BUDGET: Duration = Duration::from_millis(100);
+
 impl Lifecycle {
     /// A lifecycle in Init. `check_after_idle` is the idle gap after which connections are
     /// checked; `shutdown_timeout` bounds closing them.
@@ -122,7 +126,9 @@ impl Lifecycle {
                 self.phase = Phase::Draining;
                 let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms))
                     .saturating_sub(EXIT_MARGIN);
-                Some(self.shutdown_timeout.min(left))
+                // A deadline of 0 (an emulator's SHUTDOWN, a signal) or one already past gives
+                // no time at all: connections still get a Terminate within a small floor.
+                Some(self.shutdown_timeout.min(left.max(MIN_CLOSE_BUDGET)))
             }
         }
     }
@@ -198,6 +204,19 @@ mod tests {
             Some(Duration::from_millis(200))
         );
         let mut l = Lifecycle::new(Duration::from_secs(1), Duration::from_millis(500));
-        assert_eq!(l.on_shutdown(10_000, 9_000), Some(Duration::ZERO));
+        assert_eq!(l.on_shutdown(10_000, 9_000), Some(MIN_CLOSE_BUDGET));
+    }
+
+    #[test]
+    fn no_deadline_still_leaves_time_to_close() {
+        let mut l = Lifecycle::new(Duration::from_secs(1), Duration::from_millis(500));
+        l.ready();
+        assert_eq!(l.on_shutdown(10_000, 0), Some(MIN_CLOSE_BUDGET));
+        let mut l = Lifecycle::new(Duration::from_secs(1), Duration::from_millis(50));
+        assert_eq!(
+            l.on_shutdown(10_000, 0),
+            Some(Duration::from_millis(50)),
+            "never more than WARMPOOL_SHUTDOWN_TIMEOUT_MS"
+        );
     }
 }

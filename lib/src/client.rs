@@ -163,11 +163,13 @@ impl Client {
     ///
     /// On Lambda, pass the invocation's deadline (`lambda_runtime::Context::deadline`), less a
     /// margin if the function should still have time to report the error before it is stopped.
+    /// A deadline at the Unix epoch (a `deadline` of 0 ms, which some Lambda emulators send) is
+    /// no deadline: the handle then has none, rather than one that cancels every statement.
     pub fn with_deadline(&self, deadline: std::time::SystemTime) -> Client {
         Client {
             inner: self.inner.clone(),
             invocation: self.invocation.clone(),
-            deadline: Some(crate::conn::unix_ms(deadline)),
+            deadline: (deadline > std::time::UNIX_EPOCH).then(|| crate::conn::unix_ms(deadline)),
         }
     }
 
