@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use local_lambda::{Invocation, LocalLambda, Outcome};
+use local_lambda::{Invocation, LocalLambda, LocalLambdaBuilder, Outcome};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -32,7 +32,21 @@ impl LambdaEnv {
         LambdaEnv::build(pg, env, concurrency)
     }
 
+    /// Classic Lambda as cargo-lambda emulates it: `deadlineMs` 0 in INVOKE and SHUTDOWN.
+    pub fn classic_with_zero_deadlines(pg: &PgServer, env: &[(&str, &str)]) -> LambdaEnv {
+        LambdaEnv::build_with(pg, env, 1, |b| b.zero_deadlines(true))
+    }
+
     fn build(pg: &PgServer, env: &[(&str, &str)], concurrency: u32) -> LambdaEnv {
+        LambdaEnv::build_with(pg, env, concurrency, |b| b)
+    }
+
+    fn build_with(
+        pg: &PgServer,
+        env: &[(&str, &str)],
+        concurrency: u32,
+        adjust: impl FnOnce(LocalLambdaBuilder) -> LocalLambdaBuilder,
+    ) -> LambdaEnv {
         let dir = tempfile::Builder::new()
             .prefix("warmpool-lambda-")
             .tempdir()
@@ -59,7 +73,7 @@ impl LambdaEnv {
             builder = builder.env(k, v);
         }
         LambdaEnv {
-            lambda: builder.build().expect("local lambda"),
+            lambda: adjust(builder).build().expect("local lambda"),
             socket,
             _dir: dir,
         }

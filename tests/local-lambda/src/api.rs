@@ -59,9 +59,17 @@ pub struct LocalLambdaBuilder {
     env: Vec<(String, String)>,
     inherit_env: bool,
     echo_output: bool,
+    zero_deadlines: bool,
 }
 
 impl LocalLambdaBuilder {
+    /// Sends `deadlineMs` 0 in INVOKE and SHUTDOWN events to extensions, as cargo-lambda's
+    /// emulator does, instead of Lambda's real deadlines.
+    pub fn zero_deadlines(mut self, yes: bool) -> Self {
+        self.zero_deadlines = yes;
+        self
+    }
+
     /// The layer's extensions directory (what Lambda mounts as `/opt/extensions`): every
     /// executable in it starts as an external extension.
     pub fn extensions_dir(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -206,6 +214,7 @@ impl LocalLambdaBuilder {
             env: self.env,
             inherit_env: self.inherit_env,
             echo_output: echo,
+            zero_deadlines: self.zero_deadlines,
         };
         config.validate_env().map_err(err)?;
 
@@ -230,6 +239,7 @@ impl LocalLambdaBuilder {
             init_count: AtomicU64::new(0),
             resets: Mutex::new(Vec::new()),
             all_processes: Mutex::new(Vec::new()),
+            api_broken: CancellationToken::new(),
         });
         let listener = {
             let _ctx = rt.enter();
@@ -268,6 +278,7 @@ impl LocalLambda {
             env: Vec::new(),
             inherit_env: false,
             echo_output: false,
+            zero_deadlines: false,
         }
     }
 
@@ -282,6 +293,13 @@ impl LocalLambda {
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => panic!("emulator task failed: {e}"),
         }
+    }
+
+    /// The Runtime and Extensions APIs go away: every open connection to them is dropped
+    /// without an answer (a pending `/event/next` long poll ends with the connection closed), and
+    /// every new one is closed at once, as when the Lambda service side of an environment fails.
+    pub fn break_api(&self) {
+        self.lifecycle.shared.api_broken.cancel();
     }
 
     /// The `AWS_LAMBDA_RUNTIME_API` address (127.0.0.1 and an ephemeral port).

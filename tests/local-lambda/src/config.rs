@@ -62,6 +62,8 @@ pub(crate) struct Config {
     pub env: Vec<(String, String)>,
     pub inherit_env: bool,
     pub echo_output: bool,
+    /// `deadlineMs` 0 in the events extensions get, as cargo-lambda sends.
+    pub zero_deadlines: bool,
 }
 
 impl Config {

@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     pub resets: Mutex<Vec<ShutdownReport>>,
     /// Every process ever started, so `Drop` can make sure none survives.
     pub all_processes: Mutex<Vec<Arc<ManagedProcess>>>,
+    /// Cancelled when the APIs go away ([`crate::LocalLambda::break_api`]).
+    pub api_broken: tokio_util::sync::CancellationToken,
 }
 
 impl Shared {

@@ -36,15 +36,20 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Canc
         };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let broken = shared.api_broken.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(route(shared, req).await) }
             });
             // Half-close stays off (hyper's default): a client that dies closes its side, and
             // hyper then drops the pending long poll instead of holding it forever.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let serving = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            // A broken API drops the connection, answered or not.
+            tokio::select! {
+                _ = serving => {}
+                _ = broken.cancelled() => {}
+            }
         });
     }
 }

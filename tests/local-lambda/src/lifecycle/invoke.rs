@@ -50,7 +50,7 @@ impl Lifecycle {
         let trace_id = trace_id();
         let invoke_event = json!({
             "eventType": "INVOKE",
-            "deadlineMs": deadline_ms,
+            "deadlineMs": if cfg.zero_deadlines { 0 } else { deadline_ms },
             "requestId": request_id,
             "invokedFunctionArn": cfg.function_arn(),
             "tracing": { "type": "X-Amzn-Trace-Id", "value": trace_id },

@@ -30,7 +30,11 @@ pub(super) async fn run(
     let started = Instant::now();
     let t0 = tokio::time::Instant::now();
     let deadline = t0 + SHUTDOWN_BUDGET;
-    let deadline_ms = epoch_ms(SystemTime::now() + SHUTDOWN_BUDGET);
+    let deadline_ms = if shared.config.zero_deadlines {
+        0
+    } else {
+        epoch_ms(SystemTime::now() + SHUTDOWN_BUDGET)
+    };
     gen.update(|s| s.phase = Phase::ShuttingDown);
     events.push(gen.id, EventKind::ShutdownStarted { reason });
     freeze::thaw(shared, gen);
