@@ -302,6 +302,25 @@ mod tests {
     }
 
     #[test]
+    fn deadline_codes() {
+        let budget = std::time::Duration::from_millis(500);
+        assert_eq!(deadline_cancelled().code(), "57014");
+        assert_eq!(deadline_before_connection().code(), "57014");
+        let e = deadline_unconfirmed(budget);
+        assert_eq!(e.code(), "57014");
+        assert!(
+            e.message().contains("WARMPOOL_RESET_TIMEOUT_MS"),
+            "{}",
+            e.message()
+        );
+        // Never a word that could be read as a commit.
+        let e = commit_unknown(budget);
+        assert_eq!(e.code(), "08007");
+        assert!(e.message().contains("unknown"), "{}", e.message());
+        assert_eq!(e.source, ErrorSource::Extension);
+    }
+
+    #[test]
     fn credential_failures_name_the_provider_and_secret() {
         use crate::credentials::{CredentialsError, ErrorKind};
         use std::time::Duration;
