@@ -110,8 +110,9 @@ pub struct Config {
     /// `WARMPOOL_CHECK_AFTER_IDLE_MS`: a connection idle longer than this is checked with an empty
     /// query before it is handed out, since a dead socket can still look open. Default 1000.
     pub check_after_idle: Duration,
-    /// `WARMPOOL_RESET_TIMEOUT_MS`: the bound on a health check, a session reset or a rollback of
-    /// an abandoned transaction; a connection that overruns it is closed. Default 2000.
+    /// `WARMPOOL_RESET_TIMEOUT_MS`: the bound on a health check, a session reset, a rollback of
+    /// an abandoned transaction, or the cancel of a statement past the client's deadline; a
+    /// connection that overruns it is closed. Default 2000.
     pub reset_timeout: Duration,
     /// `WARMPOOL_SHUTDOWN_TIMEOUT_MS`: the bound on closing every connection at shutdown; what has
     /// not closed by then is dropped. Default 500.

@@ -5,6 +5,11 @@
 //! statement is cancelled on the server with a CancelRequest, the only way to stop a running
 //! statement from outside it:
 //! <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-CANCELING-REQUESTS>.
+//!
+//! A server that has stopped answering (stopped, overloaded, cut off) answers neither the
+//! statement nor the CancelRequest, which needs a new connection to the postmaster. So both
+//! are bounded together by `WARMPOOL_RESET_TIMEOUT_MS` from the deadline: past it the client
+//! gets its 57014 and the connection is closed, whatever the server does.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 use warmpool::protocol::WireError;
 
+use crate::conn::PgConn;
 use crate::errors;
 use crate::pool::Pool;
 
@@ -56,6 +62,16 @@ pub async fn idle_for(limit: Option<Duration>) {
     }
 }
 
+/// Runs `work` unless `deadline` passes first (`None` then): a wait for a pooled connection
+/// or for a connect, which must end at the deadline as a statement does.
+pub async fn within<T>(deadline: Option<SystemTime>, work: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        biased;
+        out = work => Some(out),
+        _ = sleep_until(deadline.map(instant)) => None,
+    }
+}
+
 /// Bounds one statement by the session's deadline.
 pub struct Guard<'a> {
     pool: &'a Pool,
@@ -63,6 +79,9 @@ pub struct Guard<'a> {
     at: Option<Instant>,
     budget: Duration,
     hit: AtomicBool,
+    /// The CancelRequest did not go out within the budget: it may still reach the server and
+    /// cancel whatever the connection runs next, so the connection must be closed.
+    unsent: AtomicBool,
 }
 
 impl<'a> Guard<'a> {
@@ -80,6 +99,7 @@ impl<'a> Guard<'a> {
             at: deadline.map(instant),
             budget,
             hit: AtomicBool::new(false),
+            unsent: AtomicBool::new(false),
         }
     }
 
@@ -91,6 +111,11 @@ impl<'a> Guard<'a> {
     /// When the deadline falls, if there is one.
     pub fn at(&self) -> Option<Instant> {
         self.at
+    }
+
+    /// How long the server is given to confirm a cancel (`WARMPOOL_RESET_TIMEOUT_MS`).
+    pub fn budget(&self) -> Duration {
+        self.budget
     }
 
     /// Whether the deadline passed while the statement ran.
@@ -112,14 +137,53 @@ impl<'a> Guard<'a> {
     /// The deadline has passed with `work` still running: asks the server to cancel it, then
     /// waits, within the budget, for the statement to end with the server's 57014. An error
     /// means the server did not answer, and the connection must be closed.
+    ///
+    /// The CancelRequest goes out beside the wait, both within the same budget: a postmaster
+    /// that does not answer (a stopped or stalled server) cannot hold the client past it.
     pub async fn cancel<T>(&self, work: impl Future<Output = T>) -> Result<T, WireError> {
         self.hit.store(true, Ordering::Relaxed);
         tracing::info!("the session's deadline passed mid-statement; cancelling it on the server");
-        if let Err(e) = self.pool.cancel(&self.token).await {
-            tracing::warn!(error = %errors::error_chain(&e), "CancelRequest failed");
+        let until = Instant::now() + self.budget;
+        let (sent, ended) = tokio::join!(
+            tokio::time::timeout_at(until, self.pool.cancel(&self.token)),
+            tokio::time::timeout_at(until, work),
+        );
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %errors::error_chain(&e), "CancelRequest failed")
+            }
+            Err(_) => {
+                self.unsent.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    timeout_ms = self.budget.as_millis() as u64,
+                    "the database did not take the CancelRequest within \
+                     WARMPOOL_RESET_TIMEOUT_MS; the connection will be closed"
+                );
+            }
         }
-        tokio::time::timeout(self.budget, work)
+        if ended.is_err() {
+            tracing::warn!(
+                timeout_ms = self.budget.as_millis() as u64,
+                "the database did not end the cancelled statement within \
+                 WARMPOOL_RESET_TIMEOUT_MS; closing its connection"
+            );
+        }
+        ended.map_err(|_| errors::deadline_unconfirmed(self.budget))
+    }
+
+    /// After the deadline cancelled a statement that has ended: whether its connection may be
+    /// used again, with no cancel left to land on its next statement. Bounded by the budget;
+    /// true when the deadline did not pass.
+    pub async fn settled(&self, conn: &PgConn) -> bool {
+        if !self.hit() {
+            return true;
+        }
+        if self.unsent.load(Ordering::Relaxed) {
+            return false;
+        }
+        tokio::time::timeout(self.budget, conn.settle_after_cancel())
             .await
-            .map_err(|_| errors::deadline_unconfirmed(self.budget))
+            .unwrap_or(false)
     }
 }

@@ -198,13 +198,40 @@ pub fn deadline_cancelled() -> WireError {
 }
 
 /// The deadline passed and the server did not confirm the cancel in time; the connection is
-/// closed.
+/// closed. Closing it ends any transaction the statement was in without a commit; a statement
+/// outside one that the server has received but not yet run may still run when it resumes.
 pub fn deadline_unconfirmed(budget: std::time::Duration) -> WireError {
     WireError::extension(
         QUERY_CANCELED,
         format!(
             "the statement was cancelled at the client's deadline, and the database did not \
-             confirm within {} ms (WARMPOOL_RESET_TIMEOUT_MS); its connection was closed",
+             confirm within {} ms (WARMPOOL_RESET_TIMEOUT_MS); its connection was closed, so a \
+             transaction it was in is rolled back, but a statement outside a transaction may \
+             still take effect if the database received it",
+            budget.as_millis()
+        ),
+    )
+}
+
+/// The deadline passed while the request waited for a database connection: nothing was sent.
+pub fn deadline_before_connection() -> WireError {
+    WireError::extension(
+        QUERY_CANCELED,
+        "the deadline the client set (the invocation's deadline) passed while the request \
+         waited for a database connection; nothing was sent to the database",
+    )
+}
+
+/// The deadline passed and the database answered neither the COMMIT nor its cancel within the
+/// budget: the transaction may have committed or not. Never reported as committed, and never
+/// sent again. 08007 transaction_resolution_unknown is PostgreSQL's code for exactly this.
+pub fn commit_unknown(budget: std::time::Duration) -> WireError {
+    WireError::extension(
+        sqlstate::TRANSACTION_RESOLUTION_UNKNOWN,
+        format!(
+            "the deadline the client set passed before the database answered COMMIT, and it did \
+             not answer the cancel within {} ms (WARMPOOL_RESET_TIMEOUT_MS): whether the \
+             transaction committed is unknown; its connection was closed",
             budget.as_millis()
         ),
     )
@@ -272,6 +299,25 @@ mod tests {
         assert_eq!(from_pool(&PoolError::Closed, &config).code(), "57P01");
         let e = from_pool(&PoolError::Timeout(TimeoutType::Create), &config);
         assert_eq!(e.code(), "08006");
+    }
+
+    #[test]
+    fn deadline_codes() {
+        let budget = std::time::Duration::from_millis(500);
+        assert_eq!(deadline_cancelled().code(), "57014");
+        assert_eq!(deadline_before_connection().code(), "57014");
+        let e = deadline_unconfirmed(budget);
+        assert_eq!(e.code(), "57014");
+        assert!(
+            e.message().contains("WARMPOOL_RESET_TIMEOUT_MS"),
+            "{}",
+            e.message()
+        );
+        // Never a word that could be read as a commit.
+        let e = commit_unknown(budget);
+        assert_eq!(e.code(), "08007");
+        assert!(e.message().contains("unknown"), "{}", e.message());
+        assert_eq!(e.source, ErrorSource::Extension);
     }
 
     #[test]

@@ -424,10 +424,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Takes the connection a statement runs on.
     async fn lease(&mut self) -> Result<Lease, WireError> {
         match std::mem::replace(&mut self.tx, TxState::Idle) {
-            TxState::Idle => match self.get_conn().await {
-                Ok(conn) => Ok(Lease::Pooled(conn)),
-                Err(e) => Err(errors::from_pool(&e, self.config())),
-            },
+            TxState::Idle => self.get_conn().await.map(Lease::Pooled),
             TxState::Open { conn, begin } => Ok(Lease::Pinned(conn, begin)),
             failed @ TxState::Failed { .. } => {
                 self.tx = failed;
@@ -437,9 +434,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// A pooled connection, with the wait counted, and logged when it is long.
-    async fn get_conn(&self) -> Result<PooledConn, GetError> {
+    ///
+    /// The wait ends at the session's deadline, as a statement does: a server that has
+    /// stopped answering can hold a connect (or the check of an idle connection) for up to
+    /// `WARMPOOL_CONNECT_TIMEOUT_MS` at each try, past the invocation.
+    async fn get_conn(&self) -> Result<PooledConn, WireError> {
         let started = Instant::now();
-        let got = self.pool().get().await;
+        let Some(got) = deadline::within(self.deadline, self.pool().get()).await else {
+            self.pool().meter().add(Event::PoolWait(started.elapsed()));
+            tracing::info!("the session's deadline passed while waiting for a database connection");
+            return Err(errors::deadline_before_connection());
+        };
         if let Ok(conn) = &got {
             // What the database said to the connection's last user is not this client's.
             conn.notices.clear();
@@ -456,7 +461,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "waited long for a database connection (WARMPOOL_SLOW_POOL_WAIT_MS)"
             );
         }
-        got
+        got.map_err(|e: GetError| errors::from_pool(&e, self.config()))
     }
 
     async fn prepare(&mut self, p: Prepare) -> io::Result<()> {
@@ -614,7 +619,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Some(conn)
             }
             Err(e) => {
-                tracing::debug!(error = %e, "no connection to run the statement again on");
+                tracing::debug!(
+                    code = e.code(),
+                    error = e.message(),
+                    "no connection to run the statement again on"
+                );
                 None
             }
         }
@@ -688,7 +697,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     conn: None,
                     begun: false,
                 };
-                let e = errors::from_pool(&e, self.config());
                 self.send(&Response::Error(e)).await
             }
         }
@@ -708,32 +716,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 release(conn, self.shared.clone());
                 Response::Ok
             }
-            TxState::Open {
-                mut conn,
-                begin: None,
-            } => {
-                // Never retried: a COMMIT whose outcome is unknown must not run twice.
-                let result = conn.client.batch_execute("COMMIT").await;
-                self.queue_notices(&conn);
-                match result {
-                    Ok(()) => {
-                        conn.in_transaction = false;
-                        release(conn, self.shared.clone());
-                        Response::Ok
-                    }
-                    Err(e) => {
-                        if errors::connection_lost(&e) {
-                            discard(conn, self.shared.pool.meter());
-                        } else {
-                            // A failed COMMIT (a deferred constraint, a serialization failure)
-                            // ends the transaction on the server; the connection is clean.
-                            conn.in_transaction = false;
-                            release(conn, self.shared.clone());
-                        }
-                        Response::Error(errors::from_pg(&e))
-                    }
-                }
-            }
+            TxState::Open { conn, begin: None } => self.send_commit(conn).await,
             TxState::Failed { conn, begun } => {
                 if let Some(conn) = conn {
                     self.roll_back(conn, begun).await;
@@ -745,6 +728,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         self.send(&response).await
+    }
+
+    /// Sends COMMIT on the transaction's connection, bounded by the deadline like any statement,
+    /// and says what became of the transaction. Never retried: a COMMIT whose outcome is
+    /// unknown must not run twice.
+    ///
+    /// Past the deadline the COMMIT is cancelled. An answer within the reset timeout is
+    /// definite: committed, or cancelled before it committed (PostgreSQL then rolls the
+    /// transaction back). Without one, the outcome is unknown, and the client is told so with
+    /// 08007, never that it committed.
+    async fn send_commit(&mut self, mut conn: PooledConn) -> Response {
+        let shared = self.shared.clone();
+        let guard = self.guard(&shared, &conn.client);
+        let result = guard.run(conn.client.batch_execute("COMMIT")).await;
+        let result = match result {
+            Ok(result) => result,
+            Err(_) => {
+                discard(conn, shared.pool.meter());
+                return Response::Error(errors::commit_unknown(shared.config.reset_timeout));
+            }
+        };
+        self.queue_notices(&conn);
+        let response = match &result {
+            Ok(()) => Response::Ok,
+            Err(e)
+                if guard.hit()
+                    && e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) =>
+            {
+                Response::Error(errors::deadline_cancelled())
+            }
+            Err(e) => Response::Error(errors::from_pg(e)),
+        };
+        let lost = matches!(&result, Err(e) if errors::connection_lost(e));
+        // A COMMIT that was answered, even with an error (a deferred constraint, a
+        // serialization failure, the cancel), ended the transaction on the server.
+        if !lost {
+            conn.in_transaction = false;
+        }
+        if lost || !guard.settled(&conn).await {
+            discard(conn, shared.pool.meter());
+        } else {
+            release(conn, shared);
+        }
+        response
     }
 
     async fn rollback(&mut self) -> io::Result<()> {
@@ -1026,7 +1053,7 @@ async fn absorb_cancel<T>(
     if !guard.hit() || matches!(outcome, Err(StmtError::Lost(_) | StmtError::Gone(_))) {
         return outcome;
     }
-    if conn.settle_after_cancel().await {
+    if guard.settled(conn).await {
         outcome
     } else {
         Err(StmtError::Lost(errors::deadline_cancelled()))

@@ -179,7 +179,10 @@ impl<'a> Batch<'a> {
     /// `Err` means the batch as a whole failed: the extension could not be reached, the batch
     /// is larger than the frame limit (nothing was sent), no database connection was free, or
     /// a transactional batch's COMMIT failed (then nothing took effect, unless the connection
-    /// was lost during the COMMIT, when the outcome is unknown as for any COMMIT).
+    /// was lost during the COMMIT, when the outcome is unknown as for any COMMIT). A
+    /// transactional batch the database did not answer by the deadline of
+    /// [`crate::Client::with_deadline`] fails with 08007 (transaction_resolution_unknown): it
+    /// may or may not have committed.
     pub async fn run(self) -> Result<Vec<BatchResult>, Error> {
         if self.items.is_empty() {
             return Ok(Vec::new());
@@ -248,7 +251,12 @@ impl<'a> Batch<'a> {
                     let failed = results
                         .iter()
                         .any(|r| matches!(r, Some(BatchResult::Failed(_))));
-                    if !transactional || !failed {
+                    // 08007: the transaction's outcome is unknown, so no statement of it may be
+                    // reported rolled back.
+                    let unknown = e.code().is_some_and(|c| {
+                        c.code() == crate::protocol::sqlstate::TRANSACTION_RESOLUTION_UNKNOWN
+                    });
+                    if !transactional || !failed || unknown {
                         return Err(e);
                     }
                     for r in &mut results {

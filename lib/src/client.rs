@@ -159,7 +159,14 @@ impl Client {
     /// the extension cancels whatever statement of this handle's is still running on the
     /// database and rolls back its open transaction, so nothing keeps running, or holding
     /// locks, for an invocation that has timed out. The cancelled statement fails with
-    /// PostgreSQL's 57014 (query_canceled). Off unless asked for.
+    /// PostgreSQL's 57014 (query_canceled), as does a request still waiting for a database
+    /// connection. Off unless asked for.
+    ///
+    /// The answer comes at the deadline even when the database answers nothing (stopped,
+    /// stalled, cut off): at most `WARMPOOL_RESET_TIMEOUT_MS` later, the extension closes the
+    /// connection and answers 57014; a transaction in flight is then lost, never committed. A
+    /// COMMIT left unanswered fails with 08007 (transaction_resolution_unknown): it may or may
+    /// not have committed. See [`crate::Error::is_timeout`].
     ///
     /// On Lambda, pass the invocation's deadline (`lambda_runtime::Context::deadline`), less a
     /// margin if the function should still have time to report the error before it is stopped.

@@ -151,25 +151,21 @@ impl Conn {
 
     /// Queues a request; a request over the frame limit fails here, before anything is sent.
     pub(crate) fn queue(&mut self, request: &Request) -> Result<(), Error> {
+        self.queue_frame(request)
+            .map_err(|e| Error::from_wire(WireError::extension(e.sqlstate(), e.to_string())))
+    }
+
+    /// Queues a request, returning the frame error itself so the caller can explain it. A
+    /// deadline set since the last request goes in front of it, whatever the request.
+    pub(crate) fn queue_frame(&mut self, request: &Request) -> Result<(), FrameError> {
         if self.want_deadline != self.deadline {
             let deadline = Request::Deadline(Deadline {
                 unix_ms: self.want_deadline,
             });
-            self.queue_one(&deadline)?;
+            self.framed.queue_request(&deadline)?;
             self.deadline = self.want_deadline;
             self.deadline_acks += 1;
         }
-        self.queue_one(request)
-    }
-
-    fn queue_one(&mut self, request: &Request) -> Result<(), Error> {
-        self.framed
-            .queue_request(request)
-            .map_err(|e| Error::from_wire(WireError::extension(e.sqlstate(), e.to_string())))
-    }
-
-    /// Queues a request, returning the frame error itself so the caller can explain it.
-    pub(crate) fn queue_frame(&mut self, request: &Request) -> Result<(), FrameError> {
         self.framed.queue_request(request)
     }
 

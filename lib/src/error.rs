@@ -117,12 +117,14 @@ impl Error {
     }
 
     /// Whether the request timed out, waiting for a pooled connection or for the database, or
-    /// was cancelled at the deadline of [`crate::Client::with_deadline`].
+    /// was cancelled at the deadline of [`crate::Client::with_deadline`], including a COMMIT
+    /// the database did not answer by then (08007, outcome unknown).
     pub fn is_timeout(&self) -> bool {
         match self.0.kind {
             Kind::Extension => {
                 matches!(self.code(), Some(c) if *c == SqlState::TOO_MANY_CONNECTIONS
-                    || *c == SqlState::QUERY_CANCELED)
+                    || *c == SqlState::QUERY_CANCELED
+                    || *c == SqlState::TRANSACTION_RESOLUTION_UNKNOWN)
                     || self
                         .0
                         .db

@@ -137,6 +137,12 @@ impl<'a> Transaction<'a> {
 
     /// Commits. A transaction in which a statement failed is rolled back instead, and this
     /// returns an error (SQLSTATE 25P02) saying so.
+    ///
+    /// Under [`crate::Client::with_deadline`], a COMMIT still unanswered at the deadline is
+    /// cancelled. If the database does not answer that either within
+    /// `WARMPOOL_RESET_TIMEOUT_MS`, this returns 08007 (transaction_resolution_unknown): the
+    /// transaction may or may not have committed, and is never reported committed. A COMMIT
+    /// cancelled before it committed returns 57014, and the transaction was rolled back.
     pub async fn commit(mut self) -> Result<(), Error> {
         self.finish(Request::Commit).await
     }

@@ -288,6 +288,25 @@ impl PgServer {
         self.expect_success(&out, "pg_ctl start (start_again)");
     }
 
+    /// Stops the whole server with SIGSTOP, as a server that no longer answers at all: the
+    /// postmaster first, so it starts no new process, then every process it started (backends
+    /// and background workers). Its sockets stay open, and the kernel still completes TCP
+    /// connects to its listening port, but nothing is read or answered, not even a
+    /// CancelRequest. Everything resumes (SIGCONT) when the returned guard is dropped, so a
+    /// failing test leaves no server stopped.
+    pub fn pause(&self) -> Paused {
+        let postmaster = self
+            .postmaster_pid()
+            .expect("pause: the server is not running");
+        signal(postmaster, nix::sys::signal::Signal::SIGSTOP);
+        let mut pids = children_of(postmaster);
+        for &pid in &pids {
+            signal(pid, nix::sys::signal::Signal::SIGSTOP);
+        }
+        pids.push(postmaster);
+        Paused { pids }
+    }
+
     /// Sets a server parameter (value unquoted, e.g. `("idle_session_timeout", "2s")`) and,
     /// if the server is running, reloads it and waits until new sessions see the reload.
     ///
@@ -581,8 +600,57 @@ impl Drop for PgServer {
     }
 }
 
+/// A server stopped by [`PgServer::pause`]; dropping it resumes every process.
+#[must_use = "the server resumes when this is dropped"]
+#[derive(Debug)]
+pub struct Paused {
+    pids: Vec<u32>,
+}
+
+impl Paused {
+    /// The stopped processes, the postmaster last.
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for &pid in &self.pids {
+            signal(pid, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+}
+
 // ---- free helpers ------------------------------------------------------------------------
 
+/// Sends `sig` to `pid`; a process that has already gone is not an error.
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+/// The processes whose parent is `parent` (from /proc).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // "pid (comm) state ppid ...": comm may contain spaces or ')', so split at the last ')'.
+        let ppid: u32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (ppid == parent).then_some(pid)
+    })
+    .collect()
+}
+
+/// `PG_BINDIR` if set, else the highest version under /usr/lib/postgresql (Debian layout).
 /// `PG_BINDIR` if set, else the highest version under /usr/lib/postgresql (Debian layout),
 /// installed first when missing.
 fn find_bindir() -> PathBuf {

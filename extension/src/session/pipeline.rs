@@ -50,15 +50,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             );
             return self.refuse(p.statements.len(), e).await;
         }
-        let mut conn = match self.pool().get().await {
-            Ok(conn) => {
-                conn.notices.clear();
-                conn
-            }
-            Err(e) => {
-                let e = errors::from_pool(&e, self.config());
-                return self.refuse(p.statements.len(), e).await;
-            }
+        let mut conn = match self.get_conn().await {
+            Ok(conn) => conn,
+            Err(e) => return self.refuse(p.statements.len(), e).await,
         };
         let cancel = conn.client.cancel_token();
         let max_frame = self.config().max_frame;
@@ -87,7 +81,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 keep_connection,
             }) => {
                 self.queue_notices(&conn);
-                if keep_connection {
+                // After the deadline cancelled a statement, the cancel must not be left to land
+                // on the connection's next user.
+                if keep_connection && guard.settled(&conn).await {
                     release(conn, self.shared.clone());
                 } else {
                     discard(conn, self.shared.pool.meter());
@@ -163,7 +159,19 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     guard: &Guard<'_>,
 ) -> Result<Finish, StmtError> {
     let transactional = p.transaction.is_some();
-    let described = watch(framed, guard, describe(conn, &p.statements)).await?;
+    let described = match split_lost(watch(framed, guard, describe(conn, &p.statements)).await)? {
+        Ok(described) => described,
+        Err(e) => {
+            // Only Parse went out: nothing ran.
+            for _ in &p.statements {
+                framed.queue_response(&Response::NotRun);
+            }
+            return Ok(Finish {
+                last: Response::Error(e),
+                keep_connection: false,
+            });
+        }
+    };
     // Each statement ready to run, or the error that stops it before it is sent.
     let ready: Vec<Result<Statement, (WireError, bool)>> = described
         .into_iter()
@@ -250,7 +258,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut keep_connection = !lost_early;
     let mut begin_error = None;
     if let Some(mut b) = begin.take() {
-        watch(framed, guard, b.as_mut()).await?;
+        if let Err(e) = split_lost(watch(framed, guard, b.as_mut()).await)? {
+            return Ok(lost(framed, p, 0, e, None, None, guard));
+        }
         if let Some(Err(e)) = b.as_mut().take_output() {
             keep_connection &= !errors::connection_lost(&e);
             begin_error = Some(errors::from_pg(&e));
@@ -270,13 +280,22 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             (Some(step), _) => {
-                watch(framed, guard, step.as_mut()).await?;
+                if let Err(e) = split_lost(watch(framed, guard, step.as_mut()).await)? {
+                    return Ok(lost(framed, p, i, e, begin_error, first_failure, guard));
+                }
                 let stream = step
                     .as_mut()
                     .take_output()
                     .expect("a finished step has its output");
                 let answer = match stream {
-                    Ok(stream) => stream_rows(framed, guard, stream, max_frame).await?,
+                    Ok(stream) => {
+                        match split_lost(stream_rows(framed, guard, stream, max_frame).await)? {
+                            Ok(answer) => answer,
+                            Err(e) => {
+                                return Ok(lost(framed, p, i, e, begin_error, first_failure, guard))
+                            }
+                        }
+                    }
                     Err(e) => Err(StmtError::from_pg(&e)),
                 };
                 match answer {
@@ -327,7 +346,10 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let last = match commit.take() {
         None => Response::Ok,
         Some(mut c) => {
-            watch(framed, guard, c.as_mut()).await?;
+            if let Err(e) = split_lost(watch(framed, guard, c.as_mut()).await)? {
+                let n = p.statements.len();
+                return Ok(lost(framed, p, n, e, begin_error, first_failure, guard));
+            }
             match c.as_mut().take_output() {
                 Some(Ok(())) => {
                     *in_transaction = false;
@@ -354,6 +376,53 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         last,
         keep_connection,
     })
+}
+
+/// Takes a lost connection out of a step's error, to be answered; any other error ends the
+/// batch as before.
+fn split_lost<T>(r: Result<T, StmtError>) -> Result<Result<T, WireError>, StmtError> {
+    match r {
+        Ok(v) => Ok(Ok(v)),
+        Err(StmtError::Lost(e)) => Ok(Err(e)),
+        Err(other) => Err(other),
+    }
+}
+
+/// The deadline passed and the database answered neither the batch nor the cancel in time
+/// (`e` says so), with statements `from..` unanswered; the connection is closed.
+///
+/// Those statements were sent, so the database may still run them when it resumes: each is
+/// answered with `e`, never NotRun, unless its transaction has already failed. A transaction
+/// that had not failed may still commit, since its COMMIT was sent too: its outcome is
+/// unknown (08007), as for a COMMIT.
+fn lost<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut warmpool::transport::Framed<S>,
+    p: &Pipeline,
+    from: usize,
+    e: WireError,
+    begin_error: Option<WireError>,
+    first_failure: Option<usize>,
+    guard: &Guard<'_>,
+) -> Finish {
+    let transactional = p.transaction.is_some();
+    let doomed = transactional && (begin_error.is_some() || first_failure.is_some());
+    for _ in from..p.statements.len() {
+        if doomed {
+            framed.queue_response(&Response::NotRun);
+        } else {
+            framed.queue_response(&Response::Error(e.clone()));
+        }
+    }
+    let last = match (transactional, begin_error, first_failure) {
+        (false, _, _) => e,
+        (true, Some(b), _) => b,
+        (true, None, Some(i)) => rolled_back(i),
+        (true, None, None) => errors::commit_unknown(guard.budget()),
+    };
+    Finish {
+        last: Response::Error(last),
+        keep_connection: false,
+    }
 }
 
 /// The reason a transactional batch did not take effect when statement `index` failed.

@@ -37,9 +37,11 @@ pub async fn collect(
     params: &[Param],
     deadline: Option<std::time::SystemTime>,
 ) -> Result<Collected, WireError> {
-    let mut conn = pool
-        .get()
+    // The wait for a connection ends at the deadline too: a server that does not answer can
+    // hold a connect for the whole connect timeout.
+    let mut conn = crate::deadline::within(deadline, pool.get())
         .await
+        .ok_or_else(errors::deadline_before_connection)?
         .map_err(|e| errors::from_pool(&e, config))?;
     let guard = Guard::new(pool, &conn.client, deadline, config.reset_timeout);
     let result = match guard.run(run(&mut conn, sql, types, params)).await {
@@ -48,7 +50,7 @@ pub async fn collect(
         Err(e) => Err(Failure::Lost(e)),
     };
     let result = if guard.hit() && !matches!(result, Err(Failure::Lost(_))) {
-        settle_cancel(&mut conn, result).await
+        settle_cancel(&guard, &mut conn, result).await
     } else {
         result
     };
@@ -64,10 +66,11 @@ pub async fn collect(
 
 /// The deadline cancelled the statement: the cancel must not hit the connection's next one.
 async fn settle_cancel(
+    guard: &Guard<'_>,
     conn: &mut PooledConn,
     result: Result<Collected, Failure>,
 ) -> Result<Collected, Failure> {
-    if !conn.settle_after_cancel().await {
+    if !guard.settled(conn).await {
         return Err(Failure::Lost(errors::deadline_cancelled()));
     }
     match result {

@@ -61,6 +61,8 @@ pub mod sqlstate {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     /// The database could not be reached.
     pub const CONNECTION_FAILURE: &str = "08006";
+    /// A COMMIT whose outcome is unknown: the deadline passed before the database answered it.
+    pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
     /// A statement inside a transaction that has already failed.
     pub const IN_FAILED_TRANSACTION: &str = "25P02";
     /// A transaction request that does not fit the session's state.
