@@ -139,8 +139,8 @@ pub struct Config {
     /// database refuses new connections, attempts are spaced by a jittered backoff that starts
     /// at the base (default 50) and doubles up to the max (default 1000), one attempt at a time
     /// for the whole pool; a request keeps waiting for a connection for up to the budget
-    /// (default 3000; `0` disables retries) before the error goes to the client. Statements are
-    /// never retried.
+    /// (default 3000; `0` disables retries), counted from when it reached the extension, before
+    /// the error goes to the client. Statements are never retried.
     pub retry: crate::retry::Policy,
     /// `WARMPOOL_LOG_STATEMENTS`: log every statement with its parameter values at debug level,
     /// for debugging. Default `false`: parameters can hold secrets and personal data.

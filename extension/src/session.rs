@@ -111,6 +111,7 @@ where
         tx: TxState::Idle,
         named: None,
         deadline: None,
+        arrived: Instant::now(),
     };
     if session.handshake().await {
         session.serve(&shutdown).await;
@@ -127,6 +128,8 @@ struct Session<S> {
     named: Option<(Arc<Invocation>, Arc<Counters>, Span)>,
     /// The client's deadline (a Deadline frame): nothing the session runs may outlive it.
     deadline: Option<SystemTime>,
+    /// When the request being served reached the extension: its retry budget runs from then.
+    arrived: Instant,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -192,7 +195,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             };
             let request = match next {
-                Ok(Some(request)) => request,
+                Ok(Some(request)) => {
+                    self.arrived = self.framed.received_at();
+                    request
+                }
                 Ok(None) | Err(ReadError::Torn | ReadError::Io(_)) => return,
                 Err(ReadError::Frame(e)) => {
                     // The stream cannot be resynchronised after a bad frame: say why, then close.
@@ -420,7 +426,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// A pooled connection, with the wait counted, and logged when it is long.
     async fn get_conn(&self) -> Result<PooledConn, GetError> {
         let started = Instant::now();
-        let got = self.pool().get().await;
+        let got = self.pool().get_for(self.arrived).await;
         let waited = started.elapsed();
         self.pool().meter().add(Event::PoolWait(waited));
         let slow = self.shared.telemetry.settings().slow_pool_wait;

@@ -50,7 +50,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             );
             return self.refuse(p.statements.len(), e).await;
         }
-        let mut conn = match self.pool().get().await {
+        let mut conn = match self.pool().get_for(self.arrived).await {
             Ok(conn) => conn,
             Err(e) => {
                 let e = errors::from_pool(&e, self.config());
