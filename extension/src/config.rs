@@ -126,7 +126,8 @@ pub struct Config {
     /// so a function that does not touch the database keeps working.
     pub init_require_database: bool,
     /// `WARMPOOL_MAX_SESSIONS`: most client sessions (socket connections) served at once; past
-    /// it a new session waits up to the wait timeout, then gets 53300. Default 1024.
+    /// it a new session takes the slot of the longest-idle session with no transaction (closed
+    /// with 57P05), or else waits up to the wait timeout, then gets 53300. Default 1024.
     pub max_sessions: usize,
     /// `WARMPOOL_HANDSHAKE_TIMEOUT_MS`: how long a new session may take to send Hello.
     /// Default 5000.

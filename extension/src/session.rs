@@ -36,6 +36,7 @@ use crate::errors;
 use crate::logging::invocation_span;
 use crate::metrics::{Counters, Event, Meter};
 use crate::pool::{GetError, Pool, PooledConn};
+use crate::slots::Slot;
 use crate::telemetry::Telemetry;
 
 mod pipeline;
@@ -100,8 +101,9 @@ impl StmtError {
     }
 }
 
-/// Serves one session until the client leaves or `shutdown` is cancelled.
-pub async fn run<S>(stream: S, shared: Arc<Shared>, shutdown: CancellationToken)
+/// Serves one session until the client leaves, `shutdown` is cancelled, or a new session takes
+/// its `slot` while it is idle.
+pub async fn run<S>(stream: S, shared: Arc<Shared>, shutdown: CancellationToken, mut slot: Slot)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -114,7 +116,7 @@ where
         arrived: Instant::now(),
     };
     if session.handshake().await {
-        session.serve(&shutdown).await;
+        session.serve(&shutdown, &mut slot).await;
     }
     session.abandon().await;
 }
@@ -165,9 +167,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         false
     }
 
-    async fn serve(&mut self, shutdown: &CancellationToken) {
+    async fn serve(&mut self, shutdown: &CancellationToken, slot: &mut Slot) {
         loop {
             let idle_timeout = self.config().idle_session_timeout;
+            // Only a session between requests with no transaction may give up its slot.
+            let idle = matches!(self.tx, TxState::Idle);
+            if idle {
+                slot.idle();
+            }
             // A transaction left open past the deadline holds its locks for an invocation that
             // has ended: it is rolled back at the deadline, not when the client next speaks.
             let tx_deadline = match &self.tx {
@@ -193,9 +200,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.deadline = None;
                     continue;
                 }
+                _ = slot.taken(), if idle => {
+                    let e = errors::slot_taken(slot.max_sessions());
+                    let _ = self.send(&Response::Error(e)).await;
+                    return;
+                }
             };
             let request = match next {
                 Ok(Some(request)) => {
+                    slot.busy();
                     self.arrived = self.framed.received_at();
                     request
                 }

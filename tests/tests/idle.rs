@@ -303,3 +303,73 @@ async fn a_freeze_longer_than_the_idle_session_timeout_does_not_close_the_sessio
         ext.logs()
     );
 }
+
+/// A raw session past Hello, and its read buffer.
+async fn raw_session(ext: &Extension) -> (UnixStream, BytesMut) {
+    let mut stream = UnixStream::connect(ext.socket()).await.unwrap();
+    let mut buf = BytesMut::new();
+    stream.write_all(&hello()).await.unwrap();
+    match next_frame(&mut stream, &mut buf).await {
+        Response::HelloOk(_) => {}
+        other => panic!("expected HelloOk, got {other:?}\n{}", ext.logs()),
+    }
+    (stream, buf)
+}
+
+/// Sends `request` on a raw session and returns the answer.
+async fn ask(session: &mut (UnixStream, BytesMut), request: &Request) -> Response {
+    session.0.write_all(&encode(request)).await.unwrap();
+    next_frame(&mut session.0, &mut session.1).await
+}
+
+#[tokio::test]
+async fn at_the_session_limit_a_new_session_takes_the_slot_of_the_longest_idle_one() {
+    use warmpool::protocol::Begin;
+
+    let pg = PgServer::start();
+    let mut ext = Extension::start(
+        &pg,
+        &[
+            ("WARMPOOL_MAX_SESSIONS", "4"),
+            ("WARMPOOL_WAIT_TIMEOUT_MS", "300"),
+        ],
+    );
+    // Every slot in use, oldest first. The two oldest hold transactions, so the longest-idle
+    // session that may give up its slot is the third.
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        sessions.push(raw_session(&ext).await);
+    }
+    for s in &mut sessions[..2] {
+        assert!(matches!(
+            ask(s, &Request::Begin(Begin::default())).await,
+            Response::Ok
+        ));
+    }
+    // A fifth session is served at once, rather than waiting for the wait timeout and 53300.
+    let client = warmpool::Client::connect_to(ext.socket())
+        .await
+        .unwrap_or_else(|e| panic!("the new session was refused: {e}\n{}", ext.logs()));
+    let n: i32 = client.query_one("SELECT 5", &[]).await.unwrap().get(0);
+    assert_eq!(n, 5);
+    // The third session was told why, with the code the client replaces a session on.
+    let frames = frames_until_close(&mut sessions[2].0).await;
+    let e = only_error(&frames);
+    assert_eq!(e.code(), "57P05", "{e:?}");
+    assert_eq!(e.source, ErrorSource::Extension);
+    assert!(e.message().contains("WARMPOOL_MAX_SESSIONS"), "{e:?}");
+    ext.wait_for_log("closing the longest-idle session", GUARD);
+    // The others are untouched: the transactions are still open, the fourth session serves.
+    for i in [0, 1, 3] {
+        assert!(
+            matches!(ask(&mut sessions[i], &Request::Ping).await, Response::Pong),
+            "session {i}"
+        );
+    }
+    for i in [0, 1] {
+        assert!(
+            matches!(ask(&mut sessions[i], &Request::Commit).await, Response::Ok),
+            "session {i}: its transaction was lost"
+        );
+    }
+}
