@@ -9,8 +9,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use warmpool::protocol::{
-    ErrorSource, Hello, Request, Response, WireError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    ErrorSource, Hello, HelloOk, Request, Response, WireError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
+use warmpool::transport::Framed;
 use warmpool_tests::pg::process_alive;
 use warmpool_tests::{Extension, PgServer};
 
@@ -372,4 +373,70 @@ async fn at_the_session_limit_a_new_session_takes_the_slot_of_the_longest_idle_o
             "session {i}: its transaction was lost"
         );
     }
+}
+
+/// Answers Hello on a session of the stand-in extension below.
+async fn accept_hello(listener: &tokio::net::UnixListener) -> Framed<UnixStream> {
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut framed = Framed::new(stream, DEFAULT_MAX_FRAME);
+    match framed.read::<Request>().await.unwrap() {
+        Some(Request::Hello(_)) => {}
+        other => panic!("expected Hello, got {other:?}"),
+    }
+    framed.queue_response(&Response::HelloOk(HelloOk {
+        version: PROTOCOL_VERSION,
+        server: "stand-in".into(),
+        max_frame: DEFAULT_MAX_FRAME as u32,
+    }));
+    framed.flush().await.unwrap();
+    framed
+}
+
+#[tokio::test]
+async fn a_session_closed_as_the_client_names_its_invocation_is_replaced_without_an_error() {
+    // The moment is a race in the real extension (a session closed for idleness, or for its
+    // slot, just as the client writes to it), so a stand-in for the extension plays it: it
+    // answers the client's next write on the first session with 57P05 instead of reading it,
+    // as the extension does, and serves the second session.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warmpool.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let stand_in = tokio::spawn(async move {
+        let mut first = accept_hello(&listener).await;
+        first.get_ref().readable().await.unwrap();
+        first.queue_response(&Response::Error(WireError::extension(
+            "57P05",
+            "closing this idle session to make room for a new one",
+        )));
+        first.flush().await.unwrap();
+        drop(first);
+        let mut second = accept_hello(&listener).await;
+        let mut seen = Vec::new();
+        while let Some(request) = second.read::<Request>().await.unwrap() {
+            let answer = match &request {
+                Request::Invocation(_) => Response::Ok,
+                Request::Ping => Response::Pong,
+                other => panic!("unexpected {other:?}"),
+            };
+            seen.push(request);
+            second.queue_response(&answer);
+            second.flush().await.unwrap();
+        }
+        seen
+    });
+    let client = warmpool::Client::connect_to(&path).await.unwrap();
+    // The invocation's name goes out in front of the request, so the 57P05 comes where its Ok
+    // was due.
+    client.with_invocation("req-1", None).ping().await.expect(
+        "a session closed before it read the request is replaced, and the request sent again",
+    );
+    drop(client);
+    let seen = tokio::time::timeout(GUARD, stand_in)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&seen[..], [Request::Invocation(i), Request::Ping] if i.request_id == "req-1"),
+        "{seen:?}"
+    );
 }
