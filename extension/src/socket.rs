@@ -19,8 +19,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Returns the listener and the uid that owns it, the only uid whose clients are served.
 ///
 /// A path held by a live server, or by anything but a socket, is an error: neither is ours to
-/// delete. Whether a socket file is stale is found by connecting to it, within
-/// [`PROBE_TIMEOUT`]; what was found is logged.
+/// delete. Whether a socket file is stale is found by connecting to it, within a second
+/// (`PROBE_TIMEOUT`); what was found is logged.
 pub async fn bind(path: &Path) -> io::Result<(UnixListener, u32)> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
