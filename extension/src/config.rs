@@ -127,7 +127,8 @@ pub struct Config {
     /// so a function that does not touch the database keeps working.
     pub init_require_database: bool,
     /// `WARMPOOL_MAX_SESSIONS`: most client sessions (socket connections) served at once; past
-    /// it a new session waits up to the wait timeout, then gets 53300. Default 1024.
+    /// it a new session takes the slot of the longest-idle session with no transaction (closed
+    /// with 57P05), or else waits up to the wait timeout, then gets 53300. Default 1024.
     pub max_sessions: usize,
     /// `WARMPOOL_HANDSHAKE_TIMEOUT_MS`: how long a new session may take to send Hello.
     /// Default 5000.
@@ -140,8 +141,8 @@ pub struct Config {
     /// database refuses new connections, attempts are spaced by a jittered backoff that starts
     /// at the base (default 50) and doubles up to the max (default 1000), one attempt at a time
     /// for the whole pool; a request keeps waiting for a connection for up to the budget
-    /// (default 3000; `0` disables retries) before the error goes to the client. Statements are
-    /// never retried.
+    /// (default 3000; `0` disables retries), counted from when it reached the extension, before
+    /// the error goes to the client. Statements are never retried.
     pub retry: crate::retry::Policy,
     /// `WARMPOOL_LOG_STATEMENTS`: log every statement with its parameter values at debug level,
     /// for debugging. Default `false`: parameters can hold secrets and personal data.

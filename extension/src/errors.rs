@@ -251,6 +251,18 @@ pub fn idle_session(limit: Option<std::time::Duration>) -> WireError {
     )
 }
 
+/// The session was idle with no transaction when every slot was in use, and a new session took
+/// its slot. The client opens another session, as after the idle session timeout.
+pub fn slot_taken(max_sessions: usize) -> WireError {
+    WireError::extension(
+        IDLE_SESSION_TIMEOUT,
+        format!(
+            "closing this idle session to make room for a new one: all {max_sessions} sessions \
+             (WARMPOOL_MAX_SESSIONS) are in use"
+        ),
+    )
+}
+
 /// A protocol violation other than a malformed frame.
 pub fn protocol(message: impl Into<String>) -> WireError {
     WireError::extension(sqlstate::PROTOCOL_VIOLATION, message)

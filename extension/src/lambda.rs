@@ -26,7 +26,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
     )));
 
     // The socket is bound before registering, so the function can connect during its own Init.
-    let mut service = Service::start(config).map_err(|e| e.to_string())?;
+    let mut service = Service::start(config).await.map_err(|e| e.to_string())?;
     let shared = service.shared().clone();
 
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<(String, u64)>(1);

@@ -11,6 +11,8 @@
 //! - [`pool`]: the deadpool pool of those connections: warm-up, health checks, clean close.
 //! - [`socket`]: binding the Unix socket.
 //! - [`server`]: the accept loop.
+//! - [`slots`]: the `WARMPOOL_MAX_SESSIONS` session slots; the longest-idle one goes to a new
+//!   session when all are in use.
 //! - [`session`]: one client session and its transaction state.
 //! - [`state`]: warm state: the state store, the query result cache, warm-up data sets.
 //! - [`errors`]: every failure as an error frame with a SQLSTATE.
@@ -45,6 +47,7 @@ pub mod retry;
 pub mod server;
 pub mod service;
 pub mod session;
+pub mod slots;
 pub mod socket;
 pub mod state;
 pub mod telemetry;

@@ -10,7 +10,18 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let budget = config.shutdown_timeout;
-    let mut service = Service::start(config)?;
+    // A signal during start-up ends it: nothing is serving yet, so there is nothing to drain.
+    let mut service = tokio::select! {
+        started = Service::start(config) => started?,
+        _ = term.recv() => {
+            tracing::info!("SIGTERM during start-up: exiting");
+            return Ok(());
+        }
+        _ = int.recv() => {
+            tracing::info!("SIGINT during start-up: exiting");
+            return Ok(());
+        }
+    };
     let shared = service.shared().clone();
     let warming = tokio::spawn(async move {
         if let Err(e) = crate::pool::warm(&shared.pool, shared.config.warm_size).await {

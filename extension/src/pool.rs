@@ -26,6 +26,13 @@ use crate::metrics::{Event, Meter};
 use crate::retry::{self, Backoff};
 use crate::tls;
 
+tokio::task_local! {
+    /// The retry budget of the request a connection is being created for: when it arrived and
+    /// when its budget ends. deadpool's `create` takes no arguments, and runs inside the
+    /// request's own `get`, so the budget reaches it this way.
+    static BUDGET: (tokio::time::Instant, tokio::time::Instant);
+}
+
 /// A connection checked out of the pool; it goes back when dropped.
 pub type PooledConn = Object<Manager>;
 
@@ -219,10 +226,13 @@ impl managed::Manager for Manager {
     /// attempt per backoff step.
     async fn create(&self) -> Result<PgConn, ConnectError> {
         let permit = if self.backoff.failing() {
-            let until = tokio::time::Instant::now() + self.backoff.policy().budget;
+            let (arrived, until) = BUDGET.try_with(|b| *b).unwrap_or_else(|_| {
+                let now = tokio::time::Instant::now();
+                (now, now + self.backoff.policy().budget)
+            });
             Some(
                 self.backoff
-                    .permit(until)
+                    .permit(arrived, until)
                     .await
                     .map_err(ConnectError::Unavailable)?,
             )
@@ -334,6 +344,13 @@ impl Pool {
     /// (see [`retry::transient`]), tries again with backoff for up to `WARMPOOL_RETRY_BUDGET_MS`
     /// (see [`crate::retry`]). An idle connection is handed out without waiting for the backoff.
     pub async fn get(&self) -> Result<PooledConn, GetError> {
+        self.get_for(std::time::Instant::now()).await
+    }
+
+    /// [`Pool::get`] for a request that reached the extension at `arrived`: its retry budget
+    /// runs from then, so requests a client pipelined together share one budget rather than
+    /// spend one each in turn.
+    pub async fn get_for(&self, arrived: std::time::Instant) -> Result<PooledConn, GetError> {
         if *self.checking.borrow() > 0 && self.inner.status().available == 0 {
             let mut done = self.checking.subscribe();
             let _ = tokio::time::timeout(self.wait_timeout, done.wait_for(|n| *n == 0)).await;
@@ -341,9 +358,10 @@ impl Pool {
         // Not a timeout around the whole get: waiting for a busy pool is bounded by
         // WARMPOOL_WAIT_TIMEOUT_MS alone, and each attempt's wait for its turn by the budget.
         let budget = self.inner.manager().backoff.policy().budget;
-        let until = tokio::time::Instant::now() + budget;
+        let arrived = tokio::time::Instant::from_std(arrived);
+        let until = arrived + budget;
         loop {
-            match self.inner.get().await {
+            match BUDGET.scope((arrived, until), self.inner.get()).await {
                 Err(PoolError::Backend(e))
                     if retry::transient(&e)
                         && !budget.is_zero()

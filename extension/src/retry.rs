@@ -9,6 +9,12 @@
 //! tries again until the backoff has passed. However many requests are waiting, a down database
 //! sees at most one connection attempt per backoff step:
 //! <https://aws.amazon.com/builders-library/timeouts-retries-and-backoff-with-jitter/>.
+//!
+//! One request, one budget. A request's budget runs from when it reached the extension, not from
+//! when its turn came: a request the client pipelined behind another (the client's Prepare and
+//! Execute of a statement it has not described go out together) waited while the first spent
+//! the budget, and once the budget has run out, a request that arrived before the last refusal
+//! gets that refusal at once instead of trying again.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -42,6 +48,8 @@ struct State {
     failures: u32,
     /// The last failure, for requests whose budget ran out before they could try.
     last_error: Option<String>,
+    /// When the last failure was recorded.
+    failed_at: Option<Instant>,
 }
 
 /// The shared backoff state of one pool.
@@ -91,16 +99,20 @@ impl Backoff {
         self.lock().failures > 0
     }
 
-    /// Waits for the turn to make an attempt, until `until`; `Err` with the last failure if the
-    /// turn did not come in time.
-    pub async fn permit(&self, until: Instant) -> Result<Permit<'_>, String> {
+    /// Waits for the turn to make an attempt for a request that arrived at `arrived`, until
+    /// `until`; `Err` with the last failure if the turn did not come in time, or if the budget
+    /// is spent and the request arrived before that failure (trying again would give it a
+    /// second budget). A request that arrived after it may always try once when the backoff
+    /// allows, so a budget of zero still lets the database be tried again.
+    pub async fn permit(&self, arrived: Instant, until: Instant) -> Result<Permit<'_>, String> {
         loop {
             let notified = self.changed.notified();
             let wake = {
                 let mut s = self.lock();
                 let now = Instant::now();
                 let open = s.not_before.is_none_or(|t| t <= now);
-                if open && !s.in_flight {
+                let spent = now >= until && s.failed_at.is_some_and(|t| arrived <= t);
+                if open && !s.in_flight && !spent {
                     s.in_flight = true;
                     return Ok(Permit(Some(self)));
                 }
@@ -145,6 +157,7 @@ impl Backoff {
         let delay = delay(self.policy, 1, jitter());
         s.not_before = Some(Instant::now() + delay);
         s.last_error = Some(error.to_string());
+        s.failed_at = Some(Instant::now());
         tracing::info!(
             retry_in_ms = delay.as_millis() as u64,
             error = %crate::errors::error_chain(error),
@@ -163,6 +176,7 @@ impl Backoff {
         s.not_before = Some(Instant::now() + delay);
         s.in_flight = false;
         s.last_error = Some(error.to_string());
+        s.failed_at = Some(Instant::now());
         tracing::info!(
             failures = s.failures,
             retry_in_ms = delay.as_millis() as u64,
@@ -268,11 +282,12 @@ mod tests {
     #[tokio::test]
     async fn one_attempt_at_a_time_and_none_during_the_backoff() {
         let b = Backoff::new(POLICY);
-        let until = Instant::now() + POLICY.budget;
-        let first = b.permit(until).await.unwrap();
+        let arrived = Instant::now();
+        let until = arrived + POLICY.budget;
+        let first = b.permit(arrived, until).await.unwrap();
         // A second request waits while the first attempt is under way...
         let early = Instant::now() + Duration::from_millis(10);
-        assert!(b.permit(early).await.is_err());
+        assert!(b.permit(arrived, early).await.is_err());
         let refused = ConnectError::Timeout {
             phase: "connecting to the database",
             after: Duration::from_millis(5),
@@ -281,13 +296,41 @@ mod tests {
         assert!(b.failing());
         // ...and, after a failure, until the backoff has passed, with the failure as its error.
         let early = Instant::now() + Duration::from_millis(10);
-        let e = b.permit(early).await.unwrap_err();
+        let e = b.permit(arrived, early).await.unwrap_err();
         assert!(e.contains("took longer than"), "{e}");
-        let second = b.permit(until).await.unwrap();
+        let second = b.permit(arrived, until).await.unwrap();
         b.succeeded(second);
         assert!(!b.failing());
-        let third = b.permit(Instant::now()).await.unwrap();
+        let now = Instant::now();
+        let third = b.permit(now, now).await.unwrap();
         drop(third);
-        assert!(b.permit(Instant::now()).await.is_ok());
+        let now = Instant::now();
+        assert!(b.permit(now, now).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_request_that_arrived_before_the_last_failure_gets_no_second_budget() {
+        let policy = Policy {
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(2),
+            budget: Duration::from_millis(20),
+        };
+        let b = Backoff::new(policy);
+        // Two requests arrived together, and the first one's attempt outlasted the budget of
+        // both.
+        let arrived = Instant::now() - policy.budget * 2;
+        let until = arrived + policy.budget;
+        let first = b.permit(arrived, until).await.unwrap();
+        let refused = ConnectError::Timeout {
+            phase: "connecting to the database",
+            after: policy.budget * 2,
+        };
+        b.failed(first, &refused);
+        // The one pipelined behind it gets its failure at once, without an attempt of its own...
+        let e = b.permit(arrived, until).await.unwrap_err();
+        assert!(e.contains("took longer than"), "{e}");
+        // ...while a request that arrived after that failure tries once the backoff allows.
+        let now = Instant::now();
+        assert!(b.permit(now, now + policy.cap * 10).await.is_ok());
     }
 }

@@ -4,13 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use warmpool::protocol::{sqlstate, Response, WireError};
 use warmpool::transport::Framed;
 
 use crate::session::{self, Shared};
+use crate::slots::Slots;
 
 /// Accepts sessions on `listener` until `shutdown` is cancelled, then waits for running sessions
 /// to finish (each rolls back its transaction and says 57P01). If this future is dropped first,
@@ -25,7 +25,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let mut sessions = JoinSet::new();
-    let permits = Arc::new(Semaphore::new(shared.config.max_sessions));
+    let slots = Slots::new(shared.config.max_sessions);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -43,7 +43,7 @@ pub async fn serve(
                             continue;
                         }
                     }
-                    sessions.spawn(admit(stream, permits.clone(), shared.clone(), shutdown.clone()));
+                    sessions.spawn(admit(stream, slots.clone(), shared.clone(), shutdown.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: back off instead of spinning.
@@ -57,18 +57,19 @@ pub async fn serve(
     while sessions.join_next().await.is_some() {}
 }
 
-/// Serves a session once one of `WARMPOOL_MAX_SESSIONS` slots is free; a session that waits
-/// longer than the wait timeout is told why (53300) and closed, never left hanging.
+/// Serves a session once one of `WARMPOOL_MAX_SESSIONS` slots is free, or taken from the
+/// longest-idle session (see [`crate::slots`]); a session that waits longer than the wait
+/// timeout is told why (53300) and closed, never left hanging.
 async fn admit(
     stream: UnixStream,
-    permits: Arc<Semaphore>,
+    slots: Arc<Slots>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
     let wait = shared.config.wait_timeout;
-    match tokio::time::timeout(wait, permits.acquire_owned()).await {
-        Ok(Ok(_permit)) => session::run(stream, shared, shutdown).await,
-        _ => {
+    match slots.admit(wait).await {
+        Some(slot) => session::run(stream, shared, shutdown, slot).await,
+        None => {
             tracing::warn!(
                 max_sessions = shared.config.max_sessions,
                 "refused a session: too many sessions"
@@ -76,8 +77,9 @@ async fn admit(
             let e = WireError::extension(
                 sqlstate::TOO_MANY_CONNECTIONS,
                 format!(
-                    "too many sessions: all {} (WARMPOOL_MAX_SESSIONS) are in use, and none became \
-                     free within {} ms (WARMPOOL_WAIT_TIMEOUT_MS)",
+                    "too many sessions: all {} (WARMPOOL_MAX_SESSIONS) are in use, none of them \
+                     idle outside a transaction, and none became free within {} ms \
+                     (WARMPOOL_WAIT_TIMEOUT_MS)",
                     shared.config.max_sessions,
                     wait.as_millis()
                 ),

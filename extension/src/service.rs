@@ -37,10 +37,11 @@ pub struct StopReport {
 impl Service {
     /// Builds the pool and binds the socket, then starts serving. The socket is bound first,
     /// so function code can connect while connections are still opening.
-    pub fn start(config: Config) -> Result<Service, Box<dyn std::error::Error>> {
+    pub async fn start(config: Config) -> Result<Service, Box<dyn std::error::Error>> {
         let config = Arc::new(config);
         let pool = pool::build(&config)?;
         let (listener, uid) = socket::bind(&config.socket_path)
+            .await
             .map_err(|e| format!("cannot bind {}: {e}", config.socket_path.display()))?;
         tracing::info!(socket = %config.socket_path.display(), "listening");
         let telemetry = Arc::new(Telemetry::new(

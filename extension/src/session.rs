@@ -36,6 +36,7 @@ use crate::errors;
 use crate::logging::invocation_span;
 use crate::metrics::{Counters, Event, Meter};
 use crate::pool::{GetError, Pool, PooledConn};
+use crate::slots::Slot;
 use crate::telemetry::Telemetry;
 
 mod pipeline;
@@ -100,8 +101,9 @@ impl StmtError {
     }
 }
 
-/// Serves one session until the client leaves or `shutdown` is cancelled.
-pub async fn run<S>(stream: S, shared: Arc<Shared>, shutdown: CancellationToken)
+/// Serves one session until the client leaves, `shutdown` is cancelled, or a new session takes
+/// its `slot` while it is idle.
+pub async fn run<S>(stream: S, shared: Arc<Shared>, shutdown: CancellationToken, mut slot: Slot)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -111,9 +113,10 @@ where
         tx: TxState::Idle,
         named: None,
         deadline: None,
+        arrived: Instant::now(),
     };
     if session.handshake().await {
-        session.serve(&shutdown).await;
+        session.serve(&shutdown, &mut slot).await;
     }
     session.abandon().await;
 }
@@ -127,6 +130,8 @@ struct Session<S> {
     named: Option<(Arc<Invocation>, Arc<Counters>, Span)>,
     /// The client's deadline (a Deadline frame): nothing the session runs may outlive it.
     deadline: Option<SystemTime>,
+    /// When the request being served reached the extension: its retry budget runs from then.
+    arrived: Instant,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -162,9 +167,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         false
     }
 
-    async fn serve(&mut self, shutdown: &CancellationToken) {
+    async fn serve(&mut self, shutdown: &CancellationToken, slot: &mut Slot) {
         loop {
             let idle_timeout = self.config().idle_session_timeout;
+            // Only a session between requests with no transaction may give up its slot.
+            let idle = matches!(self.tx, TxState::Idle);
+            if idle {
+                slot.idle();
+            }
             // A transaction left open past the deadline holds its locks for an invocation that
             // has ended: it is rolled back at the deadline, not when the client next speaks.
             let tx_deadline = match &self.tx {
@@ -190,9 +200,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.deadline = None;
                     continue;
                 }
+                _ = slot.taken(), if idle => {
+                    let e = errors::slot_taken(slot.max_sessions());
+                    let _ = self.send(&Response::Error(e)).await;
+                    return;
+                }
             };
             let request = match next {
-                Ok(Some(request)) => request,
+                Ok(Some(request)) => {
+                    slot.busy();
+                    self.arrived = self.framed.received_at();
+                    request
+                }
                 Ok(None) | Err(ReadError::Torn | ReadError::Io(_)) => return,
                 Err(ReadError::Frame(e)) => {
                     // The stream cannot be resynchronised after a bad frame: say why, then close.
@@ -440,7 +459,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// `WARMPOOL_CONNECT_TIMEOUT_MS` at each try, past the invocation.
     async fn get_conn(&self) -> Result<PooledConn, WireError> {
         let started = Instant::now();
-        let Some(got) = deadline::within(self.deadline, self.pool().get()).await else {
+        let Some(got) = deadline::within(self.deadline, self.pool().get_for(self.arrived)).await
+        else {
             self.pool().meter().add(Event::PoolWait(started.elapsed()));
             tracing::info!("the session's deadline passed while waiting for a database connection");
             return Err(errors::deadline_before_connection());

@@ -186,8 +186,14 @@ impl Conn {
         while self.pending_acks > 0 {
             match self.recv_one().await? {
                 Response::Ok => self.pending_acks -= 1,
-                // The extension never refuses an Invocation frame; if it did, the answers that
-                // follow would be out of step with the requests.
+                // The extension never refuses an Invocation frame, but it may close the session
+                // instead of reading it (57P05 for idleness or for its slot, 57P01 at shutdown):
+                // that error is the session's, and says nothing behind it ran.
+                Response::Error(e) => {
+                    // Whatever else it may be, the answers that follow would be out of step.
+                    self.broken = true;
+                    return Err(self.error(e));
+                }
                 other => return Err(self.unexpected(&other)),
             }
         }

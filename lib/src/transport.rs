@@ -1,6 +1,7 @@
 //! Frames over a byte stream: the one place either side reads or writes the socket.
 
 use std::io;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -58,6 +59,8 @@ pub struct Framed<S> {
     max_frame: usize,
     /// Bytes written to the stream so far.
     written: u64,
+    /// When bytes last came in from the stream.
+    received: Instant,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
@@ -69,6 +72,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             write_buf: BytesMut::with_capacity(8 * 1024),
             max_frame,
             written: 0,
+            received: Instant::now(),
         }
     }
 
@@ -100,6 +104,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                 .read_buf(&mut self.read_buf)
                 .await
                 .map_err(ReadError::Io)?;
+            self.received = Instant::now();
             if n == 0 {
                 return if self.read_buf.is_empty() {
                     Ok(None)
@@ -124,7 +129,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             if self.read_buf.capacity() == self.read_buf.len() {
                 self.read_buf.reserve(8 * 1024);
             }
-            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+            let n = self.stream.read_buf(&mut self.read_buf).await?;
+            self.received = Instant::now();
+            if n == 0 {
                 return Ok(());
             }
         }
@@ -173,6 +180,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             self.write_buf.clear();
         }
         self.stream.flush().await
+    }
+
+    /// When bytes last came in from the stream. A frame [`Framed::read`] returns had arrived
+    /// whole by then: a frame the peer pipelined behind another was read with it, so this is
+    /// when that frame reached this side, not when its turn came.
+    pub fn received_at(&self) -> Instant {
+        self.received
     }
 
     /// Bytes flushed to the stream so far: unchanged across an exchange means the peer has

@@ -3,6 +3,8 @@
 //! connection that dies after its statement ran. Connection attempts are retried with backoff,
 //! one at a time, within `WARMPOOL_RETRY_BUDGET_MS`; statements never are.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::{kill, Signal};
@@ -358,4 +360,83 @@ fn unread_bytes_unix(pid: i32) -> usize {
             inodes.iter().any(|i| i == inode).then_some(rx)
         })
         .sum()
+}
+
+/// A database address that accepts TCP connections and never answers, as a host behind a
+/// stalled network does: each connection attempt ends at `WARMPOOL_CONNECT_TIMEOUT_MS`.
+/// Counts the attempts; the connections are held until the task is dropped.
+struct Blackhole {
+    port: u16,
+    attempts: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Blackhole {
+    async fn start() -> Blackhole {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let counted = attempts.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        Blackhole {
+            port,
+            attempts,
+            task,
+        }
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_to_an_unreachable_database_costs_one_retry_budget() {
+    let pg = PgServer::start();
+    let blackhole = Blackhole::start().await;
+    let port = blackhole.port.to_string();
+    // The budget is shorter than one attempt: a request gets exactly one attempt, and a second
+    // attempt can only come from the same request being given a second budget.
+    let ext = Extension::start(
+        &pg,
+        &[
+            ("PGHOST", "127.0.0.1"),
+            ("PGPORT", &port),
+            ("WARMPOOL_WARM_SIZE", "0"),
+            ("WARMPOOL_CONNECT_TIMEOUT_MS", "500"),
+            ("WARMPOOL_RETRY_BUDGET_MS", "200"),
+        ],
+    );
+    let client = warmpool::Client::connect_to(ext.socket()).await.unwrap();
+    assert_eq!(blackhole.attempts.load(Ordering::SeqCst), 0);
+    // A statement the client has not described yet: Prepare and Execute go out together, and
+    // both need a connection.
+    let e = tokio::time::timeout(GUARD, client.query_one("SELECT 1", &[]))
+        .await
+        .expect("the request hung")
+        .expect_err("the database cannot be reached");
+    assert_eq!(e.code().map(|c| c.code()), Some("08006"), "{e}");
+    assert_eq!(
+        blackhole.attempts.load(Ordering::SeqCst),
+        1,
+        "one request made more than one connection attempt; log:\n{}",
+        ext.logs()
+    );
+    // A new request gets a budget of its own, and tries again.
+    let e = client.query_one("SELECT 2", &[]).await.unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("08006"), "{e}");
+    assert_eq!(
+        blackhole.attempts.load(Ordering::SeqCst),
+        2,
+        "{}",
+        ext.logs()
+    );
 }

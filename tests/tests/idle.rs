@@ -9,8 +9,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use warmpool::protocol::{
-    ErrorSource, Hello, Request, Response, WireError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    ErrorSource, Hello, HelloOk, Request, Response, WireError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
+use warmpool::transport::Framed;
 use warmpool_tests::pg::process_alive;
 use warmpool_tests::{Extension, PgServer};
 
@@ -301,5 +302,141 @@ async fn a_freeze_longer_than_the_idle_session_timeout_does_not_close_the_sessio
         !ext.logs().contains("panicked"),
         "the extension panicked:\n{}",
         ext.logs()
+    );
+}
+
+/// A raw session past Hello, and its read buffer.
+async fn raw_session(ext: &Extension) -> (UnixStream, BytesMut) {
+    let mut stream = UnixStream::connect(ext.socket()).await.unwrap();
+    let mut buf = BytesMut::new();
+    stream.write_all(&hello()).await.unwrap();
+    match next_frame(&mut stream, &mut buf).await {
+        Response::HelloOk(_) => {}
+        other => panic!("expected HelloOk, got {other:?}\n{}", ext.logs()),
+    }
+    (stream, buf)
+}
+
+/// Sends `request` on a raw session and returns the answer.
+async fn ask(session: &mut (UnixStream, BytesMut), request: &Request) -> Response {
+    session.0.write_all(&encode(request)).await.unwrap();
+    next_frame(&mut session.0, &mut session.1).await
+}
+
+#[tokio::test]
+async fn at_the_session_limit_a_new_session_takes_the_slot_of_the_longest_idle_one() {
+    use warmpool::protocol::Begin;
+
+    let pg = PgServer::start();
+    let mut ext = Extension::start(
+        &pg,
+        &[
+            ("WARMPOOL_MAX_SESSIONS", "4"),
+            ("WARMPOOL_WAIT_TIMEOUT_MS", "300"),
+        ],
+    );
+    // Every slot in use, oldest first. The two oldest hold transactions, so the longest-idle
+    // session that may give up its slot is the third.
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        sessions.push(raw_session(&ext).await);
+    }
+    for s in &mut sessions[..2] {
+        assert!(matches!(
+            ask(s, &Request::Begin(Begin::default())).await,
+            Response::Ok
+        ));
+    }
+    // A fifth session is served at once, rather than waiting for the wait timeout and 53300.
+    let client = warmpool::Client::connect_to(ext.socket())
+        .await
+        .unwrap_or_else(|e| panic!("the new session was refused: {e}\n{}", ext.logs()));
+    let n: i32 = client.query_one("SELECT 5", &[]).await.unwrap().get(0);
+    assert_eq!(n, 5);
+    // The third session was told why, with the code the client replaces a session on.
+    let frames = frames_until_close(&mut sessions[2].0).await;
+    let e = only_error(&frames);
+    assert_eq!(e.code(), "57P05", "{e:?}");
+    assert_eq!(e.source, ErrorSource::Extension);
+    assert!(e.message().contains("WARMPOOL_MAX_SESSIONS"), "{e:?}");
+    ext.wait_for_log("closing the longest-idle session", GUARD);
+    // The others are untouched: the transactions are still open, the fourth session serves.
+    for i in [0, 1, 3] {
+        assert!(
+            matches!(ask(&mut sessions[i], &Request::Ping).await, Response::Pong),
+            "session {i}"
+        );
+    }
+    for i in [0, 1] {
+        assert!(
+            matches!(ask(&mut sessions[i], &Request::Commit).await, Response::Ok),
+            "session {i}: its transaction was lost"
+        );
+    }
+}
+
+/// Answers Hello on a session of the stand-in extension below.
+async fn accept_hello(listener: &tokio::net::UnixListener) -> Framed<UnixStream> {
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut framed = Framed::new(stream, DEFAULT_MAX_FRAME);
+    match framed.read::<Request>().await.unwrap() {
+        Some(Request::Hello(_)) => {}
+        other => panic!("expected Hello, got {other:?}"),
+    }
+    framed.queue_response(&Response::HelloOk(HelloOk {
+        version: PROTOCOL_VERSION,
+        server: "stand-in".into(),
+        max_frame: DEFAULT_MAX_FRAME as u32,
+    }));
+    framed.flush().await.unwrap();
+    framed
+}
+
+#[tokio::test]
+async fn a_session_closed_as_the_client_names_its_invocation_is_replaced_without_an_error() {
+    // The moment is a race in the real extension (a session closed for idleness, or for its
+    // slot, just as the client writes to it), so a stand-in for the extension plays it: it
+    // answers the client's next write on the first session with 57P05 instead of reading it,
+    // as the extension does, and serves the second session.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warmpool.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let stand_in = tokio::spawn(async move {
+        let mut first = accept_hello(&listener).await;
+        first.get_ref().readable().await.unwrap();
+        first.queue_response(&Response::Error(WireError::extension(
+            "57P05",
+            "closing this idle session to make room for a new one",
+        )));
+        first.flush().await.unwrap();
+        drop(first);
+        let mut second = accept_hello(&listener).await;
+        let mut seen = Vec::new();
+        while let Some(request) = second.read::<Request>().await.unwrap() {
+            let answer = match &request {
+                Request::Invocation(_) => Response::Ok,
+                Request::Ping => Response::Pong,
+                other => panic!("unexpected {other:?}"),
+            };
+            seen.push(request);
+            second.queue_response(&answer);
+            second.flush().await.unwrap();
+        }
+        seen
+    });
+    let client = warmpool::Client::connect_to(&path).await.unwrap();
+    // The invocation's name goes out in front of the request, so the 57P05 comes where its Ok
+    // was due.
+    client.with_invocation("req-1", None).ping().await.expect(
+        "a session closed before it read the request is replaced, and the request sent again",
+    );
+    drop(client);
+    let seen = tokio::time::timeout(GUARD, stand_in)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&seen[..], [Request::Invocation(i), Request::Ping] if i.request_id == "req-1"),
+        "{seen:?}"
     );
 }

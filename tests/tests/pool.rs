@@ -270,23 +270,34 @@ async fn sessions_past_the_limit_wait_then_get_53300() {
             ("WARMPOOL_WAIT_TIMEOUT_MS", "300"),
         ],
     );
-    // Each client keeps its first session open.
+    // Each client's session holds a transaction, so neither can give up its slot (an idle one
+    // would: see `at_the_session_limit_a_new_session_takes_the_slot_of_the_longest_idle_one`).
     let a = ext.client().await;
     let b = ext.client().await;
+    let mut ta = a.transaction().await.unwrap();
+    ta.execute("SELECT 1", &[]).await.unwrap();
+    let mut tb = b.transaction().await.unwrap();
+    tb.execute("SELECT 1", &[]).await.unwrap();
     let err = warmpool::Client::connect_to(ext.socket())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
     assert!(err.to_string().contains("WARMPOOL_MAX_SESSIONS"), "{err}");
     // A freed slot admits the next session.
+    drop(tb);
     drop(b);
     let c = ext.client().await;
     assert_eq!(
         c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
         1
     );
+    // The transaction that kept its slot is intact.
     assert_eq!(
-        a.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0),
+        ta.query_one("SELECT 2", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
         2
     );
+    ta.commit().await.unwrap();
 }

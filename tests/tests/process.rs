@@ -4,12 +4,14 @@
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use tokio::net::{UnixListener, UnixSocket, UnixStream};
 use warmpool::SqlState;
 use warmpool_tests::{ext, Extension, PgServer};
 
@@ -309,6 +311,129 @@ fn socket_path_held_by_a_live_listener_is_refused() {
             assert_eq!(&byte, b"x");
             break;
         }
+    }
+}
+
+/// A listener on `path` that never accepts, with its backlog full: a further connect to it cannot
+/// complete. Returns the listener and the connections that fill its backlog; keep both.
+async fn listener_that_never_accepts(path: &Path) -> (UnixListener, Vec<UnixStream>) {
+    let socket = UnixSocket::new_stream().expect("socket");
+    socket.bind(path).expect("bind");
+    let listener = socket.listen(0).expect("listen");
+    let mut queued = Vec::new();
+    // Linux queues backlog + 1 connections; a non-blocking connect after those fails with
+    // EAGAIN, where a blocking one waits. The bound only keeps this loop finite.
+    for _ in 0..64 {
+        match UnixStream::connect(path).await {
+            Ok(s) => queued.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return (listener, queued),
+            Err(e) => panic!("connect to the test listener: {e}"),
+        }
+    }
+    panic!("the backlog of {} did not fill", path.display());
+}
+
+/// Whether process `pid` has a handler installed for SIGTERM (its `SigCgt` mask in
+/// /proc/<pid>/status), or `None` once the process is gone.
+fn catches_sigterm(pid: u32) -> Option<bool> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+    let mask = u64::from_str_radix(mask.trim(), 16).expect("SigCgt is hex");
+    Some(mask & (1 << (Signal::SIGTERM as u64 - 1)) != 0)
+}
+
+#[tokio::test]
+async fn socket_path_held_by_a_listener_that_never_accepts_is_refused() {
+    let pg = PgServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("warmpool.sock");
+    let (_listener, _queued) = listener_that_never_accepts(&path).await;
+    let ino = fs::symlink_metadata(&path).unwrap().ino();
+    let shown = path.display().to_string();
+    let env = with(&pg.env(), "WARMPOOL_SOCKET", Some(&shown));
+
+    // The probe of the socket file does not wait on a connect that cannot complete: the
+    // extension refuses (run_to_exit fails the test if it is still running after its guard),
+    // and says what it found, naming the setting and the path.
+    let out = run_to_exit(&[], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    for word in ["WARMPOOL_SOCKET", shown.as_str(), "accepts no connection"] {
+        assert!(
+            stderr.contains(word),
+            "the refusal should mention {word:?}:\n{stderr}"
+        );
+    }
+    assert!(
+        stdout.contains("refusing to start: another process holds the socket"),
+        "no log line says what was found:\n{stdout}"
+    );
+    // The listener still owns the path.
+    assert_eq!(fs::symlink_metadata(&path).unwrap().ino(), ino);
+}
+
+#[tokio::test]
+async fn sigterm_ends_startup_on_a_socket_path_that_never_accepts() {
+    let pg = PgServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("warmpool.sock");
+    let (_listener, _queued) = listener_that_never_accepts(&path).await;
+    let env = with(
+        &pg.env(),
+        "WARMPOOL_SOCKET",
+        Some(&path.display().to_string()),
+    );
+    let mut child = ChildGuard(
+        Command::new(ext::binary())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start the extension binary"),
+    );
+    let pid = child.0.id();
+    // Once the extension handles SIGTERM itself, the signal is only as good as its handling:
+    // wait for the handler (or for the process to have exited already), then signal.
+    let deadline = Instant::now() + EXIT_GUARD;
+    while catches_sigterm(pid) == Some(false) && child.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no SIGTERM handler within {EXIT_GUARD:?}"
+        );
+        // /proc has no change notification: poll it.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    // The listener stays up for the whole wait: an exit is the extension's doing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if child.0.try_wait().expect("wait").is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the extension ignored SIGTERM during start-up"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A child process killed when the test ends, whatever its outcome.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
