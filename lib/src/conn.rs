@@ -125,8 +125,10 @@ impl Conn {
         }
     }
 
-    /// Queues a request; a request over the frame limit fails here, before anything is sent.
+    /// Queues a request; a request over the frame limit, or one whose content PostgreSQL cannot
+    /// receive (see [`Request::check_content`]), fails here, before anything is queued.
     pub(crate) fn queue(&mut self, request: &Request) -> Result<(), Error> {
+        request.check_content().map_err(Error::from_wire)?;
         if self.want_deadline != self.deadline {
             let deadline = Request::Deadline(Deadline {
                 unix_ms: self.want_deadline,
