@@ -359,16 +359,17 @@ impl Config {
                 }
             }
         }
+        // The setting the password comes from, so that a refused password names it.
+        let password_from = if pg.get_password().is_some() {
+            Some("DATABASE_URL")
+        } else if get("PGPASSWORD").is_some() {
+            Some("PGPASSWORD")
+        } else {
+            None
+        };
         if mode != AuthMode::Static {
             // A password beside a secret or a token would be ignored, or worse, used: refuse it.
-            let variable = if pg.get_password().is_some() {
-                Some("DATABASE_URL")
-            } else if get("PGPASSWORD").is_some() {
-                Some("PGPASSWORD")
-            } else {
-                None
-            };
-            if let Some(variable) = variable {
+            if let Some(variable) = password_from {
                 return Err(ConfigError {
                     variable,
                     reason: format!(
@@ -479,7 +480,7 @@ impl Config {
                 budget: ms("WARMPOOL_RETRY_BUDGET_MS", defaults::RETRY_BUDGET_MS)?,
             },
             log_statements: parse(&get, "WARMPOOL_LOG_STATEMENTS", defaults::LOG_STATEMENTS)?,
-            auth: auth(&get, mode)?,
+            auth: auth(&get, mode, password_from)?,
             max_connection_lifetime: Some(ms(
                 "WARMPOOL_MAX_CONNECTION_LIFETIME_MS",
                 defaults::MAX_CONNECTION_LIFETIME_MS,
@@ -615,7 +616,11 @@ impl Config {
 }
 
 /// The credential settings for `mode`.
-fn auth(get: &impl Fn(&str) -> Option<String>, mode: AuthMode) -> Result<Auth, ConfigError> {
+fn auth(
+    get: &impl Fn(&str) -> Option<String>,
+    mode: AuthMode,
+    password_from: Option<&'static str>,
+) -> Result<Auth, ConfigError> {
     let secret_id = get("WARMPOOL_SECRET_ID");
     if mode != AuthMode::SecretsManager && secret_id.is_some() {
         return Err(ConfigError {
@@ -626,7 +631,7 @@ fn auth(get: &impl Fn(&str) -> Option<String>, mode: AuthMode) -> Result<Auth, C
         });
     }
     match mode {
-        AuthMode::Static => Ok(Auth::Static),
+        AuthMode::Static => Ok(Auth::Static { password_from }),
         AuthMode::RdsIam => Ok(Auth::RdsIam(aws_settings(get)?)),
         AuthMode::SecretsManager => {
             let secret_id = secret_id.ok_or(ConfigError {
@@ -989,7 +994,7 @@ mod tests {
     #[test]
     fn credential_defaults_are_spelled_out() {
         let c = config(&[("PGHOST", "db"), ("PGUSER", "app"), ("PGPASSWORD", "pw")]).unwrap();
-        assert!(matches!(c.auth, Auth::Static));
+        assert!(matches!(c.auth, Auth::Static { .. }));
         assert_eq!(
             c.max_connection_lifetime,
             Some(Duration::from_millis(defaults::MAX_CONNECTION_LIFETIME_MS))
