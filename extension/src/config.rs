@@ -519,6 +519,30 @@ impl Config {
                 reason: reason.into(),
             })
         };
+        // The startup and password messages carry these as NUL-terminated strings, so a NUL
+        // in one would fail every connection. Only DATABASE_URL can spell one (`%00`): an
+        // environment variable cannot hold it.
+        // <https://www.postgresql.org/docs/current/protocol-message-formats.html>
+        let startup = [
+            ("user", self.pg.get_user().map(str::as_bytes)),
+            ("database name", self.pg.get_dbname().map(str::as_bytes)),
+            ("options", self.pg.get_options().map(str::as_bytes)),
+            (
+                "application name",
+                self.pg.get_application_name().map(str::as_bytes),
+            ),
+            ("password", self.pg.get_password()),
+        ];
+        for (what, value) in startup {
+            if value.is_some_and(|v| v.contains(&0)) {
+                return Err(ConfigError {
+                    variable: "DATABASE_URL",
+                    reason: format!(
+                        "the {what} holds a NUL byte (%00), which PostgreSQL's protocol cannot carry"
+                    ),
+                });
+            }
+        }
         if self.max_concurrency == 0 {
             return fail("AWS_LAMBDA_MAX_CONCURRENCY", "must be at least 1");
         }
@@ -851,6 +875,27 @@ mod tests {
         assert_eq!(c.pg.get_ports(), &[5432]);
         assert_eq!(c.pg.get_dbname(), Some("app"));
         assert_eq!(c.pg.get_application_name(), Some("warmpool"));
+    }
+
+    #[test]
+    fn a_nul_byte_in_the_connection_settings_is_refused_without_showing_the_password() {
+        for (url, what) in [
+            ("postgres://a%00b@db/app", "user"),
+            ("postgres://app@db/x%00y", "database name"),
+            ("postgres://app:s3cr%00t@db/app", "password"),
+            (
+                "postgres://app@db/app?application_name=a%00",
+                "application name",
+            ),
+        ] {
+            let e = config(&[("DATABASE_URL", url)]).unwrap_err();
+            assert_eq!(e.variable, "DATABASE_URL", "{url}: {e}");
+            assert!(
+                e.reason.contains(&format!("the {what} holds a NUL byte")),
+                "{url}: {e}"
+            );
+            assert!(!e.to_string().contains("s3cr"), "{e}");
+        }
     }
 
     #[test]
