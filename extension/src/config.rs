@@ -361,16 +361,17 @@ impl Config {
                 }
             }
         }
+        // The setting the password comes from, so that a refused password names it.
+        let password_from = if pg.get_password().is_some() {
+            Some("DATABASE_URL")
+        } else if get("PGPASSWORD").is_some() {
+            Some("PGPASSWORD")
+        } else {
+            None
+        };
         if mode != AuthMode::Static {
             // A password beside a secret or a token would be ignored, or worse, used: refuse it.
-            let variable = if pg.get_password().is_some() {
-                Some("DATABASE_URL")
-            } else if get("PGPASSWORD").is_some() {
-                Some("PGPASSWORD")
-            } else {
-                None
-            };
-            if let Some(variable) = variable {
+            if let Some(variable) = password_from {
                 return Err(ConfigError {
                     variable,
                     reason: format!(
@@ -481,7 +482,7 @@ impl Config {
                 budget: ms("WARMPOOL_RETRY_BUDGET_MS", defaults::RETRY_BUDGET_MS)?,
             },
             log_statements: parse(&get, "WARMPOOL_LOG_STATEMENTS", defaults::LOG_STATEMENTS)?,
-            auth: auth(&get, mode)?,
+            auth: auth(&get, mode, password_from)?,
             max_connection_lifetime: Some(ms(
                 "WARMPOOL_MAX_CONNECTION_LIFETIME_MS",
                 defaults::MAX_CONNECTION_LIFETIME_MS,
@@ -520,6 +521,30 @@ impl Config {
                 reason: reason.into(),
             })
         };
+        // The startup and password messages carry these as NUL-terminated strings, so a NUL
+        // in one would fail every connection. Only DATABASE_URL can spell one (`%00`): an
+        // environment variable cannot hold it.
+        // <https://www.postgresql.org/docs/current/protocol-message-formats.html>
+        let startup = [
+            ("user", self.pg.get_user().map(str::as_bytes)),
+            ("database name", self.pg.get_dbname().map(str::as_bytes)),
+            ("options", self.pg.get_options().map(str::as_bytes)),
+            (
+                "application name",
+                self.pg.get_application_name().map(str::as_bytes),
+            ),
+            ("password", self.pg.get_password()),
+        ];
+        for (what, value) in startup {
+            if value.is_some_and(|v| v.contains(&0)) {
+                return Err(ConfigError {
+                    variable: "DATABASE_URL",
+                    reason: format!(
+                        "the {what} holds a NUL byte (%00), which PostgreSQL's protocol cannot carry"
+                    ),
+                });
+            }
+        }
         if self.max_concurrency == 0 {
             return fail("AWS_LAMBDA_MAX_CONCURRENCY", "must be at least 1");
         }
@@ -617,7 +642,11 @@ impl Config {
 }
 
 /// The credential settings for `mode`.
-fn auth(get: &impl Fn(&str) -> Option<String>, mode: AuthMode) -> Result<Auth, ConfigError> {
+fn auth(
+    get: &impl Fn(&str) -> Option<String>,
+    mode: AuthMode,
+    password_from: Option<&'static str>,
+) -> Result<Auth, ConfigError> {
     let secret_id = get("WARMPOOL_SECRET_ID");
     if mode != AuthMode::SecretsManager && secret_id.is_some() {
         return Err(ConfigError {
@@ -628,7 +657,7 @@ fn auth(get: &impl Fn(&str) -> Option<String>, mode: AuthMode) -> Result<Auth, C
         });
     }
     match mode {
-        AuthMode::Static => Ok(Auth::Static),
+        AuthMode::Static => Ok(Auth::Static { password_from }),
         AuthMode::RdsIam => Ok(Auth::RdsIam(aws_settings(get)?)),
         AuthMode::SecretsManager => {
             let secret_id = secret_id.ok_or(ConfigError {
@@ -851,6 +880,27 @@ mod tests {
     }
 
     #[test]
+    fn a_nul_byte_in_the_connection_settings_is_refused_without_showing_the_password() {
+        for (url, what) in [
+            ("postgres://a%00b@db/app", "user"),
+            ("postgres://app@db/x%00y", "database name"),
+            ("postgres://app:s3cr%00t@db/app", "password"),
+            (
+                "postgres://app@db/app?application_name=a%00",
+                "application name",
+            ),
+        ] {
+            let e = config(&[("DATABASE_URL", url)]).unwrap_err();
+            assert_eq!(e.variable, "DATABASE_URL", "{url}: {e}");
+            assert!(
+                e.reason.contains(&format!("the {what} holds a NUL byte")),
+                "{url}: {e}"
+            );
+            assert!(!e.to_string().contains("s3cr"), "{e}");
+        }
+    }
+
+    #[test]
     fn observability_defaults_and_bad_values() {
         let c = config(&[("PGHOST", "db"), ("PGUSER", "app")]).unwrap();
         let o = &c.observability;
@@ -991,7 +1041,7 @@ mod tests {
     #[test]
     fn credential_defaults_are_spelled_out() {
         let c = config(&[("PGHOST", "db"), ("PGUSER", "app"), ("PGPASSWORD", "pw")]).unwrap();
-        assert!(matches!(c.auth, Auth::Static));
+        assert!(matches!(c.auth, Auth::Static { .. }));
         assert_eq!(
             c.max_connection_lifetime,
             Some(Duration::from_millis(defaults::MAX_CONNECTION_LIFETIME_MS))

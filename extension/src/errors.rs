@@ -146,12 +146,23 @@ pub fn from_connect(e: &ConnectError) -> WireError {
             let mut detail = format!("warmpool connected with {origin}");
             if *retried {
                 detail.push_str(
-                    "; after the refusal it fetched the credentials again and retried once,                      and was refused again",
+                    "; after the refusal it fetched the credentials again and retried once, and \
+                     was refused again",
                 );
             }
             detail.push('.');
-            if *origin == Origin::Static {
-                detail.push_str(" Static credentials cannot be refreshed: check PGPASSWORD.");
+            match origin {
+                Origin::Static {
+                    password_from: Some(variable),
+                } => detail.push_str(&format!(
+                    " Static credentials cannot be refreshed: check the password in {variable}."
+                )),
+                Origin::Static {
+                    password_from: None,
+                } => detail.push_str(
+                    " No password is set: set PGPASSWORD, or put the password in DATABASE_URL.",
+                ),
+                Origin::SecretsManager { .. } | Origin::RdsIam { .. } => {}
             }
             match wire.fields.iter_mut().find(|(code, _)| *code == b'D') {
                 Some((_, existing)) => {

@@ -5,6 +5,11 @@
 //! X-Ray trace header, when the function is traced): the ids come from the nearest enclosing
 //! [`invocation_span`]. Lambda's own JSON log format uses the same key for the request id:
 //! <https://docs.aws.amazon.com/lambda/latest/dg/monitoring-cloudwatchlogs-advanced.html>.
+//!
+//! Field values can come from clients (a request id, an error quoting SQL), so no format writes
+//! a control character as it is: a line break would let a client forge a log line, and an
+//! escape sequence would reach the terminal of whoever reads the log. JSON escapes them as
+//! strings require, and the text format as [`escape_controls`] does.
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -13,9 +18,10 @@ use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::span::Attributes;
 use tracing::{Event, Id, Subscriber};
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -69,13 +75,103 @@ pub fn init(directives: &str, log_statements: bool, format: LogFormat) {
             )
             .init(),
         LogFormat::Text => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stdout)
-                    .with_ansi(std::io::stdout().is_terminal()),
-            )
+            .with(text_layer(std::io::stdout, std::io::stdout().is_terminal()))
             .init(),
     }
+}
+
+/// The text format: tracing's own line layout, with every field (the event's and its spans')
+/// escaped by [`EscapedFields`]. `ansi` colours the level for a terminal.
+fn text_layer<S, W>(make_writer: W, ansi: bool) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .fmt_fields(EscapedFields)
+        .with_writer(make_writer)
+        .with_ansi(ansi)
+}
+
+/// Formats fields as `name=value` separated by spaces, the message bare, as tracing's default
+/// does, but with [`escape_controls`] applied to every value, so each event stays one line of
+/// printable text whatever a value holds.
+pub struct EscapedFields;
+
+impl<'w> FormatFields<'w> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut visitor = EscapingVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapingVisitor<'w> {
+    writer: Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl EscapingVisitor<'_> {
+    fn write(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        if self.result.is_err() {
+            return;
+        }
+        let mut text = String::new();
+        self.result = fmt::write(&mut text, value).and_then(|()| {
+            if !self.first {
+                self.writer.write_char(' ')?;
+            }
+            self.first = false;
+            if field.name() != "message" {
+                write!(self.writer, "{}=", field.name())?;
+            }
+            self.writer.write_str(&escape_controls(&text))
+        });
+    }
+}
+
+impl Visit for EscapingVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.write(field, format_args!("{value}"));
+        } else {
+            self.write(field, format_args!("{value:?}"));
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.write(field, format_args!("{value}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.write(field, format_args!("{value:?}"));
+    }
+}
+
+/// `text` with every control character escaped: `\n`, `\r` and `\t` as such, the other C0
+/// controls, DEL and the C1 controls as `\u{..}`, and so are the Unicode line and paragraph
+/// separators. Anything else, including other non-ASCII text, is kept.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let needs = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !text.chars().any(needs) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.into()
 }
 
 /// The ids of the invocation a span belongs to, kept in the span's extensions.
@@ -161,8 +257,31 @@ where
                 }
             }
         }
-        writeln!(writer, "{}", Value::Object(line))
+        writeln!(
+            writer,
+            "{}",
+            escape_json_extras(&Value::Object(line).to_string())
+        )
     }
+}
+
+/// JSON escapes the C0 controls in strings, but not the C1 controls or the Unicode line
+/// separators, which a terminal or a log viewer may still act on. They can only appear inside
+/// strings, where a `\uXXXX` escape stands for the same character.
+fn escape_json_extras(json: &str) -> std::borrow::Cow<'_, str> {
+    let extra = |c: char| matches!(c, '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}');
+    if !json.chars().any(extra) {
+        return json.into();
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    for c in json.chars() {
+        if extra(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 struct JsonFields<'a>(&'a mut Map<String, Value>);
@@ -218,6 +337,75 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()
+    }
+
+    /// A request id a client chose, meant to forge a line and to colour the terminal.
+    const FORGED: &str =
+        "r-1\n2026-12-02T00:00:00.000000Z ERROR warmpool: fake\r\x1b[31mred\u{9b}2J\u{2028}";
+
+    #[test]
+    fn text_lines_escape_control_characters_in_every_field() {
+        let buf = Buffer::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(EnvFilter::new("warn"))
+            .with(text_layer(move || writer.clone(), false));
+        tracing::subscriber::with_default(subscriber, || {
+            invocation_span(FORGED, "\x1b]0;title\x07").in_scope(|| {
+                let client_text = "a\tb\x7f\x1b[2J";
+                tracing::warn!(
+                    display = %client_text,
+                    debug = ?client_text,
+                    error = &std::io::Error::other("x\ny") as &(dyn std::error::Error + 'static),
+                    "message {FORGED}"
+                );
+            });
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 1, "one event, one line:\n{out}");
+        let printable = |c: char| !c.is_control() || c == '\n';
+        assert!(
+            out.chars().all(printable),
+            "a control character got through: {out:?}"
+        );
+        assert!(!out.contains('\u{2028}'), "{out:?}");
+        assert!(
+            out.contains(r"request_id=r-1\n2026-12-02T00:00:00.000000Z ERROR warmpool: fake\r\u{1b}[31mred\u{9b}2J\u{2028}"),
+            "{out}"
+        );
+        assert!(out.contains(r"trace_id=\u{1b}]0;title\u{7}"), "{out}");
+        assert!(out.contains(r"message r-1\n2026"), "{out}");
+        assert!(out.contains(r"display=a\tb\u{7f}\u{1b}[2J"), "{out}");
+        assert!(out.contains(r"error=x\ny"), "{out}");
+    }
+
+    #[test]
+    fn json_lines_escape_control_characters_in_every_field() {
+        let buf = Buffer::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(EnvFilter::new("warn"))
+            .with(InvocationIdsLayer)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(JsonLines)
+                    .with_writer(move || writer.clone()),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            invocation_span(FORGED, "t").in_scope(|| tracing::warn!(id = %FORGED, "{FORGED}"));
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(
+            out.trim_end()
+                .chars()
+                .all(|c| !c.is_control() && c != '\u{2028}'),
+            "{out:?}"
+        );
+        let got = lines(&buf);
+        for key in ["requestId", "id", "message"] {
+            assert_eq!(got[0][key], FORGED, "the value reads back unchanged");
+        }
     }
 
     #[test]

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use futures_util::future::join_all;
 use tokio::sync::watch;
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::Config;
 use crate::conn::PgConn;
@@ -40,7 +39,7 @@ pub type PooledConn = Object<Manager>;
 pub struct Manager {
     /// The connection settings, without whatever the credentials provider supplies.
     pg: tokio_postgres::Config,
-    tls: MakeRustlsConnect,
+    tls: tls::Connector,
     credentials: Provider,
     cache_size: NonZeroUsize,
     check_after_idle: Duration,

@@ -40,9 +40,12 @@ impl Service {
     pub async fn start(config: Config) -> Result<Service, Box<dyn std::error::Error>> {
         let config = Arc::new(config);
         let pool = pool::build(&config)?;
-        let (listener, uid) = socket::bind(&config.socket_path)
-            .await
-            .map_err(|e| format!("cannot bind {}: {e}", config.socket_path.display()))?;
+        let (listener, uid) = socket::bind(&config.socket_path).await.map_err(|e| {
+            format!(
+                "cannot bind the socket {} (WARMPOOL_SOCKET): {e}",
+                config.socket_path.display()
+            )
+        })?;
         tracing::info!(socket = %config.socket_path.display(), "listening");
         let telemetry = Arc::new(Telemetry::new(
             pool.meter().clone(),

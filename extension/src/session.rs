@@ -251,6 +251,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Serves one request; false if the session must end.
     async fn handle(&mut self, request: Request) -> bool {
+        // Content PostgreSQL cannot receive (a NUL in SQL text) is the client's error: refused
+        // here, before it reaches a connection, and with the transaction state unchanged, as a
+        // client that checked it first would have left it.
+        if let Err(e) = request.check_content() {
+            return self.send(&Response::Error(e)).await.is_ok();
+        }
         match request {
             Request::Hello(_) => {
                 let e = errors::protocol("Hello may only be sent once, as the first frame");

@@ -60,7 +60,13 @@ pub async fn bind(path: &Path) -> io::Result<(UnixListener, u32)> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = UnixListener::bind(path).map_err(|e| match path.parent() {
+        Some(dir) if e.kind() == io::ErrorKind::NotFound => io::Error::new(
+            e.kind(),
+            format!("its directory {} does not exist ({e})", dir.display()),
+        ),
+        _ => e,
+    })?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
     let uid = fs::metadata(path)?.uid();
     Ok((listener, uid))

@@ -2,13 +2,19 @@
 //! <https://www.postgresql.org/docs/current/libpq-ssl.html#LIBPQ-SSL-SSLMODE-STATEMENTS>.
 
 use std::fmt;
+use std::io;
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::{Config, RootCerts, SslMode};
@@ -28,7 +34,7 @@ impl std::error::Error for TlsSetupError {}
 /// The connector for the configured `sslmode`, and the tokio-postgres mode that goes with it.
 pub fn connector(
     config: &Config,
-) -> Result<(MakeRustlsConnect, tokio_postgres::config::SslMode), TlsSetupError> {
+) -> Result<(Connector, tokio_postgres::config::SslMode), TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -65,7 +71,148 @@ pub fn connector(
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
         _ => tokio_postgres::config::SslMode::Require,
     };
-    Ok((MakeRustlsConnect::new(tls), pg_mode))
+    let verified = match mode {
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            Some(Arc::new(Verified::new(mode, &config.root_certs)))
+        }
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => None,
+    };
+    let connector = Connector {
+        inner: MakeRustlsConnect::new(tls),
+        verified,
+    };
+    Ok((connector, pg_mode))
+}
+
+/// rustls, with a refused server certificate explained by the settings it was checked under:
+/// rustls says `UnknownIssuer`, an operator needs to hear which file of trusted CAs that was.
+#[derive(Clone)]
+pub struct Connector {
+    inner: MakeRustlsConnect,
+    /// `None` when the certificate is not verified (`prefer`, `require`).
+    verified: Option<Arc<Verified>>,
+}
+
+/// What a server certificate is verified under, named by the settings that choose it.
+#[derive(Debug)]
+struct Verified {
+    /// `PGSSLMODE=verify-ca` or `verify-full`.
+    mode: &'static str,
+    /// The trusted CAs, and the setting that names them.
+    roots: String,
+}
+
+impl Verified {
+    fn new(mode: SslMode, roots: &RootCerts) -> Verified {
+        Verified {
+            mode: if mode == SslMode::VerifyCa {
+                "verify-ca"
+            } else {
+                "verify-full"
+            },
+            roots: match roots {
+                RootCerts::File(path) => {
+                    format!("the CA certificates in PGSSLROOTCERT ({})", path.display())
+                }
+                RootCerts::System => "the system's trusted root certificates, since PGSSLROOTCERT \
+                     is not set (set it to the file of the CA that signed the server's \
+                     certificate)"
+                    .to_owned(),
+            },
+        }
+    }
+
+    /// The handshake's error, with the settings named if it is a refused certificate.
+    fn explain(&self, e: io::Error) -> io::Error {
+        let refused = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .and_then(|r| match r {
+                rustls::Error::InvalidCertificate(c) => Some(c.clone()),
+                _ => None,
+            });
+        let Some(refused) = refused else {
+            return e;
+        };
+        let why = match refused {
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!(
+                    "under PGSSLMODE={} the certificate must name the host given in PGHOST or \
+                     DATABASE_URL (verify-ca checks the chain only)",
+                    self.mode
+                )
+            }
+            _ => format!(
+                "under PGSSLMODE={} the server's certificate was checked against {}",
+                self.mode, self.roots
+            ),
+        };
+        let kind = e.kind();
+        let cause = e.into_inner().expect("get_ref found an inner error");
+        io::Error::new(kind, CertificateRefused { cause, why })
+    }
+}
+
+/// A server certificate that TLS refused, and what it was checked against.
+#[derive(Debug)]
+struct CertificateRefused {
+    cause: Box<dyn std::error::Error + Send + Sync>,
+    why: String,
+}
+
+impl fmt::Display for CertificateRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}; {}", self.cause, self.why)
+    }
+}
+
+impl std::error::Error for CertificateRefused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.cause)
+    }
+}
+
+impl<S> MakeTlsConnect<S> for Connector
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+    type TlsConnect = Connect<<MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect>;
+    type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
+        Ok(Connect {
+            inner: MakeTlsConnect::<S>::make_tls_connect(&mut self.inner, domain)?,
+            verified: self.verified.clone(),
+        })
+    }
+}
+
+/// One handshake of a [`Connector`].
+pub struct Connect<T> {
+    inner: T,
+    verified: Option<Arc<Verified>>,
+}
+
+impl<S, T> TlsConnect<S> for Connect<T>
+where
+    T: TlsConnect<S, Error = io::Error>,
+    T::Future: Send + 'static,
+{
+    type Stream = T::Stream;
+    type Error = io::Error;
+    type Future = BoxFuture<'static, io::Result<T::Stream>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        let handshake = self.inner.connect(stream);
+        let verified = self.verified;
+        Box::pin(async move {
+            handshake.await.map_err(|e| match &verified {
+                Some(v) => v.explain(e),
+                None => e,
+            })
+        })
+    }
 }
 
 fn roots(source: &RootCerts) -> Result<RootCertStore, TlsSetupError> {

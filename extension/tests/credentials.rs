@@ -278,7 +278,12 @@ async fn no_secret_appears_in_logs_errors_or_debug() {
 
     // Every credential error kind and connect error, with their wire forms.
     let origins = [
-        Origin::Static,
+        Origin::Static {
+            password_from: Some("DATABASE_URL"),
+        },
+        Origin::Static {
+            password_from: None,
+        },
         Origin::SecretsManager {
             secret_id: secret_id.into(),
         },

@@ -203,7 +203,9 @@ impl<'a> Batch<'a> {
             .map(|(item, statement)| {
                 let statement = statement.as_ref().map_err(clone_error)?;
                 let params = ops::encode_params(statement, item.params)?;
-                Ok(execute_request(statement, params))
+                let execute = execute_request(statement, params);
+                execute.check_content().map_err(Error::from_wire)?;
+                Ok(execute)
             })
             .collect::<Vec<_>>();
         let transactional = self.transaction.is_some();
@@ -235,6 +237,7 @@ impl<'a> Batch<'a> {
                 transaction: self.transaction,
                 statements: requests,
             });
+            pipeline.check_content().map_err(Error::from_wire)?;
             conn.queue_frame(&pipeline)
                 .map_err(|e| too_large(e, count))?;
             conn.flush().await?;
@@ -294,15 +297,29 @@ impl<'a> Batch<'a> {
         }
         let mut described: Vec<Result<Statement, Error>> = Vec::with_capacity(unknown.len());
         if !unknown.is_empty() {
+            // A statement PostgreSQL cannot receive fails alone, and is not sent.
+            let mut refused = Vec::with_capacity(unknown.len());
             for sql in &unknown {
-                conn.queue(&Request::Prepare(Prepare {
+                let prepare = Request::Prepare(Prepare {
                     sql: (*sql).to_owned(),
                     types: Vec::new(),
-                }))?;
+                });
+                match prepare.check_content() {
+                    Ok(()) => {
+                        conn.queue(&prepare)?;
+                        refused.push(None);
+                    }
+                    Err(e) => refused.push(Some(Error::from_wire(e))),
+                }
             }
-            conn.flush().await?;
-            for sql in &unknown {
-                let d = ops::read_prepared(conn, sql, Vec::new()).await;
+            if refused.iter().any(Option::is_none) {
+                conn.flush().await?;
+            }
+            for (sql, refused) in unknown.iter().zip(refused) {
+                let d = match refused {
+                    Some(e) => Err(e),
+                    None => ops::read_prepared(conn, sql, Vec::new()).await,
+                };
                 if let Ok(s) = &d {
                     self.client.remember(s);
                 }

@@ -149,8 +149,10 @@ impl Conn {
         }
     }
 
-    /// Queues a request; a request over the frame limit fails here, before anything is sent.
+    /// Queues a request; a request over the frame limit, or one whose content PostgreSQL cannot
+    /// receive (see [`Request::check_content`]), fails here, before anything is queued.
     pub(crate) fn queue(&mut self, request: &Request) -> Result<(), Error> {
+        request.check_content().map_err(Error::from_wire)?;
         self.queue_frame(request)
             .map_err(|e| Error::from_wire(WireError::extension(e.sqlstate(), e.to_string())))
     }

@@ -19,6 +19,11 @@ async fn send(
     begin: &mut Option<Begin>,
     requests: &[Request],
 ) -> Result<Option<Error>, Error> {
+    // Checked before Begin is queued: a refused request must leave the transaction's Begin
+    // pending for the next one, not queued without a reader for its answer.
+    for r in requests {
+        r.check_content().map_err(Error::from_wire)?;
+    }
     let pending = begin.take();
     if let Some(b) = pending {
         conn.queue(&Request::Begin(b))?;

@@ -142,3 +142,96 @@ async fn missing_socket_is_a_clear_error() {
         "{text}"
     );
 }
+
+/// The backends the extension holds, as the server lists them to a connection of the test's own.
+async fn warmpool_backends(pg: &PgServer) -> Vec<i32> {
+    pg.tokio_client()
+        .await
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'warmpool' ORDER BY pid",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn check_nul_refused(e: &warmpool::Error) {
+    assert_eq!(
+        e.code(),
+        Some(&SqlState::CHARACTER_NOT_IN_REPERTOIRE),
+        "{e}"
+    );
+    assert!(!e.is_closed(), "{e}");
+    assert!(e.to_string().contains("NUL byte"), "{e}");
+}
+
+/// A NUL byte in SQL text cannot cross PostgreSQL's protocol. Through the client it is refused
+/// before anything is sent, with 22021 (character_not_in_repertoire), by every call that takes
+/// SQL: the session and a transaction in it go on, and the database connection is untouched.
+#[tokio::test]
+async fn nul_in_sql_is_the_callers_error_and_costs_no_connection() {
+    let pg = PgServer::start();
+    // One connection at most: a replaced connection shows as another backend.
+    let ext = Extension::start(&pg, &[("WARMPOOL_MAX_SIZE", "1")]);
+    let c = ext.client().await;
+    assert_eq!(
+        c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
+    let backends = warmpool_backends(&pg).await;
+    assert_eq!(backends.len(), 1, "{backends:?}");
+
+    let nul = "SELECT 'a\0b'";
+    let mut errors = vec![
+        c.prepare(nul).await.unwrap_err(),
+        c.prepare_typed(nul, &[warmpool::Type::INT4])
+            .await
+            .unwrap_err(),
+        c.query(nul, &[]).await.unwrap_err(),
+        c.query_one("SELECT $1::int4 WHERE '\0' = ''", &[&1i32])
+            .await
+            .unwrap_err(),
+        c.execute(nul, &[]).await.unwrap_err(),
+        c.batch_execute(&format!("SELECT 1; {nul}"))
+            .await
+            .unwrap_err(),
+        c.query_cached(nul, &[], std::time::Duration::from_secs(60))
+            .await
+            .unwrap_err(),
+    ];
+    let results = c
+        .batch()
+        .query("SELECT 1", &[])
+        .query(nul, &[])
+        .run()
+        .await
+        .unwrap();
+    assert!(results[0].is_done(), "{results:?}");
+    check_nul_refused(results[1].error().expect("the statement failed"));
+
+    // In a transaction the refused statement leaves the transaction as it was.
+    let mut tx = c.transaction().await.unwrap();
+    errors.push(tx.query(nul, &[]).await.unwrap_err());
+    errors.push(tx.batch_execute(nul).await.unwrap_err());
+    tx.execute("CREATE TEMP TABLE t (n int)", &[])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    errors.iter().for_each(check_nul_refused);
+    assert_eq!(
+        c.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0),
+        2
+    );
+    assert_eq!(
+        warmpool_backends(&pg).await,
+        backends,
+        "the database connection was replaced; log:\n{}",
+        ext.logs()
+    );
+    // Refused by the client itself: the extension never saw one of these requests.
+    assert!(!ext.logs().contains("22021"), "log:\n{}", ext.logs());
+}

@@ -526,3 +526,134 @@ async fn invalid_parameter_bytes_get_postgres_error() {
 
     assert_still_serving(&ext, &before).await;
 }
+
+/// The backends the extension holds, as the server lists them to a connection of the test's own.
+async fn warmpool_backends(pg: &PgServer) -> Vec<i32> {
+    pg.tokio_client()
+        .await
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'warmpool' ORDER BY pid",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Reads the answers to a Pipeline: each statement's frames, then the last one for the batch.
+async fn recv_pipeline(raw: &mut Raw, statements: usize) -> (Vec<Response>, Response) {
+    let mut answers = Vec::new();
+    while answers.len() < statements {
+        match raw.recv().await {
+            Response::Rows(_) => {}
+            other => answers.push(other),
+        }
+    }
+    (answers, raw.recv().await)
+}
+
+/// SQL text holding a NUL byte, which PostgreSQL's protocol cannot carry, is the client's error
+/// (22021) in every request that carries SQL: the session goes on, a transaction stays open,
+/// and the database connection is neither closed nor replaced.
+#[tokio::test]
+async fn nul_in_sql_is_refused_without_touching_the_database_connection() {
+    use warmpool::protocol::{Begin, CachedExecute, Pipeline, Prepare, StateRequest};
+
+    let pg = PgServer::start();
+    // One connection at most: a replaced connection shows as another backend.
+    let ext = Extension::start(&pg, &[("WARMPOOL_MAX_SIZE", "1")]);
+    let before = ext.client().await;
+    let (mut raw, _) = Raw::open(&ext).await;
+    assert_session_usable(&mut raw).await;
+    let backends = warmpool_backends(&pg).await;
+    assert_eq!(backends.len(), 1, "{backends:?}");
+
+    let nul = "SELECT 'a\0b' AS t";
+    let good = || execute("SELECT $1::int4 AS n", vec![param_int4(7)]);
+    let Request::Execute(good_statement) = good() else {
+        unreachable!()
+    };
+    let Request::Execute(nul_statement) = execute(nul, vec![]) else {
+        unreachable!()
+    };
+    let refused = [
+        Request::Prepare(Prepare {
+            sql: nul.into(),
+            types: vec![],
+        }),
+        execute(nul, vec![]),
+        Request::Batch(format!("SELECT 1; {nul}")),
+        Request::State(StateRequest::CachedExecute(CachedExecute {
+            ttl_ms: 60_000,
+            swr_ms: 0,
+            execute: nul_statement.clone(),
+        })),
+    ];
+    let mut codes = Vec::new();
+    for request in &refused {
+        raw.send(request).await;
+        let e = raw.recv_error().await;
+        assert_eq!(e.source, ErrorSource::Extension, "{e:?}");
+        assert!(e.message().contains("NUL byte"), "{e:?}");
+        assert_session_usable(&mut raw).await;
+        codes.push(e.code().to_owned());
+    }
+
+    // In a transaction the refused statement leaves the transaction as it was.
+    raw.send(&Request::Begin(Begin::default())).await;
+    assert_eq!(raw.recv().await, Response::Ok);
+    raw.send(&execute(nul, vec![])).await;
+    codes.push(raw.recv_error().await.code().to_owned());
+    raw.send(&good()).await;
+    assert!(matches!(raw.recv().await, Response::Rows(_)));
+    assert_eq!(raw.recv().await, Response::Complete(1));
+    raw.send(&Request::Commit).await;
+    assert_eq!(raw.recv().await, Response::Ok);
+
+    // A batch answers each statement: the refused one with its error, the others run...
+    raw.send(&Request::Pipeline(Pipeline {
+        transaction: None,
+        statements: vec![
+            good_statement.clone(),
+            nul_statement.clone(),
+            good_statement.clone(),
+        ],
+    }))
+    .await;
+    let (answers, last) = recv_pipeline(&mut raw, 3).await;
+    assert_eq!(answers[0], Response::Complete(1));
+    let Response::Error(e) = &answers[1] else {
+        panic!("{answers:?}")
+    };
+    codes.push(e.code().to_owned());
+    assert_eq!(answers[2], Response::Complete(1));
+    assert_eq!(last, Response::Ok);
+    // ...or, in a transaction, none of them is sent.
+    raw.send(&Request::Pipeline(Pipeline {
+        transaction: Some(Begin::default()),
+        statements: vec![good_statement, nul_statement],
+    }))
+    .await;
+    let (answers, last) = recv_pipeline(&mut raw, 2).await;
+    assert_eq!(answers[0], Response::NotRun);
+    let Response::Error(e) = &answers[1] else {
+        panic!("{answers:?}")
+    };
+    codes.push(e.code().to_owned());
+    let Response::Error(last) = last else {
+        panic!("{last:?}")
+    };
+    assert_eq!(last.code(), "25P02", "{last:?}");
+    assert_session_usable(&mut raw).await;
+
+    assert_eq!(
+        warmpool_backends(&pg).await,
+        backends,
+        "the database connection was replaced; log:\n{}",
+        ext.logs()
+    );
+    assert_eq!(codes, ["22021"; 7], "22021 character_not_in_repertoire");
+    assert_still_serving(&ext, &before).await;
+}

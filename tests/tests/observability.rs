@@ -296,6 +296,47 @@ async fn text_format_stays_readable_in_local_mode() {
     assert!(line.contains("INFO") && line.contains("opened=1"), "{line}");
 }
 
+/// A client chooses its request id: in the text format, a line break in it must not start a
+/// line of its own (a forged ERROR), nor an escape sequence reach the reader's terminal.
+#[tokio::test]
+async fn text_format_escapes_control_characters_a_client_sends() {
+    let pg = PgServer::start();
+    let mut ext = Extension::start(
+        &pg,
+        &[
+            ("WARMPOOL_LOG_FORMAT", "text"),
+            ("WARMPOOL_SLOW_POOL_WAIT_MS", "0"),
+        ],
+    );
+    ext.wait_for_log("pool warmed", GUARD);
+    let forged = "req-7\n2026-12-02T00:00:00.000000Z ERROR warmpool_extension: forged \x1b[31mred";
+    let client = ext
+        .client()
+        .await
+        .with_invocation(forged, Some("\x1b]0;title\x07"));
+    let n: i32 = client.query_one("SELECT 3", &[]).await.unwrap().get(0);
+    assert_eq!(n, 3);
+    // Logged inside the invocation's span, so the line carries its ids.
+    let line = ext.wait_for_log("waited long for a database connection", GUARD);
+    assert!(
+        line.contains(r"request_id=req-7\n2026-12-02T00:00:00.000000Z ERROR warmpool_extension: forged \u{1b}[31mred"),
+        "{line}"
+    );
+    assert!(line.contains(r"trace_id=\u{1b}]0;title\u{7}"), "{line}");
+    let out = ext.stdout();
+    assert!(!out.contains('\x1b'), "a raw ESC byte was logged:\n{out}");
+    for l in out.lines() {
+        assert!(
+            !l.starts_with("2026-12-02T00:00:00"),
+            "a client forged a log line: {l}\n{out}"
+        );
+        assert!(
+            !l.contains("forged") || l.contains("request_id=req-7"),
+            "{l}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn statement_logging_shows_parameters_only_when_turned_on() {
     let pg = PgServer::start();

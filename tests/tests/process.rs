@@ -284,6 +284,34 @@ fn socket_path_that_is_a_regular_file_is_refused() {
 }
 
 #[test]
+fn socket_path_in_a_missing_directory_is_refused_naming_the_setting() {
+    let pg = PgServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing");
+    let path = missing.join("warmpool.sock");
+    let env = with(
+        &pg.env(),
+        "WARMPOOL_SOCKET",
+        Some(&path.display().to_string()),
+    );
+
+    let stderr = refused(&env);
+    assert!(stderr.contains("WARMPOOL_SOCKET"), "{stderr}");
+    assert!(
+        stderr.contains(&path.display().to_string()),
+        "the path is not named: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "its directory {} does not exist",
+            missing.display()
+        )),
+        "the missing directory is not named: {stderr}"
+    );
+    assert!(!missing.exists(), "the directory was created");
+}
+
+#[test]
 fn socket_path_held_by_a_live_listener_is_refused() {
     let pg = PgServer::start();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -116,6 +116,13 @@ async fn wrong_ca_fails_with_08006_naming_the_certificate_problem() {
     assert!(text.contains("TLS"), "{text}");
     assert!(text.contains("certificate"), "{text}");
     assert!(text.contains("UnknownIssuer"), "{text}");
+    // ...and against what: the setting and the file it names.
+    assert!(
+        text.contains(&format!(
+            "checked against the CA certificates in PGSSLROOTCERT ({other_ca})"
+        )),
+        "the error does not name PGSSLROOTCERT and its file: {text}"
+    );
 
     // The extension keeps serving: the error is per request, not fatal.
     let client = ext.client().await;
@@ -137,9 +144,73 @@ async fn warm_up_failure_is_logged_with_its_cause() {
         "the warm-up warning does not say the certificate is not trusted: {ca_line}"
     );
     assert!(
+        ca_line.contains("PGSSLROOTCERT") && ca_line.contains(&other_ca),
+        "the warm-up warning does not name PGSSLROOTCERT and its file: {ca_line}"
+    );
+    assert!(
         pw_line.contains("password authentication failed"),
         "the warm-up warning does not give PostgreSQL's error: {pw_line}"
     );
+}
+
+/// With no PGSSLROOTCERT the system's roots are used, which do not hold the test CA: the error
+/// says so, and names the setting that would fix it.
+#[tokio::test]
+async fn unset_root_certificate_setting_is_named_when_the_certificate_is_refused() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[("PGSSLROOTCERT", "")]);
+    let e = query_error(&ext, "SELECT 1").await;
+    assert_eq!(e.code(), Some(&SqlState::CONNECTION_FAILURE), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    assert!(
+        text.contains("the system's trusted root certificates, since PGSSLROOTCERT is not set"),
+        "{text}"
+    );
+}
+
+/// A refused password names the setting it came from, and never the password.
+#[tokio::test]
+async fn wrong_password_names_the_setting_that_holds_it() {
+    let pg = PgServer::start();
+    let wrong = format!("Wr0ngUrlSecret{}", std::process::id());
+    let url = format!(
+        "postgres://{}:{wrong}@{}:{}/{}",
+        pg.user(),
+        pg.host(),
+        pg.port(),
+        pg.dbname()
+    );
+    let mut env: Vec<(&str, &str)> = NO_PG_ENV.to_vec();
+    env.push(("DATABASE_URL", &url));
+    let mut from_url = Extension::start(&pg, &env);
+    let mut from_env = Extension::start(&pg, &[("PGPASSWORD", &wrong)]);
+    for (ext, setting, other) in [
+        (&mut from_url, "DATABASE_URL", "PGPASSWORD"),
+        (&mut from_env, "PGPASSWORD", "DATABASE_URL"),
+    ] {
+        let e = query_error(ext, "SELECT 1").await;
+        assert_eq!(e.code(), Some(&SqlState::INVALID_PASSWORD), "{e:?}");
+        let detail = e
+            .as_db_error()
+            .and_then(|db| db.detail())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            detail.contains(&format!("check the password in {setting}")),
+            "{setting}: {detail}"
+        );
+        assert!(!detail.contains(other), "{setting}: {detail}");
+        let line = ext.wait_for_log("could not open warm connections", LOG_GUARD);
+        assert!(
+            line.contains(&format!("the password in {setting}")),
+            "{setting}: {line}"
+        );
+        for text in [format!("{e} {e:?} {detail}"), ext.logs()] {
+            assert!(!text.contains(&wrong), "the password shows: {text}");
+            assert!(!text.contains(pg.password()), "a password shows: {text}");
+        }
+    }
 }
 
 #[tokio::test]

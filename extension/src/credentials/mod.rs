@@ -102,7 +102,11 @@ impl FromStr for AuthMode {
 #[derive(Debug, Clone)]
 pub enum Auth {
     /// From the connection settings.
-    Static,
+    Static {
+        /// The setting that holds the password, `DATABASE_URL` or `PGPASSWORD`; none if
+        /// neither sets one.
+        password_from: Option<&'static str>,
+    },
     /// From a secret.
     SecretsManager(SecretsManagerSettings),
     /// IAM tokens, signed with these AWS settings.
@@ -113,7 +117,7 @@ impl Auth {
     /// The mode.
     pub fn mode(&self) -> AuthMode {
         match self {
-            Auth::Static => AuthMode::Static,
+            Auth::Static { .. } => AuthMode::Static,
             Auth::SecretsManager(_) => AuthMode::SecretsManager,
             Auth::RdsIam(_) => AuthMode::RdsIam,
         }
@@ -125,7 +129,11 @@ impl Auth {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// The connection settings.
-    Static,
+    Static {
+        /// The setting that holds the password, `DATABASE_URL` or `PGPASSWORD`; none if
+        /// neither sets one.
+        password_from: Option<&'static str>,
+    },
     /// A Secrets Manager secret.
     SecretsManager {
         /// Its name or ARN.
@@ -144,7 +152,7 @@ impl Origin {
     /// The provider.
     pub fn mode(&self) -> AuthMode {
         match self {
-            Origin::Static => AuthMode::Static,
+            Origin::Static { .. } => AuthMode::Static,
             Origin::SecretsManager { .. } => AuthMode::SecretsManager,
             Origin::RdsIam { .. } => AuthMode::RdsIam,
         }
@@ -154,7 +162,14 @@ impl Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::Static => f.write_str("static credentials (PGPASSWORD or DATABASE_URL)"),
+            Origin::Static {
+                password_from: Some(variable),
+            } => write!(f, "static credentials (the password in {variable})"),
+            Origin::Static {
+                password_from: None,
+            } => f.write_str(
+                "static credentials (no password: neither DATABASE_URL nor PGPASSWORD sets one)",
+            ),
             Origin::SecretsManager { secret_id } => {
                 write!(
                     f,
@@ -347,7 +362,12 @@ impl Provider {
     /// The same, reading time from `clock`: tests sign for a fixed time or jump past expiry.
     pub fn with_clock(config: &crate::config::Config, clock: Arc<dyn Clock>) -> Provider {
         let (origin, source) = match &config.auth {
-            Auth::Static => (Origin::Static, Source::Static),
+            Auth::Static { password_from } => (
+                Origin::Static {
+                    password_from: *password_from,
+                },
+                Source::Static,
+            ),
             Auth::SecretsManager(settings) => (
                 Origin::SecretsManager {
                     secret_id: settings.secret_id.clone(),

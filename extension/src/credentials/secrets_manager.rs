@@ -201,6 +201,10 @@ pub fn parse_secret(text: &str) -> Result<DbSecret, ErrorKind> {
         match fields.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if s.is_empty() => Ok(None),
+            // Sent as NUL-terminated strings at start-up; the value itself is never shown.
+            Some(Value::String(s)) if s.contains('\0') => Err(malformed(format!(
+                "field {name:?} holds a NUL byte, which PostgreSQL's protocol cannot carry"
+            ))),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(malformed(format!("field {name:?} is not a string"))),
         }
@@ -244,6 +248,17 @@ pub fn parse_secret(text: &str) -> Result<DbSecret, ErrorKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nul_byte_in_a_field_is_malformed_and_not_shown() {
+        let e = parse_secret(r#"{"username": "app", "password": "s3cr\u0000t"}"#).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("field \"password\" holds a NUL byte"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cr"), "{text}");
+    }
 
     #[test]
     fn rds_rotation_shape() {

@@ -451,10 +451,15 @@ async fn describe(
         .iter()
         .map(|ex| cache.cached(&ex.sql, &ex.types))
         .collect();
+    // A statement PostgreSQL cannot receive is refused as the client's error, unsent.
+    let refused: Vec<Option<WireError>> = statements
+        .iter()
+        .map(|ex| ex.check_content().err())
+        .collect();
     let mut missing: Vec<(&str, &[u32])> = Vec::new();
-    for (ex, k) in statements.iter().zip(&known) {
+    for ((ex, k), refused) in statements.iter().zip(&known).zip(&refused) {
         let key = (ex.sql.as_str(), ex.types.as_slice());
-        if k.is_none() && !missing.contains(&key) {
+        if k.is_none() && refused.is_none() && !missing.contains(&key) {
             missing.push(key);
         }
     }
@@ -496,9 +501,11 @@ async fn describe(
     statements
         .iter()
         .zip(known.iter_mut())
-        .map(|(ex, k)| match k.take() {
-            Some(stmt) => Ok(stmt),
-            None => {
+        .zip(refused)
+        .map(|((ex, k), refused)| match (refused, k.take()) {
+            (Some(e), _) => Err((e, false)),
+            (None, Some(stmt)) => Ok(stmt),
+            (None, None) => {
                 let key = (ex.sql.as_str(), ex.types.as_slice());
                 let at = missing.iter().position(|m| *m == key).expect("described");
                 fresh[at].clone()

@@ -78,6 +78,8 @@ pub fn parse_warmup(json: &str) -> Result<Vec<WarmQuery>, String> {
             if sql.trim().is_empty() {
                 return Err(format!("{name:?}: the SQL is empty"));
             }
+            warmpool::protocol::check_sql(&sql)
+                .map_err(|e| format!("{name:?}: {}", e.message()))?;
             Ok(WarmQuery { name, sql, ttl })
         })
         .collect()
@@ -93,7 +95,10 @@ pub fn parse_prepare(json: &str) -> Result<Vec<String>, String> {
         .into_iter()
         .enumerate()
         .map(|(i, v)| match v {
-            Value::String(s) if !s.trim().is_empty() => Ok(s),
+            Value::String(s) if !s.trim().is_empty() => match warmpool::protocol::check_sql(&s) {
+                Ok(()) => Ok(s),
+                Err(e) => Err(format!("item {i}: {}", e.message())),
+            },
             _ => Err(format!("item {i} must be a non-empty SQL string")),
         })
         .collect()
@@ -286,6 +291,15 @@ mod tests {
         for bad in ["{}", "[1]", "[\" \"]", "SELECT 1"] {
             assert!(parse_prepare(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sql_with_a_nul_byte_is_refused_at_start_up() {
+        // JSON can spell a NUL byte, which PostgreSQL's protocol cannot carry in SQL text.
+        let e = parse_warmup(r#"{"a": "SELECT 'x\u0000'"}"#).unwrap_err();
+        assert!(e.contains("\"a\": the SQL text holds a NUL byte"), "{e}");
+        let e = parse_prepare(r#"["SELECT 1", "SELECT '\u0000'"]"#).unwrap_err();
+        assert!(e.contains("item 1: the SQL text holds a NUL byte"), "{e}");
     }
 
     #[test]

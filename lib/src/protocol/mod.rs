@@ -13,6 +13,7 @@
 //! prepared statement belongs to one server session).
 
 mod codec;
+mod content;
 mod deadline;
 mod error;
 mod observability;
@@ -30,6 +31,7 @@ mod state_tests;
 mod tests;
 mod types;
 
+pub use content::{check_sql, MAX_COUNT, MAX_MESSAGE};
 pub use deadline::Deadline;
 pub use error::{ErrorSource, FrameError, WireError};
 pub use observability::{Invocation, Stats, MAX_REQUEST_ID, MAX_TRACE_ID};
@@ -67,6 +69,8 @@ pub mod sqlstate {
     pub const IN_FAILED_TRANSACTION: &str = "25P02";
     /// A transaction request that does not fit the session's state.
     pub const INVALID_TRANSACTION_STATE: &str = "25000";
+    /// A NUL byte in SQL text, which PostgreSQL's protocol cannot carry.
+    pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
     /// Parameters that do not match the statement.
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     /// A warm-up data set name that is not configured.

@@ -17,7 +17,7 @@ const COMPLETE: u8 = b'c';
 const OK: u8 = b'k';
 const PONG: u8 = b'y';
 const ERROR: u8 = b'e';
-const NOTICE: u8 = b'n';
+const NOTICE: u8 = b'i';
 
 /// Rows reserved up front when decoding a Rows frame; more grow the vector as they are read.
 const MAX_PREALLOC_ROWS: usize = 1024;

@@ -443,6 +443,14 @@ fn all_responses() -> Vec<Response> {
             source: ErrorSource::Extension,
             fields: vec![],
         }),
+        Response::Notice(WireError {
+            source: ErrorSource::Database,
+            fields: vec![
+                (b'S', "NOTICE".into()),
+                (b'C', "00000".into()),
+                (b'M', "got 1".into()),
+            ],
+        }),
         Response::Stats(Stats::default()),
         Response::Stats(Stats {
             request_id: "r-1".into(),
@@ -489,7 +497,7 @@ fn every_response_round_trips() {
     tags.sort_unstable();
     tags.dedup();
     assert_eq!(
-        tags, b"cdehkpty",
+        tags, b"cdehikpty",
         "a Response variant is missing from the samples"
     );
     for r in &responses {
