@@ -9,6 +9,7 @@
 //! - [`conn`]: one database connection, its statement cache and session-state tracking.
 //! - [`pool`]: the deadpool pool of those connections: warm-up, health checks, clean close.
 //! - [`socket`]: binding the Unix socket.
+//! - [`memory`]: giving memory back to the system once a burst of sessions is over.
 //! - [`server`]: the accept loop.
 //! - [`session`]: one client session and its transaction state.
 //! - [`state`]: warm state: the state store, the query result cache, warm-up data sets.
@@ -35,6 +36,7 @@ pub mod lambda;
 pub mod lifecycle;
 pub mod local;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;

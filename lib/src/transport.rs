@@ -48,6 +48,16 @@ impl std::fmt::Display for ReadError {
 
 impl std::error::Error for ReadError {}
 
+/// What each buffer starts with: room for the frames of ordinary statements.
+const INITIAL_CAPACITY: usize = 8 * 1024;
+
+/// The most a buffer keeps between requests. A buffer that grew past it for a large frame goes
+/// back to [`INITIAL_CAPACITY`] before the next request is read, so a long-lived session does
+/// not hold the largest frame it ever carried (up to the frame limit, per buffer) for the rest
+/// of its life. It is above the extension's 64 KiB row chunks, so streaming a large result
+/// reuses one buffer.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
 /// A stream with its read buffer. Partial frames live in the buffer, not in a future, so
 /// [`Framed::read`] is cancel safe: a read dropped by `select!` loses nothing.
 #[derive(Debug)]
@@ -55,6 +65,10 @@ pub struct Framed<S> {
     stream: S,
     read_buf: BytesMut,
     write_buf: BytesMut,
+    /// The read buffer grew past [`KEEP_CAPACITY`]. Its capacity alone cannot tell: once a large
+    /// frame is cut off the front, the buffer reports only what is left behind it, and takes the
+    /// whole allocation back on its next reserve.
+    read_grown: bool,
     max_frame: usize,
     /// Bytes written to the stream so far.
     written: u64,
@@ -65,8 +79,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     pub fn new(stream: S, max_frame: usize) -> Framed<S> {
         Framed {
             stream,
-            read_buf: BytesMut::with_capacity(8 * 1024),
-            write_buf: BytesMut::with_capacity(8 * 1024),
+            read_buf: BytesMut::with_capacity(INITIAL_CAPACITY),
+            write_buf: BytesMut::with_capacity(INITIAL_CAPACITY),
+            read_grown: false,
             max_frame,
             written: 0,
         }
@@ -86,6 +101,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     ///
     /// Cancel safe.
     pub async fn read<T: Decode>(&mut self) -> Result<Option<T>, ReadError> {
+        self.shrink();
         loop {
             if let Some(frame) =
                 T::decode(&mut self.read_buf, self.max_frame).map_err(ReadError::Frame)?
@@ -93,8 +109,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                 return Ok(Some(frame));
             }
             if self.read_buf.capacity() == self.read_buf.len() {
-                self.read_buf.reserve(8 * 1024);
+                self.read_buf.reserve(INITIAL_CAPACITY);
             }
+            // Checked here, where a read from the socket follows anyway, and not on the path
+            // of a frame already buffered.
+            self.read_grown |= self.read_buf.capacity() > KEEP_CAPACITY;
             let n = self
                 .stream
                 .read_buf(&mut self.read_buf)
@@ -122,11 +141,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                 return std::future::pending().await;
             }
             if self.read_buf.capacity() == self.read_buf.len() {
-                self.read_buf.reserve(8 * 1024);
+                self.read_buf.reserve(INITIAL_CAPACITY);
+                self.read_grown |= self.read_buf.capacity() > KEEP_CAPACITY;
             }
             if self.stream.read_buf(&mut self.read_buf).await? == 0 {
                 return Ok(());
             }
+        }
+    }
+
+    /// Gives back what the buffers grew to for a large frame, between requests: both are empty
+    /// (nothing is buffered for the next frame, and the last answer went out whole), and a
+    /// frame decoded earlier from the read buffer keeps its own bytes alive until it is dropped.
+    /// Costs two comparisons when there is nothing to give back.
+    fn shrink(&mut self) {
+        if self.read_grown && self.read_buf.is_empty() {
+            self.read_buf = BytesMut::with_capacity(INITIAL_CAPACITY);
+            self.read_grown = false;
+        }
+        if self.write_buf.capacity() > KEEP_CAPACITY && self.write_buf.is_empty() {
+            self.write_buf = BytesMut::with_capacity(INITIAL_CAPACITY);
         }
     }
 
