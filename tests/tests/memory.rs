@@ -109,7 +109,9 @@ async fn memory_returns_to_rest_after_a_burst_of_sessions() {
     assert_eq!(two, 2);
 
     let after = settles_within(&ext, 2 * rest).await;
-    eprintln!("resident set: {rest} KiB at rest, {peak} KiB at the burst's peak, {after} KiB after");
+    eprintln!(
+        "resident set: {rest} KiB at rest, {peak} KiB at the burst's peak, {after} KiB after"
+    );
     assert!(
         peak > rest + rest / 2,
         "the burst did not raise the resident set ({rest} KiB at rest, {peak} KiB at its \
@@ -152,7 +154,9 @@ async fn sessions_keep_no_large_buffer_after_a_large_frame() {
     }
     let peak = ext.rss_kib();
     let after = settles_within(&ext, 2 * rest).await;
-    eprintln!("resident set: {rest} KiB at rest, {peak} KiB after the large frames, {after} KiB after");
+    eprintln!(
+        "resident set: {rest} KiB at rest, {peak} KiB after the large frames, {after} KiB after"
+    );
     assert!(
         after <= 2 * rest,
         "the sessions kept their large buffers: {rest} KiB at rest, {peak} KiB after \
@@ -163,6 +167,9 @@ async fn sessions_keep_no_large_buffer_after_a_large_frame() {
     );
     // The sessions are still served.
     for session in &sessions {
-        assert_eq!(session.state().get("big").await.unwrap().map(|v| v.len()), Some(LARGE));
+        assert_eq!(
+            session.state().get("big").await.unwrap().map(|v| v.len()),
+            Some(LARGE)
+        );
     }
 }
