@@ -215,3 +215,66 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         self.written
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::protocol::StateResponse;
+
+    const LARGE: usize = 1 << 20;
+
+    #[tokio::test]
+    async fn buffers_grown_for_a_large_frame_are_given_back_before_the_next_request() {
+        let (a, b) = tokio::io::duplex(4 * LARGE);
+        let mut client = Framed::new(a, 4 * LARGE);
+        let mut server = Framed::new(b, 4 * LARGE);
+
+        client
+            .queue_request(&Request::Batch("x".repeat(LARGE)))
+            .unwrap();
+        client.flush().await.unwrap();
+        assert!(client.write_buf.capacity() > LARGE);
+        match server.read::<Request>().await.unwrap() {
+            Some(Request::Batch(sql)) => assert_eq!(sql.len(), LARGE),
+            other => panic!("expected the Batch, got {other:?}"),
+        }
+        let value = Bytes::from(vec![b'y'; LARGE]);
+        server.queue_response(&Response::State(StateResponse::Value(value)));
+        server.flush().await.unwrap();
+        assert!(server.write_buf.capacity() > LARGE);
+
+        match client.read::<Response>().await.unwrap() {
+            Some(Response::State(StateResponse::Value(v))) => assert_eq!(v.len(), LARGE),
+            other => panic!("expected the value, got {other:?}"),
+        }
+        // The next request of the session: each side starts it with small buffers again.
+        client.queue_request(&Request::Ping).unwrap();
+        client.flush().await.unwrap();
+        assert!(matches!(
+            server.read::<Request>().await,
+            Ok(Some(Request::Ping))
+        ));
+        server.queue_response(&Response::Pong);
+        server.flush().await.unwrap();
+        assert!(matches!(
+            client.read::<Response>().await,
+            Ok(Some(Response::Pong))
+        ));
+        for (side, framed) in [("client", &client.read_buf), ("server", &server.read_buf)] {
+            assert!(
+                framed.capacity() <= INITIAL_CAPACITY,
+                "the {side}'s read buffer kept {} bytes",
+                framed.capacity()
+            );
+        }
+        for (side, framed) in [("client", &client.write_buf), ("server", &server.write_buf)] {
+            assert!(
+                framed.capacity() <= INITIAL_CAPACITY,
+                "the {side}'s write buffer kept {} bytes",
+                framed.capacity()
+            );
+        }
+    }
+}
