@@ -132,9 +132,28 @@ pub struct Measured {
     pub within_goal_after_s: Option<f64>,
     /// Every reading after the burst: seconds since the last session closed, KiB.
     pub samples: Vec<(f64, u64)>,
+    /// Each time the extension gave memory back (its log), with how long that took.
+    pub trims: Vec<Trimmed>,
     /// Sessions that failed (connect or statement): none, in a sound run.
     pub failed_sessions: usize,
     pub failure_samples: Vec<String>,
+}
+
+/// One time the extension gave freed memory back, from its log line.
+#[derive(Serialize)]
+pub struct Trimmed {
+    pub took_us: Option<u64>,
+    pub before_kib: Option<u64>,
+    pub after_kib: Option<u64>,
+}
+
+/// A number field of a JSON log line.
+fn field(line: &str, name: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    v.get("fields")
+        .and_then(|f| f.get(name))
+        .or_else(|| v.get(name))?
+        .as_u64()
 }
 
 #[derive(Serialize)]
@@ -220,6 +239,9 @@ async fn measure(pg: &PgServer, build: &str, binary: &Path, opts: &MemOpts) -> M
         binary,
         &[
             ("WARMPOOL_MAX_SESSIONS", "1024"),
+            // The line saying when memory was given back and how long that took.
+            ("WARMPOOL_LOG", "info,warmpool_extension::memory=debug"),
+            ("WARMPOOL_LOG_FORMAT", "json"),
             // A round's statements queue for the pool's four connections.
             ("WARMPOOL_WAIT_TIMEOUT_MS", "60000"),
         ],
@@ -258,6 +280,16 @@ async fn measure(pg: &PgServer, build: &str, binary: &Path, opts: &MemOpts) -> M
         failures.push(format!("the function's session after the burst: {e}"));
     }
     let (after_s, after_kib) = *samples.last().expect("a sample");
+    let trims = ext
+        .drain()
+        .iter()
+        .filter(|l| l.contains("gave freed memory back"))
+        .map(|l| Trimmed {
+            took_us: field(l, "took_us"),
+            before_kib: field(l, "resident_kib_before"),
+            after_kib: field(l, "resident_kib_after"),
+        })
+        .collect();
     let bound = (rest_kib as f64 * GOAL_RATIO) as u64;
     Measured {
         build: build.into(),
@@ -271,6 +303,7 @@ async fn measure(pg: &PgServer, build: &str, binary: &Path, opts: &MemOpts) -> M
         goal_met: after_kib <= bound,
         within_goal_after_s: samples.iter().find(|s| s.1 <= bound).map(|s| s.0),
         samples,
+        trims,
         failed_sessions: failures.len(),
         failure_samples: failures.into_iter().take(5).collect(),
     }
@@ -423,6 +456,28 @@ fn markdown(r: &Results, title: bool) -> String {
             m.within_goal_after_s
                 .map_or("never".into(), |t| format!("{t:.2} s")),
             if m.goal_met { "met" } else { "**missed**" }
+        );
+    }
+    for m in r.measured.iter().filter(|m| !m.trims.is_empty()) {
+        let took: Vec<String> = m
+            .trims
+            .iter()
+            .map(|t| {
+                format!(
+                    "{:.1} ms ({} → {})",
+                    t.took_us.unwrap_or(0) as f64 / 1000.0,
+                    mib(t.before_kib.unwrap_or(0)),
+                    mib(t.after_kib.unwrap_or(0))
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "\n{}: the extension gave freed memory back {} time(s) (`malloc_trim`, its runtime \
+             thread busy meanwhile): {}.",
+            m.build,
+            m.trims.len(),
+            took.join(", ")
         );
     }
     for m in &r.measured {

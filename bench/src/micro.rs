@@ -440,6 +440,11 @@ impl Ext {
         self.child.id()
     }
 
+    /// The log lines that arrived since the last read of them.
+    pub(crate) fn drain(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
     /// Waits for a log line containing `needle`.
     pub(crate) fn wait_for(&self, needle: &str, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
