@@ -25,7 +25,7 @@ const BURST: usize = 32;
 const QUIET: Duration = Duration::from_secs(1);
 
 /// Allocations of at least this size get pages of their own (mmap), which go back to the system
-/// the moment they are freed: a large frame's buffers, on the client side or in the database
+/// the moment they are freed: a large frame's buffers, in a session or in a database
 /// connection, never stay in the heap.
 const MMAP_THRESHOLD: usize = 256 * 1024;
 
@@ -34,8 +34,10 @@ const MMAP_THRESHOLD: usize = 256 * 1024;
 /// glibc raises its mmap threshold to the size of each mmapped block freed (up to 32 MiB), so
 /// after one large frame every later one comes from the heap and stays there once freed
 /// (mallopt(3), "M_MMAP_THRESHOLD"). Setting the threshold turns that off, for the trim
-/// threshold too, which stays at its 128 KiB. 256 KiB keeps the 64 KiB row chunks and their buffers in the heap, where reuse is
-/// cheap.
+/// threshold too, which stays at its 128 KiB. 256 KiB keeps the 64 KiB row chunks and their
+/// buffers in the heap, where reuse is cheap. Measured with 100 open sessions that each sent
+/// and received a 512 KiB frame (`tests/tests/memory.rs`, debug build): 25.4 MiB resident
+/// afterwards with the threshold set, 27.5 MiB without, 17 MiB at rest.
 pub fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets the allocator's parameters, under its lock; it takes no pointer.

@@ -54,9 +54,10 @@ const INITIAL_CAPACITY: usize = 8 * 1024;
 /// The most a buffer keeps between requests. A buffer that grew past it for a large frame goes
 /// back to [`INITIAL_CAPACITY`] before the next request is read, so a long-lived session does
 /// not hold the largest frame it ever carried (up to the frame limit, per buffer) for the rest
-/// of its life. It is above the extension's 64 KiB row chunks, so streaming a large result
-/// reuses one buffer.
-const KEEP_CAPACITY: usize = 64 * 1024;
+/// of its life. It is twice the extension's 64 KiB row chunks, what a buffer grows to for them
+/// by doubling, so streaming a large result reuses one buffer on either side instead of
+/// allocating one per frame.
+const KEEP_CAPACITY: usize = 128 * 1024;
 
 /// A stream with its read buffer. Partial frames live in the buffer, not in a future, so
 /// [`Framed::read`] is cancel safe: a read dropped by `select!` loses nothing.
@@ -275,6 +276,29 @@ mod tests {
                 "the {side}'s write buffer kept {} bytes",
                 framed.capacity()
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn buffers_grown_for_row_chunks_are_kept() {
+        let (a, b) = tokio::io::duplex(4 * LARGE);
+        let mut client = Framed::new(a, 4 * LARGE);
+        let mut server = Framed::new(b, 4 * LARGE);
+        // A large result streams as frames of about 64 KiB: one buffer each side serves them
+        // all, and none is given back between them.
+        for _ in 0..8 {
+            let chunk = Bytes::from(vec![b'r'; 64 * 1024 + 100]);
+            server.queue_response(&Response::State(StateResponse::Value(chunk)));
+            server.flush().await.unwrap();
+            assert!(matches!(
+                client.read::<Response>().await,
+                Ok(Some(Response::State(StateResponse::Value(_))))
+            ));
+            assert!(
+                !client.read_grown,
+                "the client would reallocate for each chunk"
+            );
+            assert!(server.write_buf.capacity() <= KEEP_CAPACITY);
         }
     }
 }
