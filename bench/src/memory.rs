@@ -424,11 +424,10 @@ fn mib(kib: u64) -> String {
 
 fn markdown(r: &Results, title: bool) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{} Memory after a burst of sessions\n",
-        if title { "#" } else { "##" }
-    );
+    // Inside bench/RESULTS.md the section's own heading stands above the markers.
+    if title {
+        let _ = writeln!(s, "# Memory after a burst of sessions\n");
+    }
     let _ = writeln!(
         s,
         "`{}` ({} build): {} rounds of {} concurrent sessions, each a warmpool client of its \

@@ -71,9 +71,7 @@ async fn admit(
 ) {
     let wait = shared.config.wait_timeout;
     match tokio::time::timeout(wait, permits.acquire_owned()).await {
-        // Boxed: a session's future is large (every kind of request's state), and inline it
-        // would make every session waiting for a slot as large as a served one.
-        Ok(Ok(_permit)) => Box::pin(session::run(stream, shared, shutdown)).await,
+        Ok(Ok(_permit)) => session::run(stream, shared, shutdown).await,
         _ => {
             tracing::warn!(
                 max_sessions = shared.config.max_sessions,
