@@ -9,7 +9,7 @@
 //! 74 MiB, and it stayed there. `malloc_trim(0)` also returns the free pages in the middle of
 //! the heap (`madvise(MADV_DONTNEED)`, see malloc_trim(3)); with it the same burst left 8.4 MiB
 //! 1.3 s after its last session closed. It walks every free chunk and holds the allocator's
-//! lock meanwhile (12 ms after that burst, on the runtime's thread), so it runs once a burst
+//! lock meanwhile (8 to 12 ms after that burst, on the runtime's thread), so it runs once a burst
 //! has ended, never per session or per statement.
 
 use std::time::Duration;
