@@ -11,6 +11,7 @@
 //! See bench/README.md for the method. Results go to bench/results/.
 
 mod lambda;
+mod memory;
 mod micro;
 mod pgbouncer;
 mod report;
@@ -56,6 +57,12 @@ warmpool-bench --warm-state [--quick]
                           the warm-state scenario alone: reference data from warm state
                           against a query, and the extension's memory with 10,000 store
                           entries (bench/results/warm_state.{json,md})
+
+warmpool-bench --memory [--quick] [--baseline PATH]
+                          the extension's memory at rest, at the peak of 6 rounds of 1,000
+                          concurrent sessions and 5 s after, against the goal of being back
+                          within 2x of rest (bench/results/memory.{json,md}, and its section
+                          of bench/RESULTS.md); --baseline measures another build first
 
 warmpool-bench --render bench/results/latest.json
                           writes the chart and the tables (for a full run, in
@@ -232,6 +239,19 @@ fn main() {
                 std::process::exit(2);
             }
         }
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("--memory") {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let opts = memory::parse(&args).unwrap_or_else(|e| {
+            eprintln!("warmpool-bench: {e}");
+            std::process::exit(2);
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(memory::run_alone(opts));
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("--warm-state") {
@@ -439,6 +459,19 @@ async fn run(mut opts: Opts) -> Vec<String> {
         }
     }
 
+    // The memory part runs on its own (`--memory`); a smoke run checks that it runs.
+    let mut memory_failures = Vec::new();
+    if opts.smoke {
+        progress!(
+            started,
+            "memory after a burst (2 rounds of 20 sessions) ..."
+        );
+        let m = memory::MemOpts::smoke(&extension, &opts.out);
+        let r = memory::run(&pg, &extension, &m).await;
+        memory::write(&r, &m);
+        memory_failures = memory::failures(&r);
+    }
+
     results.elapsed_s = started.elapsed().as_secs_f64();
     results.machine.load_end = report::loadavg();
     let written = report::write(&results, &opts);
@@ -446,7 +479,9 @@ async fn run(mut opts: Opts) -> Vec<String> {
         eprintln!("wrote {}", path.display());
     }
     let failures = if opts.smoke {
-        smoke_failures(&results)
+        let mut f = smoke_failures(&results);
+        f.extend(memory_failures);
+        f
     } else {
         Vec::new()
     };

@@ -386,15 +386,15 @@ fn start_times(pg: &PgServer, extension: &Path, n: usize) -> (f64, f64) {
 
 /// The extension in local mode as a child process, with its log read on a thread. Stopped with
 /// SIGTERM (then SIGKILL) when dropped.
-struct Ext {
+pub(crate) struct Ext {
     child: std::process::Child,
-    socket: std::path::PathBuf,
+    pub(crate) socket: std::path::PathBuf,
     lines: std::sync::mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Ext {
-    fn start(pg: &PgServer, binary: &Path, env: &[(&str, &str)]) -> Ext {
+    pub(crate) fn start(pg: &PgServer, binary: &Path, env: &[(&str, &str)]) -> Ext {
         let dir = tempfile::Builder::new()
             .prefix("warmpool-bench-ext-")
             .tempdir_in("/tmp")
@@ -436,12 +436,17 @@ impl Ext {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// The log lines that arrived since the last read of them.
+    pub(crate) fn drain(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
     /// Waits for a log line containing `needle`.
-    fn wait_for(&self, needle: &str, timeout: Duration) -> Result<(), String> {
+    pub(crate) fn wait_for(&self, needle: &str, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -265,12 +265,18 @@ fn render(results: &Results, out: &Path, name: &str, full: bool) -> Vec<PathBuf>
 const BEGIN: &str = "<!-- results:start -->";
 const END: &str = "<!-- results:end -->";
 
-/// `text` with what lies between the markers replaced by `body`; the markers and `body` are
-/// appended when `text` has none.
+/// `text` with what lies between the results markers replaced by `body`; the markers and
+/// `body` are appended when `text` has none.
 fn replace_section(text: &str, body: &str) -> String {
-    let found = text.find(BEGIN).and_then(|b| {
-        let start = b + BEGIN.len();
-        Some((start, text[start..].find(END)? + start))
+    replace_between(text, BEGIN, END, body)
+}
+
+/// `text` with what lies between `begin` and `end` replaced by `body`; the markers and `body`
+/// are appended when `text` has none.
+pub fn replace_between(text: &str, begin: &str, end: &str, body: &str) -> String {
+    let found = text.find(begin).and_then(|b| {
+        let start = b + begin.len();
+        Some((start, text[start..].find(end)? + start))
     });
     match found {
         Some((start, end)) => format!("{}\n{}\n{}", &text[..start], body.trim(), &text[end..]),
@@ -282,7 +288,7 @@ fn replace_section(text: &str, body: &str) -> String {
             } else {
                 "\n\n"
             };
-            format!("{text}{sep}{BEGIN}\n{}\n{END}\n", body.trim())
+            format!("{text}{sep}{begin}\n{}\n{end}\n", body.trim())
         }
     }
 }

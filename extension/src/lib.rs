@@ -10,6 +10,7 @@
 //! - [`notices`]: the database's notices, kept for the client that ran the statement.
 //! - [`pool`]: the deadpool pool of those connections: warm-up, health checks, clean close.
 //! - [`socket`]: binding the Unix socket.
+//! - [`memory`]: giving memory back to the system once a burst of sessions is over.
 //! - [`server`]: the accept loop.
 //! - [`slots`]: the `WARMPOOL_MAX_SESSIONS` session slots; the longest-idle one goes to a new
 //!   session when all are in use.
@@ -38,6 +39,7 @@ pub mod lambda;
 pub mod lifecycle;
 pub mod local;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod notices;
 #[cfg(feature = "otel")]

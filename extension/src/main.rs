@@ -17,6 +17,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    warmpool_extension::memory::tune();
     // One thread by default (WARMPOOL_RUNTIME_THREADS): a statement's path is the session task
     // handing the request to the connection's driver task and back, and on one thread those
     // hand-offs are plain queue pushes instead of cross-thread wake-ups (a futex and often a

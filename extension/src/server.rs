@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use warmpool::protocol::{sqlstate, Response, WireError};
 use warmpool::transport::Framed;
 
+use crate::memory::Trim;
 use crate::session::{self, Shared};
 use crate::slots::Slots;
 
@@ -26,10 +27,12 @@ pub async fn serve(
 ) {
     let mut sessions = JoinSet::new();
     let slots = Slots::new(shared.config.max_sessions);
+    let mut trim = Trim::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => trim.closed(sessions.len()),
+            _ = trim.due() => trim.run(sessions.len()),
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     match stream.peer_cred() {
@@ -44,6 +47,7 @@ pub async fn serve(
                         }
                     }
                     sessions.spawn(admit(stream, slots.clone(), shared.clone(), shutdown.clone()));
+                    trim.opened(sessions.len());
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: back off instead of spinning.

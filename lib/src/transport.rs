@@ -49,6 +49,17 @@ impl std::fmt::Display for ReadError {
 
 impl std::error::Error for ReadError {}
 
+/// What each buffer starts with: room for the frames of ordinary statements.
+const INITIAL_CAPACITY: usize = 8 * 1024;
+
+/// The most a buffer keeps between requests. A buffer that grew past it for a large frame goes
+/// back to [`INITIAL_CAPACITY`] before the next request is read, so a long-lived session does
+/// not hold the largest frame it ever carried (up to the frame limit, per buffer) for the rest
+/// of its life. It is twice the extension's 64 KiB row chunks, what a buffer grows to for them
+/// by doubling, so streaming a large result reuses one buffer on either side instead of
+/// allocating one per frame.
+const KEEP_CAPACITY: usize = 128 * 1024;
+
 /// A stream with its read buffer. Partial frames live in the buffer, not in a future, so
 /// [`Framed::read`] is cancel safe: a read dropped by `select!` loses nothing.
 #[derive(Debug)]
@@ -56,6 +67,10 @@ pub struct Framed<S> {
     stream: S,
     read_buf: BytesMut,
     write_buf: BytesMut,
+    /// The read buffer grew past [`KEEP_CAPACITY`]. Its capacity alone cannot tell: once a large
+    /// frame is cut off the front, the buffer reports only what is left behind it, and takes the
+    /// whole allocation back on its next reserve.
+    read_grown: bool,
     max_frame: usize,
     /// Bytes written to the stream so far.
     written: u64,
@@ -68,8 +83,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     pub fn new(stream: S, max_frame: usize) -> Framed<S> {
         Framed {
             stream,
-            read_buf: BytesMut::with_capacity(8 * 1024),
-            write_buf: BytesMut::with_capacity(8 * 1024),
+            read_buf: BytesMut::with_capacity(INITIAL_CAPACITY),
+            write_buf: BytesMut::with_capacity(INITIAL_CAPACITY),
+            read_grown: false,
             max_frame,
             written: 0,
             received: Instant::now(),
@@ -90,6 +106,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     ///
     /// Cancel safe.
     pub async fn read<T: Decode>(&mut self) -> Result<Option<T>, ReadError> {
+        self.shrink();
         loop {
             if let Some(frame) =
                 T::decode(&mut self.read_buf, self.max_frame).map_err(ReadError::Frame)?
@@ -97,8 +114,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                 return Ok(Some(frame));
             }
             if self.read_buf.capacity() == self.read_buf.len() {
-                self.read_buf.reserve(8 * 1024);
+                self.read_buf.reserve(INITIAL_CAPACITY);
             }
+            // Checked here, where a read from the socket follows anyway, and not on the path
+            // of a frame already buffered.
+            self.read_grown |= self.read_buf.capacity() > KEEP_CAPACITY;
             let n = self
                 .stream
                 .read_buf(&mut self.read_buf)
@@ -127,13 +147,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                 return std::future::pending().await;
             }
             if self.read_buf.capacity() == self.read_buf.len() {
-                self.read_buf.reserve(8 * 1024);
+                self.read_buf.reserve(INITIAL_CAPACITY);
+                self.read_grown |= self.read_buf.capacity() > KEEP_CAPACITY;
             }
             let n = self.stream.read_buf(&mut self.read_buf).await?;
             self.received = Instant::now();
             if n == 0 {
                 return Ok(());
             }
+        }
+    }
+
+    /// Gives back what the buffers grew to for a large frame, between requests: both are empty
+    /// (nothing is buffered for the next frame, and the last answer went out whole), and a
+    /// frame decoded earlier from the read buffer keeps its own bytes alive until it is dropped.
+    /// Costs two comparisons when there is nothing to give back.
+    fn shrink(&mut self) {
+        if self.read_grown && self.read_buf.is_empty() {
+            self.read_buf = BytesMut::with_capacity(INITIAL_CAPACITY);
+            self.read_grown = false;
+        }
+        if self.write_buf.capacity() > KEEP_CAPACITY && self.write_buf.is_empty() {
+            self.write_buf = BytesMut::with_capacity(INITIAL_CAPACITY);
         }
     }
 
@@ -193,5 +228,91 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// been sent nothing of its answer.
     pub fn written(&self) -> u64 {
         self.written
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::protocol::StateResponse;
+
+    const LARGE: usize = 1 << 20;
+
+    #[tokio::test]
+    async fn buffers_grown_for_a_large_frame_are_given_back_before_the_next_request() {
+        let (a, b) = tokio::io::duplex(4 * LARGE);
+        let mut client = Framed::new(a, 4 * LARGE);
+        let mut server = Framed::new(b, 4 * LARGE);
+
+        client
+            .queue_request(&Request::Batch("x".repeat(LARGE)))
+            .unwrap();
+        client.flush().await.unwrap();
+        assert!(client.write_buf.capacity() > LARGE);
+        match server.read::<Request>().await.unwrap() {
+            Some(Request::Batch(sql)) => assert_eq!(sql.len(), LARGE),
+            other => panic!("expected the Batch, got {other:?}"),
+        }
+        let value = Bytes::from(vec![b'y'; LARGE]);
+        server.queue_response(&Response::State(StateResponse::Value(value)));
+        server.flush().await.unwrap();
+        assert!(server.write_buf.capacity() > LARGE);
+
+        match client.read::<Response>().await.unwrap() {
+            Some(Response::State(StateResponse::Value(v))) => assert_eq!(v.len(), LARGE),
+            other => panic!("expected the value, got {other:?}"),
+        }
+        // The next request of the session: each side starts it with small buffers again.
+        client.queue_request(&Request::Ping).unwrap();
+        client.flush().await.unwrap();
+        assert!(matches!(
+            server.read::<Request>().await,
+            Ok(Some(Request::Ping))
+        ));
+        server.queue_response(&Response::Pong);
+        server.flush().await.unwrap();
+        assert!(matches!(
+            client.read::<Response>().await,
+            Ok(Some(Response::Pong))
+        ));
+        for (side, framed) in [("client", &client.read_buf), ("server", &server.read_buf)] {
+            assert!(
+                framed.capacity() <= INITIAL_CAPACITY,
+                "the {side}'s read buffer kept {} bytes",
+                framed.capacity()
+            );
+        }
+        for (side, framed) in [("client", &client.write_buf), ("server", &server.write_buf)] {
+            assert!(
+                framed.capacity() <= INITIAL_CAPACITY,
+                "the {side}'s write buffer kept {} bytes",
+                framed.capacity()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn buffers_grown_for_row_chunks_are_kept() {
+        let (a, b) = tokio::io::duplex(4 * LARGE);
+        let mut client = Framed::new(a, 4 * LARGE);
+        let mut server = Framed::new(b, 4 * LARGE);
+        // A large result streams as frames of about 64 KiB: one buffer each side serves them
+        // all, and none is given back between them.
+        for _ in 0..8 {
+            let chunk = Bytes::from(vec![b'r'; 64 * 1024 + 100]);
+            server.queue_response(&Response::State(StateResponse::Value(chunk)));
+            server.flush().await.unwrap();
+            assert!(matches!(
+                client.read::<Response>().await,
+                Ok(Some(Response::State(StateResponse::Value(_))))
+            ));
+            assert!(
+                !client.read_grown,
+                "the client would reallocate for each chunk"
+            );
+            assert!(server.write_buf.capacity() <= KEEP_CAPACITY);
+        }
     }
 }

@@ -231,6 +231,17 @@ impl Extension {
         self.child.as_ref().expect("running").id()
     }
 
+    /// The process's resident set (`VmRSS`) in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.pid();
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
+    }
+
     /// A client connected to this extension.
     pub async fn client(&self) -> warmpool::Client {
         warmpool::Client::connect_to(&self.socket)
