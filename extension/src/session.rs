@@ -39,6 +39,8 @@ use crate::pool::{GetError, Pool, PooledConn};
 use crate::telemetry::Telemetry;
 
 mod pipeline;
+mod savepoint;
+mod simple;
 
 /// Rows are sent in frames of about this many bytes, so a large result streams instead of being
 /// held whole in memory.
@@ -241,6 +243,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Request::Prepare(p) => self.prepare(p).await.is_ok(),
             Request::Execute(e) => self.execute(e).await.is_ok(),
             Request::Batch(sql) => self.batch(sql).await.is_ok(),
+            Request::SimpleQuery(sql) => self.simple_query(sql).await.is_ok(),
+            Request::Savepoint(s) => self.savepoint(s).await.is_ok(),
             Request::Begin(b) => self.begin(b).await.is_ok(),
             Request::Commit => self.commit().await.is_ok(),
             Request::Rollback => self.rollback().await.is_ok(),

@@ -130,7 +130,7 @@ async fn exhausted_pool_times_out_with_53300() {
         ],
     );
     let c = ext.client().await;
-    let mut tx = c.transaction().await.unwrap();
+    let tx = c.transaction().await.unwrap();
     tx.query("SELECT 1", &[]).await.unwrap();
     let err = c.query("SELECT 2", &[]).await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
@@ -142,7 +142,7 @@ async fn exhausted_pool_times_out_with_53300() {
         "{text}"
     );
     // A transaction that cannot get a connection fails, and nothing runs outside it.
-    let mut tx2 = c.transaction().await.unwrap();
+    let tx2 = c.transaction().await.unwrap();
     let err = tx2
         .execute("CREATE TABLE should_not_exist (a int)", &[])
         .await
