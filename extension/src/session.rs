@@ -376,7 +376,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 r
             }
             Err(StmtError::Client(e)) => {
-                lease.release(self);
+                // The client's socket failed while rows were going out to it: the statement may
+                // still be running, for a reader that is gone, so it is cancelled as for a
+                // client that left.
+                let token = lease.conn().client.cancel_token();
+                let settled = settle(
+                    &self.shared.pool,
+                    lease.conn(),
+                    &token,
+                    self.config().reset_timeout,
+                )
+                .await;
+                tracing::info!(
+                    settled,
+                    "the client's socket failed mid-statement; cancelled it on the server"
+                );
+                lease.fail(self, settled);
                 return Err(e);
             }
             Err(StmtError::Gone(token)) => {

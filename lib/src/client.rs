@@ -465,8 +465,9 @@ impl Client {
     /// ```
     ///
     /// # Errors
-    /// The first statement's error that fails; the statements before it in the text have run
-    /// (each on its own, outside a transaction, unless the text says otherwise).
+    /// The error of the first statement that fails. PostgreSQL runs a text of several
+    /// statements as one implicit transaction, so the statements before it are rolled back too,
+    /// unless the text commits them itself.
     pub async fn simple_query(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>, Error> {
         self.with_conn(|fresh| {
             self.on_conn(fresh, async |conn| {
