@@ -433,16 +433,18 @@ impl Client {
                 Ok(Response::Error(e)) => Err(conn.error(e)),
                 other => other,
             };
-            match first {
+            let failed = match first {
                 Ok(first) => {
                     return Ok(RowStream::on_session(self.clone(), conn, &statement, first))
                 }
-                Err(e) if !fresh && is_idle_close(&Err::<(), _>(e.duplicate())) => fresh = true,
-                Err(e) => {
-                    self.put_conn(conn);
-                    return Err(e);
-                }
+                Err(e) => Err::<(), _>(e),
+            };
+            if !fresh && is_idle_close(&failed) {
+                fresh = true;
+                continue;
             }
+            self.put_conn(conn);
+            return failed.map(|()| unreachable!("an error"));
         }
     }
 

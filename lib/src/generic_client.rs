@@ -203,8 +203,12 @@ macro_rules! generic_client {
                 I: IntoIterator<Item = P> + Send,
                 I::IntoIter: ExactSizeIterator,
             {
-                // A client's stream is `RowStream<'static>`, narrowed here to the trait's.
-                async move { Ok(<$ty>::query_raw(self, statement, params).await?) }
+                // A client's stream is `RowStream<'static>`; the `Ok(..?)` narrows it to the
+                // trait's lifetime, which the future's output type cannot do by itself.
+                #[allow(clippy::needless_question_mark)]
+                async move {
+                    Ok(<$ty>::query_raw(self, statement, params).await?)
+                }
             }
 
             fn prepare(&self, sql: &str) -> impl Future<Output = Result<Statement, Error>> + Send {

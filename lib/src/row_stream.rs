@@ -118,6 +118,8 @@ impl Stream for RowStream<'_> {
 }
 
 /// Where the stream's session comes from, and where it goes when the stream ends or is dropped.
+// It lives in the stream's one boxed future, so its size costs no copies.
+#[allow(clippy::large_enum_variant)]
 enum Holder<'a> {
     /// A session of its own, back to the client's idle list once every row has been read.
     Session { client: Client, conn: Option<Conn> },

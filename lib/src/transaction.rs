@@ -38,7 +38,7 @@ pub struct Transaction<'a> {
 
 /// The session a transaction and its nested transactions share.
 enum Session<'a> {
-    Own(Mutex<TxSession>),
+    Own(Box<Mutex<TxSession>>),
     Nested(&'a Mutex<TxSession>),
 }
 
@@ -84,10 +84,10 @@ impl<'a> Transaction<'a> {
     pub(crate) fn new(client: &'a Client, conn: Conn, begin: Begin) -> Transaction<'a> {
         Transaction {
             client,
-            session: Session::Own(Mutex::new(TxSession {
+            session: Session::Own(Box::new(Mutex::new(TxSession {
                 conn: Some(conn),
                 begin: Some(begin),
-            })),
+            }))),
             savepoint: None,
             depth: 0,
             done: false,

@@ -84,7 +84,7 @@ async fn one_client_runs_tasks_in_parallel() {
     let ext = Extension::start(&pg, &[("WARMPOOL_MAX_SIZE", "4")]);
     let c = ext.client().await;
     c.batch_execute("CREATE TABLE gate (id int)").await.unwrap();
-    let mut holder = c.transaction().await.unwrap();
+    let holder = c.transaction().await.unwrap();
     holder
         .execute("LOCK TABLE gate IN ACCESS EXCLUSIVE MODE", &[])
         .await
