@@ -104,14 +104,14 @@ pub fn from_pool(e: &PoolError<ConnectError>, config: &Config) -> WireError {
             ),
         ),
         PoolError::Timeout(TimeoutType::Create) => WireError::extension(
-            sqlstate::CONNECTION_FAILURE,
+            sqlstate::CONNECTION_TIMEOUT,
             format!(
                 "connecting to the database took longer than {} ms (WARMPOOL_CONNECT_TIMEOUT_MS)",
                 config.connect_timeout.as_millis()
             ),
         ),
         PoolError::Timeout(TimeoutType::Recycle) => WireError::extension(
-            sqlstate::CONNECTION_FAILURE,
+            sqlstate::CONNECTION_TIMEOUT,
             format!(
                 "checking a pooled connection took longer than {} ms (WARMPOOL_RESET_TIMEOUT_MS)",
                 config.reset_timeout.as_millis()
@@ -177,7 +177,12 @@ pub fn from_connect(e: &ConnectError) -> WireError {
             UNABLE_TO_CONNECT,
             format!("could not obtain database credentials: {e}"),
         ),
-        ConnectError::Timeout { .. } | ConnectError::Unavailable(_) => {
+        // A timeout has a code of its own, so a client tells it apart without reading the
+        // message (warmpool's `Error::is_timeout`).
+        ConnectError::Timeout { .. } => {
+            WireError::extension(sqlstate::CONNECTION_TIMEOUT, e.to_string())
+        }
+        ConnectError::Unavailable(_) => {
             WireError::extension(sqlstate::CONNECTION_FAILURE, e.to_string())
         }
     }
@@ -321,7 +326,9 @@ mod tests {
         );
         assert_eq!(from_pool(&PoolError::Closed, &config).code(), "57P01");
         let e = from_pool(&PoolError::Timeout(TimeoutType::Create), &config);
-        assert_eq!(e.code(), "08006");
+        assert_eq!(e.code(), "HYT01");
+        let e = from_pool(&PoolError::Timeout(TimeoutType::Recycle), &config);
+        assert_eq!(e.code(), "HYT01");
     }
 
     #[test]
@@ -371,7 +378,7 @@ mod tests {
             after: Duration::from_millis(250),
         };
         let wire = from_connect(&e);
-        assert_eq!(wire.code(), "08006");
+        assert_eq!(wire.code(), "HYT01");
         assert!(
             wire.message()
                 .contains("250 ms (WARMPOOL_CONNECT_TIMEOUT_MS)"),

@@ -40,6 +40,8 @@ use crate::slots::Slot;
 use crate::telemetry::Telemetry;
 
 mod pipeline;
+mod savepoint;
+mod simple;
 
 /// Rows are sent in frames of about this many bytes, so a large result streams instead of being
 /// held whole in memory.
@@ -266,6 +268,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Request::Prepare(p) => self.prepare(p).await.is_ok(),
             Request::Execute(e) => self.execute(e).await.is_ok(),
             Request::Batch(sql) => self.batch(sql).await.is_ok(),
+            Request::SimpleQuery(sql) => self.simple_query(sql).await.is_ok(),
+            Request::Savepoint(s) => self.savepoint(s).await.is_ok(),
             Request::Begin(b) => self.begin(b).await.is_ok(),
             Request::Commit => self.commit().await.is_ok(),
             Request::Rollback => self.rollback().await.is_ok(),
@@ -397,7 +401,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 r
             }
             Err(StmtError::Client(e)) => {
-                lease.release(self);
+                // The client's socket failed while rows were going out to it: the statement may
+                // still be running, for a reader that is gone, so it is cancelled as for a
+                // client that left.
+                let token = lease.conn().client.cancel_token();
+                let settled = settle(
+                    &self.shared.pool,
+                    lease.conn(),
+                    &token,
+                    self.config().reset_timeout,
+                )
+                .await;
+                tracing::info!(
+                    settled,
+                    "the client's socket failed mid-statement; cancelled it on the server"
+                );
+                lease.fail(self, settled);
                 return Err(e);
             }
             Err(StmtError::Gone(token)) => {

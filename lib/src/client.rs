@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
-use postgres_types::{ToSql, Type};
+use postgres_types::{BorrowToSql, ToSql, Type};
 
 use crate::batch::Batch;
 use crate::conn::{Conn, NoticeSink};
@@ -13,6 +13,8 @@ use crate::error::{DbError, Error, Kind};
 use crate::ops;
 use crate::protocol::{Begin, Invocation, IsolationLevel, Request, Response, Stats};
 use crate::row::Row;
+use crate::row_stream::RowStream;
+use crate::simple_query::SimpleQueryMessage;
 use crate::statement::{Statement, ToStatement};
 use crate::transaction::Transaction;
 
@@ -375,6 +377,123 @@ impl Client {
         })
         .await
         .map(|(_, n)| n)
+    }
+
+    /// Runs a statement and returns its rows as a stream, read from the socket as the
+    /// extension sends them, about 64 KiB at a time, instead of collected whole: for results
+    /// too large to hold. As tokio-postgres' `query_raw`, it takes the parameters as any
+    /// iterator of values (`[&a as &dyn ToSql, &b]`, a `Vec<String>`, `std::iter::empty::<i32>()`).
+    ///
+    /// The stream holds a session of its own until its last row; dropped before that, the
+    /// session is closed and the extension cancels the statement (see [`RowStream`]).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), warmpool::Error> {
+    /// use warmpool::stream::TryStreamExt;
+    ///
+    /// let db = warmpool::Client::connect().await?;
+    /// let mut rows = db
+    ///     .query_raw("SELECT g FROM generate_series(1, $1) g", [1_000_000i32])
+    ///     .await?;
+    /// let mut sum = 0i64;
+    /// while let Some(row) = rows.try_next().await? {
+    ///     sum += i64::from(row.get::<_, i32>(0));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::query`]; an error the statement raises after its first rows comes as the
+    /// stream's last item.
+    pub async fn query_raw<T, P, I>(
+        &self,
+        statement: &T,
+        params: I,
+    ) -> Result<RowStream<'static>, Error>
+    where
+        T: ?Sized + ToStatement,
+        P: BorrowToSql,
+        I: IntoIterator<Item = P>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let statement = match statement.__statement() {
+            Some(s) => s.clone(),
+            None => self.prepare(statement.__sql()).await?,
+        };
+        let request =
+            ops::execute_request(&statement, ops::encode_params_iter(&statement, params)?);
+        // The first frame of the answer is read here, so that a session the extension closed
+        // for idleness just as the request went out is found before the stream is handed out,
+        // and the request goes once more on a new session, as every other request does.
+        let mut fresh = false;
+        loop {
+            let mut conn = if fresh {
+                self.new_conn().await?
+            } else {
+                self.take_conn().await?
+            };
+            let first = async {
+                conn.queue(&request)?;
+                conn.flush().await?;
+                conn.recv().await
+            }
+            .await;
+            let first = match first {
+                Ok(Response::Error(e)) => Err(conn.error(e)),
+                other => other,
+            };
+            let failed = match first {
+                Ok(first) => {
+                    return Ok(RowStream::on_session(self.clone(), conn, &statement, first))
+                }
+                Err(e) => Err::<(), _>(e),
+            };
+            if !fresh && is_idle_close(&failed) {
+                fresh = true;
+                continue;
+            }
+            self.put_conn(conn);
+            return failed.map(|()| unreachable!("an error"));
+        }
+    }
+
+    /// Runs statements, separated by semicolons, through PostgreSQL's simple query protocol,
+    /// and returns their rows with every value as text, as tokio-postgres' `simple_query`: for
+    /// each statement, its columns and rows if it returns any, then its completion with the
+    /// number of rows. Without parameters, so never build its SQL from untrusted input.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), warmpool::Error> {
+    /// use warmpool::SimpleQueryMessage;
+    ///
+    /// let db = warmpool::Client::connect().await?;
+    /// for message in db.simple_query("SELECT 1 AS one, NULL AS nothing; SELECT 2").await? {
+    ///     if let SimpleQueryMessage::Row(row) = message {
+    ///         println!("{:?} {:?}", row.get(0), row.get("nothing"));
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The error of the first statement that fails. PostgreSQL runs a text of several
+    /// statements as one implicit transaction, so the statements before it are rolled back too,
+    /// unless the text commits them itself.
+    pub async fn simple_query(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>, Error> {
+        self.with_conn(|fresh| {
+            self.on_conn(fresh, async |conn| {
+                crate::simple_query::run(conn, &mut None, sql).await
+            })
+        })
+        .await
+    }
+
+    /// A new session, with this handle's deadline and invocation.
+    async fn new_conn(&self) -> Result<Conn, Error> {
+        let mut conn = Conn::open(&self.inner.path, self.inner.notices.clone()).await?;
+        conn.set_deadline(self.deadline);
+        conn.announce(self.invocation.as_ref())?;
+        Ok(conn)
     }
 
     /// Runs one or more statements separated by semicolons, without parameters or results.

@@ -29,6 +29,14 @@ pub(crate) struct Conn {
     want_deadline: Option<u64>,
     /// Deadline frames sent whose Ok has not been read yet.
     deadline_acks: usize,
+    /// Whether the rest of an Execute's answer (Rows frames, then Complete or Error) is still to
+    /// come and nobody wants it: a row stream dropped before its end inside a transaction.
+    draining: bool,
+    /// Requests queued by a drop, which cannot wait for their answer (a savepoint rolled back
+    /// because its transaction was dropped): their answers are read and set aside before the next
+    /// request's, as tokio-postgres' `Transaction` drop queues its ROLLBACK. At most one per
+    /// level of nested transactions, each of which took a round trip to create.
+    unawaited: usize,
     /// Where the database's notices go.
     notices: Arc<NoticeSink>,
 }
@@ -108,6 +116,8 @@ impl Conn {
             deadline: None,
             want_deadline: None,
             deadline_acks: 0,
+            draining: false,
+            unawaited: 0,
             notices,
         };
         conn.queue(&Request::Hello(Hello {
@@ -131,6 +141,25 @@ impl Conn {
 
     pub(crate) fn is_broken(&self) -> bool {
         self.broken
+    }
+
+    /// Notes that the rest of the answer being read is to be skipped: its Rows frames and the
+    /// Complete or Error that ends it are read and dropped before the next answer.
+    pub(crate) fn skip_rest_of_answer(&mut self) {
+        self.draining = true;
+    }
+
+    /// Queues a request whose answer nobody awaits: it goes out with the next request, and its
+    /// Ok or Error is read and set aside before that request's answer. For a drop, which cannot
+    /// await; nothing is queued on a broken session.
+    pub(crate) fn queue_unawaited(&mut self, request: &Request) {
+        if self.broken {
+            return;
+        }
+        match self.queue_frame(request) {
+            Ok(()) => self.unawaited += 1,
+            Err(_) => self.broken = true,
+        }
     }
 
     /// Sets the deadline the session's next requests run under; it reaches the extension in
@@ -196,6 +225,23 @@ impl Conn {
                     self.broken = true;
                     return Err(self.error(e));
                 }
+                other => return Err(self.unexpected(&other)),
+            }
+        }
+        while self.draining {
+            match self.recv_one().await? {
+                Response::Rows(_) => {}
+                // An error here inside a transaction fails the transaction on the extension's
+                // side, so the statements after it are refused there with 25P02: nothing is lost.
+                Response::Complete(_) | Response::Error(_) => self.draining = false,
+                other => return Err(self.unexpected(&other)),
+            }
+        }
+        while self.unawaited > 0 {
+            match self.recv_one().await? {
+                // Likewise for a failed ROLLBACK TO SAVEPOINT: the extension holds the
+                // transaction failed, so it cannot commit.
+                Response::Ok | Response::Error(_) => self.unawaited -= 1,
                 other => return Err(self.unexpected(&other)),
             }
         }
@@ -277,6 +323,7 @@ impl Conn {
             Response::State(_) => "warm-state",
             Response::Stats(_) => "Stats",
             Response::Notice(_) => "Notice",
+            Response::Columns(_) => "Columns",
         };
         Error::protocol(format!("unexpected {name} frame from the extension"))
     }

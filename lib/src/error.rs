@@ -5,7 +5,7 @@ use std::fmt;
 
 use tokio_postgres::error::{ErrorPosition, SqlState};
 
-use crate::protocol::{ErrorSource, WireError};
+use crate::protocol::{sqlstate, ErrorSource, WireError};
 
 /// An error from warmpool: from PostgreSQL, from the extension, or from the socket between.
 pub struct Error(Box<Inner>);
@@ -103,35 +103,60 @@ impl Error {
     }
 
     /// Whether the connection to the extension or to the database is gone, or the extension is
-    /// shutting down.
+    /// shutting down: the socket failed, or the extension answered 57P01 (shutting down),
+    /// 08006 (the database unreachable), HYT01 (the database did not connect in time) or 57P05
+    /// (the session closed for idleness).
     pub fn is_closed(&self) -> bool {
         match self.0.kind {
             Kind::Closed | Kind::Connect => true,
             Kind::Extension => matches!(
-                self.code(),
-                Some(c) if *c == SqlState::ADMIN_SHUTDOWN || *c == SqlState::CONNECTION_FAILURE
-                    || c.code() == crate::conn::IDLE_SESSION_TIMEOUT
+                self.code().map(SqlState::code),
+                Some(
+                    sqlstate::ADMIN_SHUTDOWN
+                        | sqlstate::CONNECTION_FAILURE
+                        | sqlstate::CONNECTION_TIMEOUT
+                        | crate::conn::IDLE_SESSION_TIMEOUT
+                )
             ),
             _ => false,
         }
     }
 
-    /// Whether the request timed out, waiting for a pooled connection or for the database, or
-    /// was cancelled at the deadline of [`crate::Client::with_deadline`], including a COMMIT
-    /// the database did not answer by then (08007, outcome unknown).
+    /// Whether a time limit ended the request, decided by its SQLSTATE alone:
+    /// - 57014 (query_canceled): the statement was cancelled at the deadline of
+    ///   [`crate::Client::with_deadline`], or by the database's own `statement_timeout` (a
+    ///   statement cancelled by `pg_cancel_backend` has the same code);
+    /// - 08007 from the extension: a COMMIT the database did not answer by the deadline
+    ///   (its outcome is unknown);
+    /// - 53300 from the extension: no pooled connection became free within
+    ///   `WARMPOOL_WAIT_TIMEOUT_MS` (from the database, 53300 is its `max_connections`, not a
+    ///   timeout);
+    /// - HYT01 from the extension: the database did not connect, or answer a pooled
+    ///   connection's check, in time;
+    /// - 25P03 and 57P05 from the database: its `idle_in_transaction_session_timeout` or
+    ///   `idle_session_timeout` ended the session; 57P05 from the extension: it closed a session
+    ///   left idle past `WARMPOOL_IDLE_SESSION_TIMEOUT_MS`.
+    ///
+    /// `lock_timeout` is not among them: its 55P03 is also what `NOWAIT` raises.
     pub fn is_timeout(&self) -> bool {
+        let Some(code) = self.code().map(SqlState::code) else {
+            return false;
+        };
         match self.0.kind {
-            Kind::Extension => {
-                matches!(self.code(), Some(c) if *c == SqlState::TOO_MANY_CONNECTIONS
-                    || *c == SqlState::QUERY_CANCELED
-                    || *c == SqlState::TRANSACTION_RESOLUTION_UNKNOWN)
-                    || self
-                        .0
-                        .db
-                        .as_ref()
-                        .is_some_and(|d| d.message().contains("took longer than"))
-            }
-            Kind::Db => matches!(self.code(), Some(c) if *c == SqlState::QUERY_CANCELED),
+            Kind::Extension => matches!(
+                code,
+                sqlstate::QUERY_CANCELED
+                    | sqlstate::TOO_MANY_CONNECTIONS
+                    | sqlstate::TRANSACTION_RESOLUTION_UNKNOWN
+                    | sqlstate::CONNECTION_TIMEOUT
+                    | crate::conn::IDLE_SESSION_TIMEOUT
+            ),
+            Kind::Db => matches!(
+                code,
+                sqlstate::QUERY_CANCELED
+                    | sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+                    | crate::conn::IDLE_SESSION_TIMEOUT
+            ),
             _ => false,
         }
     }
@@ -295,3 +320,83 @@ impl fmt::Display for DbError {
 }
 
 impl std::error::Error for DbError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raised(source: ErrorSource, code: &str, message: &str) -> Error {
+        let mut e = WireError::extension(code, message);
+        e.source = source;
+        Error::from_wire(e)
+    }
+
+    fn extension(code: &str) -> Error {
+        raised(ErrorSource::Extension, code, "a message in any language")
+    }
+
+    fn database(code: &str) -> Error {
+        raised(
+            ErrorSource::Database,
+            code,
+            "ein Text in irgendeiner Sprache",
+        )
+    }
+
+    #[test]
+    fn timeouts_are_told_by_their_code() {
+        for e in [
+            extension("57014"),
+            extension("53300"),
+            extension("HYT01"),
+            extension("57P05"),
+            database("57014"),
+            database("25P03"),
+            database("57P05"),
+        ] {
+            assert!(e.is_timeout(), "{e:?}");
+        }
+        // The message does not matter, in whatever language the server speaks.
+        assert!(raised(
+            ErrorSource::Database,
+            "57014",
+            "Abbruch wegen Zeitüberschreitung"
+        )
+        .is_timeout());
+        for e in [
+            // The database's too_many_connections is its max_connections, not a wait.
+            database("53300"),
+            database("55P03"),
+            database("23505"),
+            extension("08006"),
+            extension("57P01"),
+            extension("08P01"),
+            // A message that reads like a timeout is not one without the code.
+            raised(
+                ErrorSource::Extension,
+                "08006",
+                "connecting took longer than 5000 ms",
+            ),
+            Error::closed("the socket closed"),
+            Error::protocol("bad frame"),
+        ] {
+            assert!(!e.is_timeout(), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn closed_is_told_by_its_code() {
+        for e in [
+            extension("57P01"),
+            extension("08006"),
+            extension("HYT01"),
+            extension("57P05"),
+            Error::closed("the socket closed"),
+        ] {
+            assert!(e.is_closed(), "{e:?}");
+        }
+        for e in [database("08006"), extension("53300"), database("57014")] {
+            assert!(!e.is_closed(), "{e:?}");
+        }
+    }
+}

@@ -9,7 +9,8 @@
 //! - [`protocol`]: the socket protocol's frames, with no I/O (shared with the extension).
 //! - [`transport`]: frames over a byte stream, cancel safe on read.
 //! - `client`, `transaction`, `ops`: the API and the request/response exchanges.
-//! - `row`, `statement`, `error`: results, statements and errors.
+//! - `row`, `row_stream`, `simple_query`, `statement`, `error`: results, statements and errors.
+//! - `generic_client`: [`GenericClient`], for code that takes a client or a transaction.
 //! - `state`: warm state: the state store ([`Client::state`]), warm-up data sets
 //!   ([`Client::warm`]) and the query result cache ([`Client::query_cached`]).
 
@@ -24,8 +25,11 @@ mod batch;
 mod client;
 mod conn;
 mod error;
+mod generic_client;
 mod ops;
 mod row;
+mod row_stream;
+mod simple_query;
 mod state;
 mod statement;
 mod transaction;
@@ -33,16 +37,28 @@ mod transaction;
 pub use batch::{Batch, BatchResult};
 pub use client::{Client, TransactionBuilder, DEFAULT_SOCKET, STATEMENT_CACHE_SIZE};
 pub use error::{DbError, Error};
+pub use generic_client::GenericClient;
 pub use protocol::CacheOutcome;
 pub use protocol::{IsolationLevel, Stats};
 pub use row::{Row, RowIndex};
+pub use row_stream::RowStream;
+pub use simple_query::{SimpleColumn, SimpleIndex, SimpleQueryMessage, SimpleQueryRow};
 pub use state::{CachePolicy, StateStore};
 pub use statement::{Column, Statement, ToStatement};
 pub use transaction::Transaction;
 
+/// Byte buffers, as [`StateStore::get`] returns them.
+pub use bytes::Bytes;
+
+/// The `Stream` trait [`RowStream`] implements, and the extension traits that read it
+/// (`try_next`, `try_collect`, …), so a function needs no `futures` dependency of its own.
+pub mod stream {
+    pub use futures_util::stream::{Stream, StreamExt, TryStreamExt};
+}
+
 /// `postgres-types`, for `ToSql`, `FromSql`, `Type` and the derive macros.
 pub use postgres_types as types;
-pub use postgres_types::{FromSql, ToSql, Type};
+pub use postgres_types::{BorrowToSql, FromSql, ToSql, Type};
 
 /// Error details, as in tokio-postgres.
 pub mod error_types {

@@ -4,7 +4,7 @@
 //! costs no round trip of its own; its answer is read first.
 
 use bytes::BytesMut;
-use postgres_types::{IsNull, ToSql, Type};
+use postgres_types::{BorrowToSql, IsNull, ToSql, Type};
 
 use crate::conn::Conn;
 use crate::error::{Error, Kind};
@@ -14,7 +14,7 @@ use crate::statement::{Column, Statement};
 
 /// Queues `begin` (if still pending) and `requests`, flushes, and reads Begin's answer. Returns
 /// Begin's error, if any, for the caller to report once it has read its own answers.
-async fn send(
+pub(crate) async fn send(
     conn: &mut Conn,
     begin: &mut Option<Begin>,
     requests: &[Request],
@@ -89,6 +89,20 @@ pub(crate) fn encode_params(
     statement: &Statement,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Param>, Error> {
+    encode_params_iter(statement, params.iter().map(|p| *p as &dyn ToSql))
+}
+
+/// [`encode_params`] for any values that lend a `ToSql`, as tokio-postgres' `query_raw` takes.
+pub(crate) fn encode_params_iter<P, I>(
+    statement: &Statement,
+    params: I,
+) -> Result<Vec<Param>, Error>
+where
+    P: BorrowToSql,
+    I: IntoIterator<Item = P>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let params = params.into_iter();
     let types = statement.params();
     if types.len() != params.len() {
         return Err(Error::new(
@@ -101,11 +115,11 @@ pub(crate) fn encode_params(
     }
     let mut buf = BytesMut::new();
     params
-        .iter()
         .zip(types)
         .enumerate()
         .map(|(i, (p, ty))| {
             let value = match p
+                .borrow_to_sql()
                 .to_sql_checked(ty, &mut buf)
                 .map_err(|e| Error::new(Kind::ToSql(i), Some(e)))?
             {
@@ -120,7 +134,7 @@ pub(crate) fn encode_params(
         .collect()
 }
 
-fn execute_request(statement: &Statement, params: Vec<Param>) -> Request {
+pub(crate) fn execute_request(statement: &Statement, params: Vec<Param>) -> Request {
     Request::Execute(Execute {
         sql: statement.sql().to_owned(),
         types: statement.declared().to_vec(),
@@ -199,7 +213,16 @@ pub(crate) async fn batch(
     begin: &mut Option<Begin>,
     sql: &str,
 ) -> Result<(), Error> {
-    let begin_error = send(conn, begin, &[Request::Batch(sql.to_owned())]).await?;
+    request_ok(conn, begin, Request::Batch(sql.to_owned())).await
+}
+
+/// Sends a request answered by Ok, after the transaction's Begin if that is still pending.
+pub(crate) async fn request_ok(
+    conn: &mut Conn,
+    begin: &mut Option<Begin>,
+    request: Request,
+) -> Result<(), Error> {
+    let begin_error = send(conn, begin, &[request]).await?;
     let result = expect_ok(conn).await;
     match begin_error {
         Some(e) => Err(e),

@@ -111,16 +111,22 @@ impl StateStore<'_> {
         }
     }
 
-    /// Writes `key`, replacing any value; with a `ttl`, the value expires after it.
+    /// Writes `key`, replacing any value; with a `ttl`, the value expires after it. The value
+    /// is any bytes: `b"v1"`, a `&[u8]`, a `Vec<u8>`, a `&str`, a [`Bytes`].
+    ///
+    /// # Errors
+    /// SQLSTATE 54000 if the entry alone is larger than the store's whole budget
+    /// (`WARMPOOL_STATE_MAX_BYTES`) or than a frame; a closed-session error if the extension
+    /// cannot be reached.
     pub async fn put(
         &self,
         key: &str,
-        value: impl Into<Bytes>,
+        value: impl AsRef<[u8]>,
         ttl: Option<Duration>,
     ) -> Result<(), Error> {
         let request = StateRequest::Put(Put {
             key: key.into(),
-            value: value.into(),
+            value: Bytes::copy_from_slice(value.as_ref()),
             ttl_ms: ttl_ms(ttl),
         });
         match self.request(request).await? {

@@ -66,7 +66,7 @@ async fn client_leaving_mid_transaction_statement_releases_its_locks() {
     let long = {
         let c = c.clone();
         tokio::spawn(async move {
-            let mut tx = c.transaction().await.unwrap();
+            let tx = c.transaction().await.unwrap();
             tx.execute("UPDATE t SET n = 1 WHERE id = 1", &[])
                 .await
                 .unwrap();

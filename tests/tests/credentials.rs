@@ -57,7 +57,7 @@ async fn rotation_is_invisible_to_the_function() {
     let ext = start(&pg, &sm, &[("WARMPOOL_SECRET_TTL_MS", "600000")]);
     let client = ext.client().await;
 
-    let mut tx = client.transaction().await.unwrap();
+    let tx = client.transaction().await.unwrap();
     let old: i32 = tx
         .query_one("SELECT pg_backend_pid()", &[])
         .await

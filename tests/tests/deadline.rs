@@ -93,7 +93,7 @@ async fn transaction_at_the_deadline_is_rolled_back_and_its_locks_released() {
     let ext = Extension::start(&pg, &[]);
     let client = setup(&pg, &ext).await;
     let bounded = client.with_deadline(soon());
-    let mut tx = bounded.transaction().await.unwrap();
+    let tx = bounded.transaction().await.unwrap();
     tx.execute("UPDATE t SET v = 1 WHERE id = 1", &[])
         .await
         .unwrap();
@@ -135,7 +135,7 @@ async fn transaction_left_open_is_rolled_back_at_the_deadline() {
     let ext = Extension::start(&pg, &[]);
     let client = setup(&pg, &ext).await;
     let bounded = client.with_deadline(soon());
-    let mut tx = bounded.transaction().await.unwrap();
+    let tx = bounded.transaction().await.unwrap();
     tx.execute("UPDATE t SET v = 1 WHERE id = 1", &[])
         .await
         .unwrap();

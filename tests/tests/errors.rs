@@ -213,7 +213,7 @@ async fn nul_in_sql_is_the_callers_error_and_costs_no_connection() {
     check_nul_refused(results[1].error().expect("the statement failed"));
 
     // In a transaction the refused statement leaves the transaction as it was.
-    let mut tx = c.transaction().await.unwrap();
+    let tx = c.transaction().await.unwrap();
     errors.push(tx.query(nul, &[]).await.unwrap_err());
     errors.push(tx.batch_execute(nul).await.unwrap_err());
     tx.execute("CREATE TEMP TABLE t (n int)", &[])

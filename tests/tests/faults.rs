@@ -275,7 +275,7 @@ async fn a_transaction_whose_connection_dies_before_its_first_statement_ran_star
     let writer = {
         let client = client.clone();
         tokio::spawn(async move {
-            let mut tx = client.transaction().await?;
+            let tx = client.transaction().await?;
             tx.execute("INSERT INTO w (v) VALUES ('once')", &[]).await?;
             tx.commit().await
         })

@@ -194,7 +194,7 @@ async fn idle_transaction_is_rolled_back_when_its_session_is_closed() {
         .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)")
         .await
         .unwrap();
-    let mut tx = client.transaction().await.unwrap();
+    let tx = client.transaction().await.unwrap();
     tx.execute("UPDATE t SET v = 1 WHERE id = 1", &[])
         .await
         .unwrap();
@@ -231,7 +231,7 @@ async fn client_replaces_sessions_closed_for_idleness() {
     // The client's only idle session is gone; the next request must not see that.
     let n: i32 = client.query_one("SELECT 2", &[]).await.unwrap().get(0);
     assert_eq!(n, 2);
-    let mut tx = client.transaction().await.unwrap();
+    let tx = client.transaction().await.unwrap();
     let n: i32 = tx.query_one("SELECT 3", &[]).await.unwrap().get(0);
     tx.commit().await.unwrap();
     assert_eq!(n, 3);

@@ -403,7 +403,7 @@ async fn notices_reach_the_client_and_never_the_log() {
         .get(0);
     assert_eq!(n, 1);
     // Inside a transaction, and with a batch of plain SQL.
-    let mut tx = client.transaction().await.unwrap();
+    let tx = client.transaction().await.unwrap();
     tx.execute("SELECT nc_notice('in a transaction')", &[])
         .await
         .unwrap();

@@ -249,7 +249,7 @@ async fn transactions_stay_on_one_server_and_commit_or_roll_back() {
         tasks.spawn(async move {
             let mut committed = 0;
             for i in 0..ROUNDS {
-                let mut tx = c.transaction().await.unwrap();
+                let tx = c.transaction().await.unwrap();
                 let first: i32 = tx
                     .query_one("SELECT pg_backend_pid()", &[])
                     .await
@@ -291,14 +291,14 @@ async fn transactions_stay_on_one_server_and_commit_or_roll_back() {
 
     // A failed statement aborts the transaction on its server; after the rollback, the same
     // cached statements serve the next transaction.
-    let mut tx = setup.transaction().await.unwrap();
+    let tx = setup.transaction().await.unwrap();
     let err = tx
         .execute("INSERT INTO acct VALUES ($1, 0)", &[&1i32])
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION));
     tx.rollback().await.unwrap();
-    let mut tx = setup.transaction().await.unwrap();
+    let tx = setup.transaction().await.unwrap();
     tx.execute("INSERT INTO acct VALUES ($1, 0)", &[&3i32])
         .await
         .unwrap();
@@ -388,7 +388,7 @@ async fn reset_after_an_abandoned_transaction_keeps_statements_working() {
     // A transaction abandoned mid-way, holding a row lock: the extension rolls it back on the
     // server connection PgBouncer pinned to it.
     {
-        let mut tx = c.transaction().await.unwrap();
+        let tx = c.transaction().await.unwrap();
         tx.execute("UPDATE acct SET n = n + 1 WHERE id = $1", &[&1i32])
             .await
             .unwrap();

@@ -84,7 +84,7 @@ async fn one_client_runs_tasks_in_parallel() {
     let ext = Extension::start(&pg, &[("WARMPOOL_MAX_SIZE", "4")]);
     let c = ext.client().await;
     c.batch_execute("CREATE TABLE gate (id int)").await.unwrap();
-    let mut holder = c.transaction().await.unwrap();
+    let holder = c.transaction().await.unwrap();
     holder
         .execute("LOCK TABLE gate IN ACCESS EXCLUSIVE MODE", &[])
         .await
@@ -130,7 +130,7 @@ async fn exhausted_pool_times_out_with_53300() {
         ],
     );
     let c = ext.client().await;
-    let mut tx = c.transaction().await.unwrap();
+    let tx = c.transaction().await.unwrap();
     tx.query("SELECT 1", &[]).await.unwrap();
     let err = c.query("SELECT 2", &[]).await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
@@ -142,7 +142,7 @@ async fn exhausted_pool_times_out_with_53300() {
         "{text}"
     );
     // A transaction that cannot get a connection fails, and nothing runs outside it.
-    let mut tx2 = c.transaction().await.unwrap();
+    let tx2 = c.transaction().await.unwrap();
     let err = tx2
         .execute("CREATE TABLE should_not_exist (a int)", &[])
         .await
@@ -274,9 +274,9 @@ async fn sessions_past_the_limit_wait_then_get_53300() {
     // would: see `at_the_session_limit_a_new_session_takes_the_slot_of_the_longest_idle_one`).
     let a = ext.client().await;
     let b = ext.client().await;
-    let mut ta = a.transaction().await.unwrap();
+    let ta = a.transaction().await.unwrap();
     ta.execute("SELECT 1", &[]).await.unwrap();
-    let mut tb = b.transaction().await.unwrap();
+    let tb = b.transaction().await.unwrap();
     tb.execute("SELECT 1", &[]).await.unwrap();
     let err = warmpool::Client::connect_to(ext.socket())
         .await

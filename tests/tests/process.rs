@@ -485,7 +485,7 @@ async fn sigterm_closes_connections_cleanly() {
     a.unwrap();
     b.unwrap();
     c.unwrap();
-    let mut tx = client.transaction().await.unwrap();
+    let tx = client.transaction().await.unwrap();
     tx.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
     tx.commit().await.unwrap();
     let n: i64 = client
@@ -553,7 +553,7 @@ async fn sigterm_rolls_back_an_open_transaction() {
         .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await
         .unwrap();
-    let mut tx = client.transaction().await.unwrap();
+    let tx = client.transaction().await.unwrap();
     assert_eq!(
         tx.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap(),
         1

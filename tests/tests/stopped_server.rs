@@ -98,7 +98,7 @@ async fn a_statement_running_when_the_server_stops_gets_57014_and_its_transactio
     let before = backend_pid(&client).await;
     let direct = pg.tokio_client().await;
     let bounded = client.with_deadline(in_ms(2000));
-    let mut tx = bounded.transaction().await.unwrap();
+    let tx = bounded.transaction().await.unwrap();
     tx.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
     // The server stops while the statement runs, before the deadline.
     let answered = tokio::time::timeout(STOPPED, async {
@@ -163,7 +163,7 @@ async fn a_commit_the_stopped_server_never_answers_is_reported_unknown_never_com
     let client = setup(&ext).await;
     let before = backend_pid(&client).await;
     let bounded = client.with_deadline(in_ms(1500));
-    let mut tx = bounded.transaction().await.unwrap();
+    let tx = bounded.transaction().await.unwrap();
     tx.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
     let paused = pg.pause();
     let answered = tokio::time::timeout(STOPPED, tx.commit()).await;

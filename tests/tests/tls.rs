@@ -308,7 +308,7 @@ async fn no_secret_leaks_into_logs_or_errors() {
             .unwrap()
             .get(0);
         assert_eq!(n, 42);
-        let mut tx = client.transaction().await.unwrap();
+        let tx = client.transaction().await.unwrap();
         tx.batch_execute("CREATE TEMP TABLE t (a int)")
             .await
             .unwrap();

@@ -27,7 +27,7 @@ async fn commit_is_visible_rollback_is_not() {
     let c = ext.client().await;
     setup(&c).await;
 
-    let mut tx = c.transaction().await.unwrap();
+    let tx = c.transaction().await.unwrap();
     tx.execute("UPDATE acct SET n = n + 1 WHERE id = $1", &[&1i32])
         .await
         .unwrap();
@@ -54,7 +54,7 @@ async fn commit_is_visible_rollback_is_not() {
     tx.commit().await.unwrap();
     assert_eq!(count(&c, 1).await, 1);
 
-    let mut tx = c.transaction().await.unwrap();
+    let tx = c.transaction().await.unwrap();
     tx.execute("UPDATE acct SET n = 100 WHERE id = $1", &[&1i32])
         .await
         .unwrap();
@@ -72,7 +72,7 @@ async fn dropped_transaction_rolls_back() {
     let c = ext.client().await;
     setup(&c).await;
     {
-        let mut tx = c.transaction().await.unwrap();
+        let tx = c.transaction().await.unwrap();
         tx.execute("UPDATE acct SET n = 5 WHERE id = 2", &[])
             .await
             .unwrap();
@@ -92,7 +92,7 @@ async fn failed_statement_aborts_the_transaction() {
     let ext = Extension::start(&pg, &[]);
     let c = ext.client().await;
     setup(&c).await;
-    let mut tx = c.transaction().await.unwrap();
+    let tx = c.transaction().await.unwrap();
     tx.execute("UPDATE acct SET n = 9 WHERE id = 1", &[])
         .await
         .unwrap();
@@ -115,7 +115,7 @@ async fn transaction_options_and_batches() {
     let ext = Extension::start(&pg, &[]);
     let c = ext.client().await;
     setup(&c).await;
-    let mut tx = c
+    let tx = c
         .build_transaction()
         .isolation_level(warmpool::IsolationLevel::Serializable)
         .read_only(true)
@@ -132,7 +132,7 @@ async fn transaction_options_and_batches() {
     assert_eq!(err.code(), Some(&SqlState::READ_ONLY_SQL_TRANSACTION));
     tx.rollback().await.unwrap();
 
-    let mut tx = c.transaction().await.unwrap();
+    let tx = c.transaction().await.unwrap();
     tx.batch_execute("UPDATE acct SET n = 7 WHERE id = 1; UPDATE acct SET n = 8 WHERE id = 2")
         .await
         .unwrap();
@@ -187,4 +187,182 @@ async fn killed_client_leaves_no_lock() {
         .await
         .unwrap();
     assert_eq!(count(&c, 1).await, 10);
+}
+
+#[tokio::test]
+async fn statement_methods_take_a_shared_reference() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let c = ext.client().await;
+    setup(&c).await;
+    // No `mut`: as with tokio-postgres.
+    let tx = c.transaction().await.unwrap();
+    tx.execute("UPDATE acct SET n = 3 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    // Requests from two futures at once on the one session go one after the other, on the
+    // transaction's one connection.
+    let (a, b) = tokio::join!(
+        tx.query_one("SELECT pg_backend_pid(), n FROM acct WHERE id = 1", &[]),
+        tx.query_one("SELECT pg_backend_pid(), n FROM acct WHERE id = 1", &[]),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.get::<_, i32>(0), b.get::<_, i32>(0));
+    assert_eq!((a.get::<_, i32>(1), b.get::<_, i32>(1)), (3, 3));
+    tx.commit().await.unwrap();
+    assert_eq!(count(&c, 1).await, 3);
+
+    // A request whose future is dropped half way leaves the transaction's session closed: the
+    // transaction can only roll back, and the extension rolls it back.
+    let tx = c.transaction().await.unwrap();
+    tx.execute("UPDATE acct SET n = 99 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        tx.query("SELECT pg_sleep(30)", &[]),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the sleep cannot finish in 200 ms");
+    let err = tx.execute("SELECT 1", &[]).await.unwrap_err();
+    assert!(err.is_closed(), "{err:?}");
+    assert!(tx.commit().await.unwrap_err().is_closed());
+    assert_eq!(count(&c, 1).await, 3);
+}
+
+#[tokio::test]
+async fn savepoints_roll_back_and_release_as_in_postgres() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let c = ext.client().await;
+    setup(&c).await;
+
+    let mut tx = c.transaction().await.unwrap();
+    // The first request of the transaction is a savepoint: BEGIN goes out with it.
+    {
+        let sp = tx.transaction().await.unwrap();
+        sp.execute("UPDATE acct SET n = 10 WHERE id = 1", &[])
+            .await
+            .unwrap();
+        sp.rollback().await.unwrap();
+    }
+    tx.execute("UPDATE acct SET n = n + 1 WHERE id = 2", &[])
+        .await
+        .unwrap();
+    {
+        // Dropped without commit: rolled back, by a request queued on the session that goes
+        // out ahead of the next one.
+        let sp = tx.transaction().await.unwrap();
+        sp.execute("UPDATE acct SET n = 20 WHERE id = 1", &[])
+            .await
+            .unwrap();
+    }
+    let n: i32 = tx
+        .query_one("SELECT n FROM acct WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        n, 0,
+        "the dropped savepoint's work is gone inside the transaction"
+    );
+    {
+        let mut sp = tx.savepoint("outer").await.unwrap();
+        sp.execute("UPDATE acct SET n = 30 WHERE id = 1", &[])
+            .await
+            .unwrap();
+        {
+            // Nested two deep, dropped: only the inner work goes.
+            let inner = sp.transaction().await.unwrap();
+            inner
+                .execute("UPDATE acct SET n = 40 WHERE id = 2", &[])
+                .await
+                .unwrap();
+        }
+        sp.commit().await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(
+        count(&c, 1).await,
+        30,
+        "the released savepoint's work commits"
+    );
+    assert_eq!(
+        count(&c, 2).await,
+        1,
+        "the outer transaction's work commits"
+    );
+}
+
+#[tokio::test]
+async fn rolling_back_to_a_savepoint_ends_a_failure_inside_it() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let c = ext.client().await;
+    setup(&c).await;
+
+    let mut tx = c.transaction().await.unwrap();
+    tx.execute("UPDATE acct SET n = 1 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    {
+        let sp = tx.transaction().await.unwrap();
+        let err = sp
+            .execute("INSERT INTO acct VALUES (1, 0)", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION));
+        let err = sp.query("SELECT 1", &[]).await.unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+        sp.rollback().await.unwrap();
+    }
+    tx.execute("UPDATE acct SET n = 2 WHERE id = 2", &[])
+        .await
+        .unwrap();
+    {
+        // The same, the savepoint dropped rather than rolled back.
+        let sp = tx.transaction().await.unwrap();
+        sp.execute("INSERT INTO acct VALUES (2, 0)", &[])
+            .await
+            .unwrap_err();
+    }
+    tx.execute("UPDATE acct SET n = n + 1 WHERE id = 2", &[])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((count(&c, 1).await, count(&c, 2).await), (1, 3));
+
+    // A savepoint outside a transaction's reach: a failed transaction cannot open one.
+    let mut tx = c.transaction().await.unwrap();
+    tx.execute("SELECT 1/0", &[]).await.unwrap_err();
+    let err = tx.transaction().await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+    let err = tx.commit().await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+}
+
+#[tokio::test]
+async fn savepoint_names_are_quoted_and_checked() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let c = ext.client().await;
+    setup(&c).await;
+
+    let mut tx = c.transaction().await.unwrap();
+    // Any text is a name: it is sent as a quoted identifier, never as SQL.
+    let name = r#"a "b"; UPDATE acct SET n = 666; --"#;
+    {
+        let sp = tx.savepoint(name).await.unwrap();
+        sp.execute("UPDATE acct SET n = 5 WHERE id = 1", &[])
+            .await
+            .unwrap();
+        sp.commit().await.unwrap();
+    }
+    for bad in ["", "a\0b"] {
+        let err = tx.savepoint(bad).await.unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::INVALID_NAME), "{bad:?}: {err}");
+    }
+    // A refused name sends nothing: the transaction is unharmed.
+    tx.commit().await.unwrap();
+    assert_eq!((count(&c, 1).await, count(&c, 2).await), (5, 0));
 }

@@ -522,3 +522,29 @@ async fn concurrent_misses_of_one_key_run_the_query_once() {
         .get(0);
     assert_eq!(runs, 1, "the query ran {runs} times");
 }
+
+#[tokio::test]
+async fn state_store_takes_any_bytes_and_returns_the_crates_own_bytes() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let c = ext.client().await;
+    let store = c.state();
+    // Whatever a caller has at hand, as in the README: a byte string literal, a slice, a
+    // vector, text, `Bytes`.
+    store.put("k", b"v1", None).await.unwrap();
+    let got: Option<warmpool::Bytes> = store.get("k").await.unwrap();
+    assert_eq!(got.as_deref(), Some(&b"v1"[..]));
+    store.put("k", &b"v2"[..], None).await.unwrap();
+    store.put("k", vec![b'v', b'3'], None).await.unwrap();
+    store.put("k", "v4", None).await.unwrap();
+    store
+        .put("k", warmpool::Bytes::from_static(b"v5"), None)
+        .await
+        .unwrap();
+    assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"v5"[..]));
+    assert!(store
+        .compare_and_set("k", Some(b"v5"), Some(b"v6"), None)
+        .await
+        .unwrap());
+    assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"v6"[..]));
+}

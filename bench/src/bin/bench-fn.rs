@@ -232,7 +232,7 @@ async fn run_warmpool(
         steps.mark();
         return Ok(n);
     }
-    let mut tx = client.transaction().await?;
+    let tx = client.transaction().await?;
     steps.mark();
     let mut n = 0;
     for id in &req.ids {

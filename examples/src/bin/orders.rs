@@ -80,7 +80,7 @@ async fn handle(event: LambdaEvent<Request>) -> Result<Value, Error> {
             // The database time as the function sees it, for the demo to set beside a fresh
             // connection's.
             let started = std::time::Instant::now();
-            let mut tx = db.transaction().await?;
+            let tx = db.transaction().await?;
             let id: i64 = tx
                 .query_one(
                     "INSERT INTO orders (customer, item, qty) VALUES ($1, $2, $3) RETURNING id",
@@ -153,7 +153,7 @@ async fn handle(event: LambdaEvent<Request>) -> Result<Value, Error> {
         }
         Request::CrashInTransaction { id } => {
             let db = client(ctx).await?;
-            let mut tx = db.transaction().await?;
+            let tx = db.transaction().await?;
             tx.execute("UPDATE orders SET qty = qty + 1000 WHERE id = $1", &[&id])
                 .await?;
             std::process::exit(70);

@@ -112,7 +112,10 @@ impl Request {
                 check_types(&p.types)
             }
             Request::Execute(e) => check_execute(e, max_message),
-            Request::Batch(sql) => check_sql_within(sql, max_message),
+            Request::Batch(sql) | Request::SimpleQuery(sql) => check_sql_within(sql, max_message),
+            // The name's own check (it also refuses a NUL byte) answers with invalid_name.
+            Request::Savepoint(s) => crate::protocol::Savepoint::check_name(&s.name)
+                .map_err(|why| WireError::extension(sqlstate::INVALID_NAME, why)),
             Request::Pipeline(p) => check_count(p.statements.len(), "pipeline statements"),
             Request::State(StateRequest::CachedExecute(c)) => {
                 check_execute(&c.execute, max_message)

@@ -24,6 +24,10 @@ mod pipeline;
 mod pipeline_tests;
 mod request;
 mod response;
+mod savepoint;
+#[cfg(test)]
+mod savepoint_tests;
+mod simple;
 mod state;
 #[cfg(test)]
 mod state_tests;
@@ -38,6 +42,7 @@ pub use observability::{Invocation, Stats, MAX_REQUEST_ID, MAX_TRACE_ID};
 pub use pipeline::Pipeline;
 pub use request::{Begin, Execute, Hello, IsolationLevel, Param, Prepare, Request};
 pub use response::{Column, HelloOk, PrepareOk, RawRow, Response, RowsEncoder};
+pub use savepoint::{quote_identifier, Savepoint, SavepointOp, MAX_SAVEPOINT_NAME};
 pub use state::{
     CacheOutcome, CachedExecute, CompareAndSet, Put, StateRequest, StateResponse, WarmOk,
 };
@@ -65,12 +70,26 @@ pub mod sqlstate {
     pub const CONNECTION_FAILURE: &str = "08006";
     /// A COMMIT whose outcome is unknown: the deadline passed before the database answered it.
     pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
+    /// The database did not open a connection, or answer a pooled connection's check, within
+    /// its timeout: SQL/CLI's "connection timeout expired" (ODBC's `HYT01`), since PostgreSQL
+    /// has no code for a timeout on the client's side of a connection.
+    pub const CONNECTION_TIMEOUT: &str = "HYT01";
     /// A statement inside a transaction that has already failed.
     pub const IN_FAILED_TRANSACTION: &str = "25P02";
     /// A transaction request that does not fit the session's state.
     pub const INVALID_TRANSACTION_STATE: &str = "25000";
     /// A NUL byte in SQL text, which PostgreSQL's protocol cannot carry.
     pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+    /// A savepoint request with no transaction open.
+    pub const NO_ACTIVE_SQL_TRANSACTION: &str = "25P01";
+    /// A name that cannot be used, such as a savepoint name with a NUL byte.
+    pub const INVALID_NAME: &str = "42602";
+    /// A statement cancelled: at the client's deadline, or by the database's
+    /// `statement_timeout`.
+    pub const QUERY_CANCELED: &str = "57014";
+    /// The database ended a session left idle inside a transaction
+    /// (`idle_in_transaction_session_timeout`).
+    pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
     /// Parameters that do not match the statement.
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     /// A warm-up data set name that is not configured.

@@ -6,6 +6,8 @@ use super::codec::{put_count16, put_nullable, put_str, split_frame, write_frame,
 use super::deadline::{Deadline, DEADLINE};
 use super::observability::{self, Invocation};
 use super::pipeline::{Pipeline, PIPELINE};
+use super::savepoint::{Savepoint, SAVEPOINT};
+use super::simple::SIMPLE_QUERY;
 use super::state::{self, StateRequest};
 use super::FrameError;
 
@@ -51,6 +53,11 @@ pub enum Request {
     Pipeline(Pipeline),
     /// Sets or lifts the deadline of the session's statements (see [`Deadline`]).
     Deadline(Deadline),
+    /// Creates, releases or rolls back to a savepoint in the session's transaction.
+    Savepoint(Savepoint),
+    /// Runs one or more statements without parameters (the simple query protocol) and returns
+    /// their rows as text: per statement, Columns, Rows and Complete; then Ok.
+    SimpleQuery(String),
 }
 
 /// The handshake: the protocol version the client speaks.
@@ -251,6 +258,8 @@ impl Request {
             Request::Stats => write_frame(buf, observability::STATS, |_| {}),
             Request::Pipeline(p) => write_frame(buf, PIPELINE, |b| p.encode_body(b)),
             Request::Deadline(d) => d.encode(buf),
+            Request::Savepoint(s) => s.encode(buf),
+            Request::SimpleQuery(sql) => write_frame(buf, SIMPLE_QUERY, |b| put_str(b, sql)),
         }
     }
 
@@ -287,6 +296,8 @@ impl Request {
             observability::STATS => Request::Stats,
             PIPELINE => Request::Pipeline(Pipeline::parse_body(&mut r)?),
             DEADLINE => Request::Deadline(Deadline::parse(&mut r)?),
+            SAVEPOINT => Request::Savepoint(Savepoint::parse(&mut r)?),
+            SIMPLE_QUERY => Request::SimpleQuery(r.string("sql")?),
             other => return Err(FrameError::UnknownTag(other)),
         };
         r.finish(tag)?;

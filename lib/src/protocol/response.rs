@@ -6,6 +6,7 @@ use postgres_types::Type;
 use super::codec::{put_count16, put_nullable, put_str, split_frame, write_frame, Reader};
 use super::observability::{self, Stats};
 use super::pipeline::NOT_RUN;
+use super::simple::{put_columns, read_columns, COLUMNS};
 use super::state::{self, StateResponse};
 use super::types::{put_type, read_type};
 use super::{ErrorSource, FrameError, WireError};
@@ -17,6 +18,7 @@ const COMPLETE: u8 = b'c';
 const OK: u8 = b'k';
 const PONG: u8 = b'y';
 const ERROR: u8 = b'e';
+// Not `n`, which the warm state's NotFound answer has.
 const NOTICE: u8 = b'i';
 
 /// Rows reserved up front when decoding a Rows frame; more grow the vector as they are read.
@@ -51,6 +53,8 @@ pub enum Response {
     /// (`RAISE NOTICE`, a deprecation warning). It comes before the answer's last frame and is
     /// not itself an answer: the client hands it on and reads on.
     Notice(WireError),
+    /// The names of the result columns of a statement of a SimpleQuery, before its rows.
+    Columns(Vec<String>),
 }
 
 /// The extension's side of the handshake.
@@ -196,6 +200,7 @@ impl Response {
             Response::Stats(s) => write_frame(buf, observability::STATS_OK, |b| {
                 observability::put_stats(b, s)
             }),
+            Response::Columns(names) => put_columns(buf, names),
         }
     }
 
@@ -251,6 +256,7 @@ impl Response {
             NOT_RUN => Response::NotRun,
             ERROR => Response::Error(read_wire_error(&mut r)?),
             NOTICE => Response::Notice(read_wire_error(&mut r)?),
+            COLUMNS => Response::Columns(read_columns(&mut r)?),
             tag if state::is_response_tag(tag) => {
                 Response::State(StateResponse::parse(tag, &mut r)?)
             }

@@ -13,7 +13,7 @@ async fn main() {
     };
     let id: i32 = id.parse().expect("id");
     let client = warmpool::Client::connect_to(socket).await.expect("connect");
-    let mut tx = client.transaction().await.expect("begin");
+    let tx = client.transaction().await.expect("begin");
     let sql = format!("UPDATE {table} SET n = n + 1 WHERE id = $1");
     let n = tx.execute(sql.as_str(), &[&id]).await.expect("update");
     assert_eq!(n, 1);
