@@ -67,6 +67,16 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects to the extension at `WARMPOOL_SOCKET`, or at [`DEFAULT_SOCKET`].
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), warmpool::Error> {
+    /// let db = warmpool::Client::connect().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// A connect error (`is_closed()`) when no extension listens on the socket: the layer is not
+    /// attached, or the function and the extension name different sockets.
     pub async fn connect() -> Result<Client, Error> {
         let path = std::env::var_os("WARMPOOL_SOCKET")
             .filter(|p| !p.is_empty())
@@ -76,6 +86,15 @@ impl Client {
     }
 
     /// Connects to the extension at `path`.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), warmpool::Error> {
+    /// let db = warmpool::Client::connect_to("/tmp/warmpool.sock").await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::connect`], and 08P01 if the extension speaks another protocol version.
     pub async fn connect_to(path: impl AsRef<Path>) -> Result<Client, Error> {
         let path = path.as_ref().to_owned();
         let notices = Arc::new(NoticeSink::default());
@@ -144,6 +163,9 @@ impl Client {
     /// extension's last INVOKE event (the current invocation's, but for a request that races
     /// ahead of that event); on Managed Instances they are the environment's since the last
     /// metrics record, and [`Stats::request_id`] is empty.
+    ///
+    /// # Errors
+    /// A closed-session error when the extension is not there.
     pub async fn stats(&self) -> Result<Stats, Error> {
         self.with_conn_once(async |conn| {
             conn.queue(&Request::Stats)?;
@@ -298,11 +320,17 @@ impl Client {
     }
 
     /// Describes a statement; cached by its SQL text, so a repeat costs nothing.
+    ///
+    /// # Errors
+    /// As [`Client::query`]: a statement the database cannot parse gets its error here.
     pub async fn prepare(&self, sql: &str) -> Result<Statement, Error> {
         self.prepare_typed(sql, &[]).await
     }
 
     /// Describes a statement, declaring some parameter types.
+    ///
+    /// # Errors
+    /// As [`Client::prepare`].
     pub async fn prepare_typed(&self, sql: &str, types: &[Type]) -> Result<Statement, Error> {
         let oids: Vec<u32> = types.iter().map(Type::oid).collect();
         if let Some(s) = self.cached(sql, &oids) {
@@ -320,6 +348,22 @@ impl Client {
     }
 
     /// Runs a statement and returns its rows.
+    ///
+    /// ```no_run
+    /// # async fn f(db: &warmpool::Client) -> Result<(), warmpool::Error> {
+    /// for row in db.query("SELECT id, name FROM users WHERE team = $1", &[&7i32]).await? {
+    ///     let (id, name): (i64, &str) = (row.get(0), row.get("name"));
+    ///     println!("{id} {name}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The database's error, SQLSTATE and all ([`Error::as_db_error`]); a parameter that does not
+    /// fit the statement (22023) or SQL text with a NUL byte (22021), before anything is sent;
+    /// 53300 when no database connection became free in time, 08006 or HYT01 when the database
+    /// cannot be reached, 57014 at the handle's deadline. Dropping the future cancels the
+    /// statement on the server (see the crate docs, "Cancellation").
     pub async fn query<T>(
         &self,
         statement: &T,
@@ -338,6 +382,18 @@ impl Client {
     }
 
     /// Runs a statement that returns exactly one row.
+    ///
+    /// ```no_run
+    /// # async fn f(db: &warmpool::Client) -> Result<(), warmpool::Error> {
+    /// let name: String = db
+    ///     .query_one("SELECT name FROM users WHERE id = $1", &[&42i64])
+    ///     .await?
+    ///     .get(0);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::query`], and an error if the statement returned no row or more than one.
     pub async fn query_one<T>(
         &self,
         statement: &T,
@@ -350,6 +406,9 @@ impl Client {
     }
 
     /// Runs a statement that returns at most one row.
+    ///
+    /// # Errors
+    /// As [`Client::query`], and an error if the statement returned more than one row.
     pub async fn query_opt<T>(
         &self,
         statement: &T,
@@ -362,6 +421,16 @@ impl Client {
     }
 
     /// Runs a statement and returns the number of rows it affected.
+    ///
+    /// ```no_run
+    /// # async fn f(db: &warmpool::Client) -> Result<(), warmpool::Error> {
+    /// let n = db.execute("UPDATE users SET seen = now() WHERE id = $1", &[&42i64]).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::query`]. A write whose outcome is unknown (its connection died under it) is
+    /// reported as an error and never run again.
     pub async fn execute<T>(
         &self,
         statement: &T,
@@ -497,6 +566,9 @@ impl Client {
     }
 
     /// Runs one or more statements separated by semicolons, without parameters or results.
+    ///
+    /// # Errors
+    /// As [`Client::query`]; the statements before the failing one have run.
     pub async fn batch_execute(&self, sql: &str) -> Result<(), Error> {
         self.with_conn(|fresh| {
             self.on_conn(fresh, async |conn| ops::batch(conn, &mut None, sql).await)
@@ -511,6 +583,9 @@ impl Client {
     }
 
     /// Checks that the extension answers.
+    ///
+    /// # Errors
+    /// A closed-session error when the extension is not there.
     pub async fn ping(&self) -> Result<(), Error> {
         self.with_conn(|fresh| {
             self.on_conn(fresh, async |conn| ops::simple(conn, Request::Ping).await)
@@ -520,6 +595,19 @@ impl Client {
 
     /// Starts a transaction. It holds one session, and one database connection once its first
     /// statement runs, until it commits or rolls back; dropped, it rolls back.
+    ///
+    /// ```no_run
+    /// # async fn f(db: &warmpool::Client) -> Result<(), warmpool::Error> {
+    /// let tx = db.transaction().await?;
+    /// tx.execute("UPDATE accounts SET balance = balance - 10 WHERE id = $1", &[&1i32]).await?;
+    /// tx.execute("UPDATE accounts SET balance = balance + 10 WHERE id = $1", &[&2i32]).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// A connect error if no session with the extension can be opened. BEGIN itself travels
+    /// with the first statement, so the database's errors come from that statement.
     pub async fn transaction(&self) -> Result<Transaction<'_>, Error> {
         self.build_transaction().start().await
     }

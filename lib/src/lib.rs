@@ -5,6 +5,30 @@
 //! `ToSql`/`FromSql` types from `postgres-types` (re-exported as [`types`]), and errors with
 //! SQLSTATE codes.
 //!
+//! ```no_run
+//! # async fn f() -> Result<(), warmpool::Error> {
+//! // One client per process: it keeps its sessions with the extension across invocations.
+//! let db = warmpool::Client::connect().await?;
+//! let n: i64 = db.query_one("SELECT count(*) FROM orders", &[]).await?.get(0);
+//! let tx = db.transaction().await?;
+//! tx.execute("DELETE FROM orders WHERE id = $1", &[&n]).await?;
+//! tx.commit().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Cancellation
+//! Dropping a request's future before it completes cancels its statement on the server: the
+//! session it was using is closed, and the extension, seeing its client gone, sends PostgreSQL
+//! a CancelRequest and returns the connection to the pool only once it is idle again (or closes
+//! it). A dropped [`Transaction`] is rolled back the same way. Nothing keeps running, or holding
+//! locks, for a caller that has stopped waiting; what may already have taken effect (a statement
+//! outside a transaction that completed on the server before the cancel arrived) is not undone.
+//!
+//! # Deadlines
+//! [`Client::with_deadline`] bounds every statement of a handle: at the deadline the extension
+//! cancels what is running and rolls back an open transaction, and the call returns 57014
+//! (`Error::is_timeout`), whatever the database does.
+//!
 //! # Layout
 //! - [`protocol`]: the socket protocol's frames, with no I/O (shared with the extension).
 //! - [`transport`]: frames over a byte stream, cancel safe on read.
