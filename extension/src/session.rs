@@ -405,34 +405,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 // still be running, for a reader that is gone, so it is cancelled as for a
                 // client that left.
                 let token = lease.conn().client.cancel_token();
-                let settled = settle(
-                    &self.shared.pool,
-                    lease.conn(),
-                    &token,
-                    self.config().reset_timeout,
-                )
-                .await;
-                tracing::info!(
-                    settled,
-                    "the client's socket failed mid-statement; cancelled it on the server"
-                );
-                lease.fail(self, settled);
+                self.cancel_for_departed_client(lease, &token, "the client's socket failed")
+                    .await;
                 return Err(e);
             }
             Err(StmtError::Gone(token)) => {
-                let mut lease = lease;
-                let settled = settle(
-                    &self.shared.pool,
-                    lease.conn(),
-                    &token,
-                    self.config().reset_timeout,
-                )
-                .await;
-                tracing::info!(
-                    settled,
-                    "the client left mid-statement; cancelled it on the server"
-                );
-                lease.fail(self, settled);
+                self.cancel_for_departed_client(lease, &token, "the client left")
+                    .await;
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
                     "the client went away",
@@ -448,6 +427,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         Ok(response)
+    }
+
+    /// The client went away with a statement perhaps still running on `lease`'s connection:
+    /// cancels it on the server, and pools the connection again only once it is idle.
+    async fn cancel_for_departed_client(
+        &mut self,
+        mut lease: Lease,
+        token: &tokio_postgres::CancelToken,
+        why: &str,
+    ) {
+        let settled = settle(
+            &self.shared.pool,
+            lease.conn(),
+            token,
+            self.config().reset_timeout,
+        )
+        .await;
+        tracing::info!(settled, "{why} mid-statement; cancelled it on the server");
+        lease.fail(self, settled);
     }
 
     /// Queues the notices the database sent on `conn` for this session's client, ahead of the

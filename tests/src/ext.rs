@@ -233,13 +233,7 @@ impl Extension {
 
     /// The process's resident set (`VmRSS`) in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let pid = self.pid();
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
+        rss_kib(self.pid())
     }
 
     /// A client connected to this extension.
@@ -278,4 +272,14 @@ impl Drop for Extension {
             wait_or_kill(&mut child, Duration::from_secs(5));
         }
     }
+}
+
+/// The resident set size of process `pid`, in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
 }

@@ -211,6 +211,22 @@ impl PgServer {
         self.superuser_psql_in(APP_DB, sql)
     }
 
+    /// The pids of the backends serving the extension (its pool's `application_name`), in
+    /// order, as the server lists them to a connection of the test's own.
+    pub async fn warmpool_backends(&self) -> Vec<i32> {
+        self.tokio_client()
+            .await
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'warmpool' ORDER BY pid",
+                &[],
+            )
+            .await
+            .expect("query pg_stat_activity")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
     /// Like [`Self::superuser_psql`], in another database.
     pub fn superuser_psql_in(&self, dbname: &str, sql: &str) -> String {
         let out = self.psql_output(dbname, sql);

@@ -143,21 +143,6 @@ async fn missing_socket_is_a_clear_error() {
     );
 }
 
-/// The backends the extension holds, as the server lists them to a connection of the test's own.
-async fn warmpool_backends(pg: &PgServer) -> Vec<i32> {
-    pg.tokio_client()
-        .await
-        .query(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'warmpool' ORDER BY pid",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 fn check_nul_refused(e: &warmpool::Error) {
     assert_eq!(
         e.code(),
@@ -181,7 +166,7 @@ async fn nul_in_sql_is_the_callers_error_and_costs_no_connection() {
         c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
         1
     );
-    let backends = warmpool_backends(&pg).await;
+    let backends = pg.warmpool_backends().await;
     assert_eq!(backends.len(), 1, "{backends:?}");
 
     let nul = "SELECT 'a\0b'";
@@ -227,7 +212,7 @@ async fn nul_in_sql_is_the_callers_error_and_costs_no_connection() {
         2
     );
     assert_eq!(
-        warmpool_backends(&pg).await,
+        pg.warmpool_backends().await,
         backends,
         "the database connection was replaced; log:\n{}",
         ext.logs()

@@ -527,21 +527,6 @@ async fn invalid_parameter_bytes_get_postgres_error() {
     assert_still_serving(&ext, &before).await;
 }
 
-/// The backends the extension holds, as the server lists them to a connection of the test's own.
-async fn warmpool_backends(pg: &PgServer) -> Vec<i32> {
-    pg.tokio_client()
-        .await
-        .query(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'warmpool' ORDER BY pid",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 /// Reads the answers to a Pipeline: each statement's frames, then the last one for the batch.
 async fn recv_pipeline(raw: &mut Raw, statements: usize) -> (Vec<Response>, Response) {
     let mut answers = Vec::new();
@@ -567,7 +552,7 @@ async fn nul_in_sql_is_refused_without_touching_the_database_connection() {
     let before = ext.client().await;
     let (mut raw, _) = Raw::open(&ext).await;
     assert_session_usable(&mut raw).await;
-    let backends = warmpool_backends(&pg).await;
+    let backends = pg.warmpool_backends().await;
     assert_eq!(backends.len(), 1, "{backends:?}");
 
     let nul = "SELECT 'a\0b' AS t";
@@ -649,7 +634,7 @@ async fn nul_in_sql_is_refused_without_touching_the_database_connection() {
     assert_session_usable(&mut raw).await;
 
     assert_eq!(
-        warmpool_backends(&pg).await,
+        pg.warmpool_backends().await,
         backends,
         "the database connection was replaced; log:\n{}",
         ext.logs()

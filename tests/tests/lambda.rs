@@ -7,21 +7,6 @@ use local_lambda::Outcome;
 use serde_json::json;
 use warmpool_tests::{LambdaEnv, PgServer};
 
-/// Backends the extension holds, from the server's point of view.
-async fn warmpool_backends(pg: &PgServer) -> Vec<i32> {
-    let direct = pg.tokio_client().await;
-    direct
-        .query(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'warmpool' ORDER BY pid",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 async fn backend_pid(env: &LambdaEnv) -> i64 {
     env.call(json!({"action": "backend"})).await["pid"]
         .as_i64()
@@ -70,7 +55,7 @@ async fn fifty_frozen_invocations_share_the_warm_connection() {
         assert_eq!(backend_pid(&env).await, first, "same server connection");
     }
     assert_eq!(
-        warmpool_backends(&pg).await,
+        pg.warmpool_backends().await,
         vec![first as i32],
         "exactly the warm size"
     );
@@ -134,7 +119,7 @@ async fn shutdown_closes_every_connection_within_the_budget() {
     let env = LambdaEnv::classic(&pg, &[("WARMPOOL_WARM_SIZE", "2")]);
     env.call(json!({"action": "setup"})).await;
     backend_pid(&env).await;
-    assert!(!warmpool_backends(&pg).await.is_empty());
+    assert!(!pg.warmpool_backends().await.is_empty());
     let report = env.lambda.shutdown().await;
     let ext = report
         .extension("warmpool")
@@ -146,7 +131,7 @@ async fn shutdown_closes_every_connection_within_the_budget() {
     );
     eprintln!("{report}");
     assert!(
-        warmpool_backends(&pg).await.is_empty(),
+        pg.warmpool_backends().await.is_empty(),
         "no warmpool backend left"
     );
     assert!(!env.socket().exists(), "the socket file is removed");
@@ -259,7 +244,7 @@ async fn managed_instances_serve_concurrent_invocations() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(
-            warmpool_backends(&pg).await.len() <= 8,
+            pg.warmpool_backends().await.len() <= 8,
             "at most 8 connections"
         );
         direct.batch_execute("COMMIT").await.unwrap();
@@ -269,7 +254,7 @@ async fn managed_instances_serve_concurrent_invocations() {
         assert!(r.outcome.is_ok(), "{:?}", r.outcome);
     }
     assert!(!env.lambda.is_frozen(), "never frozen");
-    assert!(warmpool_backends(&pg).await.len() <= 8);
+    assert!(pg.warmpool_backends().await.len() <= 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +266,7 @@ async fn shutdown_is_bounded_when_the_database_hangs() {
     let env = LambdaEnv::classic(&pg, &[("WARMPOOL_WARM_SIZE", "2")]);
     env.call(json!({"action": "setup"})).await;
     backend_pid(&env).await;
-    let backends = warmpool_backends(&pg).await;
+    let backends = pg.warmpool_backends().await;
     assert!(!backends.is_empty());
     // The server processes behind warmpool's connections stop answering.
     for pid in &backends {

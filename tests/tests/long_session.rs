@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use warmpool_tests::ext::rss_kib;
 use warmpool_tests::pg::process_alive;
 use warmpool_tests::{Extension, PgServer};
 
@@ -29,16 +30,6 @@ fn invocations() -> usize {
                 .expect("WARMPOOL_LONG_SESSION_INVOCATIONS must be a number")
         })
         .unwrap_or(200_000)
-}
-
-/// Resident set size of a process, in KiB, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
 }
 
 /// A statement the database refuses, in invocation `i`: the extension logs it (at debug, for

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use local_lambda::{Outcome, Role};
 use serde_json::json;
 use tokio::sync::Notify;
+use warmpool_tests::ext::rss_kib;
 use warmpool_tests::{LambdaEnv, PgServer};
 
 const ENVIRONMENTS: usize = 8;
@@ -47,16 +48,6 @@ fn invocations() -> usize {
                 .expect("WARMPOOL_SOAK_INVOCATIONS must be a number")
         })
         .unwrap_or(400)
-}
-
-/// Resident set size of a process, in KiB, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
 }
 
 fn extension_pid(env: &LambdaEnv) -> u32 {

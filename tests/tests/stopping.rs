@@ -24,15 +24,6 @@ fn server_logging_disconnections() -> PgServer {
     pg
 }
 
-fn warmpool_backends(pg: &PgServer) -> Vec<i32> {
-    pg.superuser_psql(
-        "SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE application_name = 'warmpool'",
-    )
-    .split(',')
-    .filter_map(|p| p.trim().parse().ok())
-    .collect()
-}
-
 /// Waits until the server has logged the disconnection of every backend in `pids`, then says
 /// whether any of them went away without a Terminate message.
 fn assert_closed_with_terminate(pg: &PgServer, pids: &[i32]) {
@@ -131,7 +122,7 @@ async fn signal_stops_in_order(signal: Signal, name: &str) {
     // Managed Instances: never frozen, so the signal is handled as it arrives.
     let env = LambdaEnv::managed_instances(&pg, &[("WARMPOOL_WARM_SIZE", "2")], 2);
     env.call(json!({"action": "backend"})).await;
-    let backends = warmpool_backends(&pg);
+    let backends = pg.warmpool_backends().await;
     let pid = extension_pid(&env);
     kill(Pid::from_raw(pid as i32), signal).expect("signal the extension");
     let status = extension_exit(&env, pid).await;
@@ -163,7 +154,7 @@ async fn the_extensions_api_going_away_stops_in_order() {
     let pg = server_logging_disconnections();
     let env = LambdaEnv::managed_instances(&pg, &[("WARMPOOL_WARM_SIZE", "2")], 2);
     env.call(json!({"action": "backend"})).await;
-    let backends = warmpool_backends(&pg);
+    let backends = pg.warmpool_backends().await;
     let pid = extension_pid(&env);
     env.lambda.break_api();
     let status = extension_exit(&env, pid).await;
@@ -189,7 +180,7 @@ async fn a_shutdown_with_no_deadline_still_closes_connections() {
         .call(json!({"action": "create", "customer": "ada", "item": "widget", "qty": 1}))
         .await;
     assert_eq!(created["customer_orders"], 1, "{created}");
-    let backends = warmpool_backends(&pg);
+    let backends = pg.warmpool_backends().await;
     let report = env.lambda.shutdown().await;
     let ext = report
         .extension("warmpool")
