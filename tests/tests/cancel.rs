@@ -3,12 +3,14 @@
 
 use warmpool_tests::{Extension, PgServer};
 
-/// Waits until the server runs `needle` on some backend.
+/// Waits until the server runs `needle` on some backend, inside `pg_sleep`: the text shows as
+/// active already while the statement is parsed, before its Execute has arrived.
 async fn wait_until_running(direct: &tokio_postgres::Client, needle: &str) -> i32 {
     loop {
         let row = direct
             .query_opt(
-                "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query = $1",
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE state = 'active' AND query = $1 AND wait_event = 'PgSleep'",
                 &[&needle],
             )
             .await
