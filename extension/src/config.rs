@@ -33,6 +33,19 @@ pub enum SslMode {
     VerifyFull,
 }
 
+impl SslMode {
+    /// The value as `PGSSLMODE` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
 impl FromStr for SslMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -45,6 +58,28 @@ impl FromStr for SslMode {
             other => Err(format!(
                 "unsupported sslmode {other:?}: use disable, prefer, require, verify-ca or verify-full"
             )),
+        }
+    }
+}
+
+/// How statements are prepared on the server (`WARMPOOL_PREPARED_STATEMENTS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementMode {
+    /// Under names of the connection's own, cached per connection. The default.
+    Named,
+    /// On the unnamed statement, parsed again with each execution in the same round trip:
+    /// nothing is kept on the server, for poolers that cannot track named statements
+    /// (PgBouncer before 1.21 in transaction mode, Supavisor).
+    Unnamed,
+}
+
+impl FromStr for StatementMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "named" => Ok(StatementMode::Named),
+            "unnamed" => Ok(StatementMode::Unnamed),
+            other => Err(format!("unsupported value {other:?}: use named or unnamed")),
         }
     }
 }
@@ -118,8 +153,12 @@ pub struct Config {
     /// not closed by then is dropped. Default 500.
     pub shutdown_timeout: Duration,
     /// `WARMPOOL_STATEMENT_CACHE_SIZE`: prepared statements kept per connection, least recently
-    /// used evicted first. Default 256.
+    /// used evicted first. Default 256. 0 keeps none, and statements then go unnamed.
     pub statement_cache_size: usize,
+    /// `WARMPOOL_PREPARED_STATEMENTS`: `named` (the default) prepares each statement once per
+    /// connection under a name unique to it; `unnamed` keeps nothing on the server, for poolers
+    /// in transaction mode that cannot track named statements.
+    pub prepared_statements: StatementMode,
     /// `WARMPOOL_MAX_FRAME_BYTES`: the largest socket frame accepted. Default 16 MiB.
     pub max_frame: usize,
     /// `WARMPOOL_INIT_REQUIRE_DATABASE`: fail the environment's Init when no warm connection can
@@ -240,6 +279,8 @@ pub mod defaults {
     pub const SHUTDOWN_TIMEOUT_MS: u64 = 500;
     /// `WARMPOOL_STATEMENT_CACHE_SIZE`.
     pub const STATEMENT_CACHE_SIZE: usize = 256;
+    /// `WARMPOOL_PREPARED_STATEMENTS`.
+    pub const PREPARED_STATEMENTS: super::StatementMode = super::StatementMode::Named;
     /// `WARMPOOL_MAX_FRAME_BYTES`.
     pub const MAX_FRAME_BYTES: usize = warmpool::protocol::DEFAULT_MAX_FRAME;
     /// `WARMPOOL_INIT_REQUIRE_DATABASE`.
@@ -459,6 +500,11 @@ impl Config {
                 "WARMPOOL_STATEMENT_CACHE_SIZE",
                 defaults::STATEMENT_CACHE_SIZE,
             )?,
+            prepared_statements: parse(
+                &get,
+                "WARMPOOL_PREPARED_STATEMENTS",
+                defaults::PREPARED_STATEMENTS,
+            )?,
             max_frame: parse(&get, "WARMPOOL_MAX_FRAME_BYTES", defaults::MAX_FRAME_BYTES)?,
             init_require_database: parse(
                 &get,
@@ -571,9 +617,6 @@ impl Config {
         }
         if self.warm_size > self.max_size {
             return fail("WARMPOOL_WARM_SIZE", "must not exceed WARMPOOL_MAX_SIZE");
-        }
-        if self.statement_cache_size == 0 {
-            return fail("WARMPOOL_STATEMENT_CACHE_SIZE", "must be at least 1");
         }
         if self.max_frame < 1024 || self.max_frame > u32::MAX as usize {
             return fail(

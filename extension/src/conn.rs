@@ -1,15 +1,13 @@
-//! One pooled PostgreSQL connection: the tokio-postgres client, the task that drives it, its
-//! statement cache, and what is known about the session state it carries.
+//! One pooled PostgreSQL connection: the backend connection, its statement cache, and what is
+//! known about the session state it carries.
 
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
-use postgres_types::{Kind, Type};
-use tokio::task::JoinHandle;
-use tokio_postgres::{Client, Statement};
 
-use crate::notices::Notices;
+use crate::backend::{Backend, Error, Statement, TxStatus};
+pub use crate::config::StatementMode;
 
 /// Undoes what a statement can leave behind in a session, but keeps prepared statements, which
 /// `DISCARD ALL` would drop. <https://www.postgresql.org/docs/current/sql-discard.html> lists what
@@ -22,26 +20,20 @@ type StatementKey = (String, Vec<u32>);
 
 /// A live connection to PostgreSQL.
 pub struct PgConn {
-    pub(crate) client: Client,
-    driver: Option<JoinHandle<()>>,
-    /// Notices the database sent, for the client the connection serves.
-    pub(crate) notices: Notices,
+    pub(crate) backend: Backend,
     pub(crate) statements: StatementCache,
+    mode: StatementMode,
     /// A statement may have changed session state (SET, LISTEN, temp tables, locks…).
     dirty: bool,
-    /// A batch may have opened a transaction and left it open.
-    maybe_in_transaction: bool,
     pub(crate) last_used: Instant,
     /// The pool's thaw epoch when this connection was last known alive.
     pub(crate) checked_epoch: u64,
-    /// BEGIN was sent and neither COMMIT nor ROLLBACK has succeeded since. Such a connection is
-    /// never handed out again, whatever dropped it.
-    pub(crate) in_transaction: bool,
 }
 
 impl std::fmt::Debug for PgConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgConn")
+            .field("backend", &self.backend)
             .field("statements", &self.statements.len())
             .field("dirty", &self.dirty)
             .finish_non_exhaustive()
@@ -49,23 +41,33 @@ impl std::fmt::Debug for PgConn {
 }
 
 impl PgConn {
+    /// A connection whose statements are cached up to `cache_size`; without a cache, a named
+    /// statement would have no owner to close it, so statements go unnamed.
     pub(crate) fn new(
-        client: Client,
-        driver: JoinHandle<()>,
-        notices: Notices,
-        cache_size: NonZeroUsize,
+        backend: Backend,
+        cache_size: Option<NonZeroUsize>,
+        mode: StatementMode,
     ) -> PgConn {
+        let mode = if cache_size.is_none() {
+            StatementMode::Unnamed
+        } else {
+            mode
+        };
         PgConn {
-            client,
-            driver: Some(driver),
-            notices,
+            backend,
             statements: StatementCache::new(cache_size),
+            mode,
             dirty: false,
-            maybe_in_transaction: false,
             last_used: Instant::now(),
             checked_epoch: 0,
-            in_transaction: false,
         }
+    }
+
+    /// Whether the server holds a transaction open on this connection, or may: an answer not
+    /// read to its ReadyForQuery leaves the status unknown. Such a connection is never handed
+    /// out again before a rollback.
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.backend.status() != TxStatus::Idle || !self.backend.is_synced()
     }
 
     /// Notes that `sql` ran here, so the connection is reset before reuse if it may have changed
@@ -76,164 +78,167 @@ impl PgConn {
         }
     }
 
-    /// Notes that a batch ran outside a transaction: it can do anything, including leave a
-    /// transaction open.
-    pub(crate) fn note_batch(&mut self, sql: &str) {
+    /// Notes that a batch ran: it can do anything.
+    pub(crate) fn note_batch(&mut self, _sql: &str) {
         self.dirty = true;
-        let upper = sql.to_ascii_uppercase();
-        if upper.contains("BEGIN") || upper.contains("START") {
-            self.maybe_in_transaction = true;
-        }
     }
 
     /// Whether the connection must be reset before it is handed out again.
     pub(crate) fn needs_reset(&self) -> bool {
-        self.dirty || self.maybe_in_transaction
+        self.dirty || self.in_transaction()
     }
 
     /// Resets session state, keeping prepared statements.
-    pub(crate) async fn reset(&mut self) -> Result<(), tokio_postgres::Error> {
-        if self.maybe_in_transaction {
-            self.client.batch_execute("ROLLBACK").await?;
-            self.maybe_in_transaction = false;
+    pub(crate) async fn reset(&mut self) -> Result<(), Error> {
+        if !self.backend.is_synced() && !self.backend.resync().await {
+            return Err(Error::Closed);
+        }
+        if self.backend.status() != TxStatus::Idle {
+            self.backend.batch_execute("ROLLBACK").await?;
         }
         if self.dirty {
-            self.client.batch_execute(RESET_SQL).await?;
+            self.backend.batch_execute(RESET_SQL).await?;
             self.dirty = false;
         }
         Ok(())
     }
 
+    /// The statement for `sql` with the declared parameter `types`: from the cache, or
+    /// prepared (named) or described (unnamed) now.
+    pub(crate) async fn prepare(&mut self, sql: &str, types: &[u32]) -> Result<Statement, Error> {
+        if let Some(stmt) = self.statements.get(sql, types) {
+            return Ok(stmt);
+        }
+        let stmt = self
+            .backend
+            .prepare(self.mode == StatementMode::Named, sql, types)
+            .await?;
+        // Unnamed statements are cached too: their description spares a round trip, and each
+        // execution parses them again.
+        if let Some(evicted) = self.statements.insert(sql, types, stmt.clone()) {
+            self.backend.forget_statement(&evicted);
+        }
+        Ok(stmt)
+    }
+
+    /// The statement for `sql` if this connection has it cached.
+    pub(crate) fn cached(&mut self, sql: &str, types: &[u32]) -> Option<Statement> {
+        self.statements.get(sql, types)
+    }
+
+    /// Caches a statement prepared (or described) on this connection.
+    pub(crate) fn remember(&mut self, sql: &str, types: &[u32], stmt: Statement) {
+        if let Some(evicted) = self.statements.insert(sql, types, stmt) {
+            self.backend.forget_statement(&evicted);
+        }
+    }
+
+    /// Whether statements are kept on the server under names.
+    pub(crate) fn named(&self) -> bool {
+        self.mode == StatementMode::Named
+    }
+
+    /// Forgets a statement, for instance after the server said it no longer knows it or its
+    /// plan changed shape.
+    pub(crate) fn forget(&mut self, sql: &str, types: &[u32]) {
+        if let Some(stmt) = self.statements.remove(sql, types) {
+            self.backend.forget_statement(&stmt);
+        }
+    }
+
     /// Prepares `statements` (as a client's Prepare without declared types would) and caches
-    /// them, all pipelined in one round trip, so a client's first Prepare or Execute of one
-    /// finds it here and costs no Parse. A statement the server refuses is logged and left for
-    /// the client to prepare, which then reports the error; a connection is never refused for it.
+    /// them, so a client's first Prepare or Execute of one finds it here and costs no Parse. A
+    /// statement the server refuses is logged and left for the client to prepare, which then
+    /// reports the error; a connection is never refused for it.
     pub(crate) async fn prepare_configured(&mut self, statements: &[String], budget: Duration) {
-        let client = &self.client;
-        let prepared = tokio::time::timeout(
-            budget,
-            futures_util::future::join_all(statements.iter().map(|sql| client.prepare(sql))),
-        )
+        let prepared = tokio::time::timeout(budget, async {
+            for sql in statements {
+                if let Err(e) = self.prepare(sql, &[]).await {
+                    if e.is_lost() {
+                        return;
+                    }
+                    tracing::warn!(
+                        sql = %sql,
+                        error = %e,
+                        "a WARMPOOL_PREPARE statement could not be prepared"
+                    );
+                }
+            }
+        })
         .await;
-        let Ok(prepared) = prepared else {
+        if prepared.is_err() {
             tracing::warn!(
                 budget_ms = budget.as_millis() as u64,
                 "preparing WARMPOOL_PREPARE statements on a new connection timed out"
             );
-            return;
-        };
-        for (sql, result) in statements.iter().zip(prepared) {
-            match result {
-                Ok(stmt) => self.statements.insert(sql, &[], stmt),
-                Err(e) => tracing::warn!(
-                    sql = %sql,
-                    error = %crate::errors::error_chain(&e),
-                    "a WARMPOOL_PREPARE statement could not be prepared"
-                ),
-            }
         }
     }
 
     /// Checks that the server still answers, with an empty query (one round trip, no parsing).
-    pub(crate) async fn check(&self) -> Result<(), tokio_postgres::Error> {
-        self.client.simple_query("").await.map(drop)
+    pub(crate) async fn check(&mut self) -> Result<(), Error> {
+        if !self.backend.is_synced() && !self.backend.resync().await {
+            return Err(Error::Closed);
+        }
+        self.backend.check().await
     }
 
     /// After a CancelRequest: whether the connection is idle again with no cancel left to land.
     /// A statement that finished just before the cancel arrived leaves it in flight; an empty
     /// query queues behind it, and if the cancel lands on that one instead, a second proves the
     /// connection idle.
-    pub(crate) async fn settle_after_cancel(&self) -> bool {
+    pub(crate) async fn settle_after_cancel(&mut self) -> bool {
         self.check().await.is_ok() || self.check().await.is_ok()
     }
 
     /// The result columns of `stmt`, as the protocol describes them.
-    pub(crate) fn columns(stmt: &tokio_postgres::Statement) -> Vec<warmpool::protocol::Column> {
-        stmt.columns()
-            .iter()
-            .map(|c| warmpool::protocol::Column {
-                name: c.name().to_owned(),
-                type_: c.type_().clone(),
-            })
-            .collect()
+    pub(crate) fn columns(stmt: &Statement) -> Vec<warmpool::protocol::Column> {
+        stmt.columns().to_vec()
     }
 
     /// Closes the connection with a Terminate message, waiting at most `budget` for it to go
     /// out; past that the connection is dropped.
     /// <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-TERMINATION>
-    pub(crate) async fn close(mut self, budget: Duration) -> bool {
-        let driver = self.driver.take();
-        // Dropping the client closes its request channel; the driver then sends Terminate and
-        // shuts the socket down.
-        drop(self);
-        match driver {
-            Some(mut driver) => match tokio::time::timeout(budget, &mut driver).await {
-                Ok(_) => true,
-                Err(_) => {
-                    driver.abort();
-                    false
-                }
-            },
-            None => true,
-        }
+    pub(crate) async fn close(self, budget: Duration) -> bool {
+        self.backend.close(budget).await
     }
 }
 
-/// Statements prepared on one connection, least recently used evicted first. Dropping an
-/// evicted `Statement` makes tokio-postgres close it on the server.
+/// Statements prepared on one connection, least recently used evicted first; an evicted one is
+/// closed on the server with the connection's next request.
 pub(crate) struct StatementCache {
-    cache: LruCache<StatementKey, Statement>,
+    cache: Option<LruCache<StatementKey, Statement>>,
 }
 
 impl StatementCache {
-    fn new(size: NonZeroUsize) -> StatementCache {
+    fn new(size: Option<NonZeroUsize>) -> StatementCache {
         StatementCache {
-            cache: LruCache::new(size),
+            cache: size.map(LruCache::new),
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.cache.len()
+        self.cache.as_ref().map_or(0, LruCache::len)
     }
 
-    /// The statement for `sql`, prepared on `client` unless it already is.
-    pub(crate) async fn prepare(
-        &mut self,
-        client: &Client,
-        sql: &str,
-        types: &[u32],
-    ) -> Result<Statement, tokio_postgres::Error> {
-        let key = (sql.to_owned(), types.to_vec());
-        if let Some(stmt) = self.cache.get(&key) {
-            return Ok(stmt.clone());
+    fn get(&mut self, sql: &str, types: &[u32]) -> Option<Statement> {
+        self.cache
+            .as_mut()?
+            .get(&(sql.to_owned(), types.to_vec()))
+            .cloned()
+    }
+
+    /// Remembers a statement; returns the one evicted to make room, if any.
+    fn insert(&mut self, sql: &str, types: &[u32], statement: Statement) -> Option<Statement> {
+        let cache = self.cache.as_mut()?;
+        match cache.push((sql.to_owned(), types.to_vec()), statement) {
+            Some((key, evicted)) if key.0 != sql || key.1 != types => Some(evicted),
+            _ => None,
         }
-        let declared: Vec<Type> = types.iter().map(|oid| type_for_oid(*oid)).collect();
-        let stmt = client.prepare_typed(sql, &declared).await?;
-        self.cache.put(key, stmt.clone());
-        Ok(stmt)
     }
 
-    /// The statement for `sql` if it is prepared on this connection.
-    pub(crate) fn cached(&mut self, sql: &str, types: &[u32]) -> Option<Statement> {
-        self.cache.get(&(sql.to_owned(), types.to_vec())).cloned()
+    fn remove(&mut self, sql: &str, types: &[u32]) -> Option<Statement> {
+        self.cache.as_mut()?.pop(&(sql.to_owned(), types.to_vec()))
     }
-
-    /// Remembers a statement prepared on this connection.
-    pub(crate) fn insert(&mut self, sql: &str, types: &[u32], statement: Statement) {
-        self.cache.put((sql.to_owned(), types.to_vec()), statement);
-    }
-
-    /// Forgets a statement, for instance after the server said its plan is no longer valid.
-    pub(crate) fn forget(&mut self, sql: &str, types: &[u32]) {
-        self.cache.pop(&(sql.to_owned(), types.to_vec()));
-    }
-}
-
-/// Parse only sends a declared type's OID, so a type the client named by OID alone does not need
-/// its name or kind here.
-pub(crate) fn type_for_oid(oid: u32) -> Type {
-    Type::from_oid(oid)
-        .unwrap_or_else(|| Type::new(String::new(), oid, Kind::Simple, String::new()))
 }
 
 /// Whether a statement may leave state behind in the session. Plain reads and writes do not;

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 use warmpool::protocol::WireError;
 
+use crate::backend::CancelToken;
 use crate::conn::PgConn;
 use crate::errors;
 use crate::pool::Pool;
@@ -75,7 +76,7 @@ pub async fn within<T>(deadline: Option<SystemTime>, work: impl Future<Output = 
 /// Bounds one statement by the session's deadline.
 pub struct Guard<'a> {
     pool: &'a Pool,
-    token: tokio_postgres::CancelToken,
+    token: CancelToken,
     at: Option<Instant>,
     budget: Duration,
     hit: AtomicBool,
@@ -89,13 +90,13 @@ impl<'a> Guard<'a> {
     /// bounds the wait for the server to confirm the cancel.
     pub fn new(
         pool: &'a Pool,
-        client: &tokio_postgres::Client,
+        token: &CancelToken,
         deadline: Option<SystemTime>,
         budget: Duration,
     ) -> Guard<'a> {
         Guard {
             pool,
-            token: client.cancel_token(),
+            token: token.clone(),
             at: deadline.map(instant),
             budget,
             hit: AtomicBool::new(false),
@@ -104,7 +105,7 @@ impl<'a> Guard<'a> {
     }
 
     /// The token that cancels the statement.
-    pub fn token(&self) -> &tokio_postgres::CancelToken {
+    pub fn token(&self) -> &CancelToken {
         &self.token
     }
 
@@ -151,7 +152,7 @@ impl<'a> Guard<'a> {
         match sent {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::warn!(error = %errors::error_chain(&e), "CancelRequest failed")
+                tracing::warn!(error = %e, "CancelRequest failed")
             }
             Err(_) => {
                 self.unsent.store(true, Ordering::Relaxed);
@@ -175,7 +176,7 @@ impl<'a> Guard<'a> {
     /// After the deadline cancelled a statement that has ended: whether its connection may be
     /// used again, with no cancel left to land on its next statement. Bounded by the budget;
     /// true when the deadline did not pass.
-    pub async fn settled(&self, conn: &PgConn) -> bool {
+    pub async fn settled(&self, conn: &mut PgConn) -> bool {
         if !self.hit() {
             return true;
         }

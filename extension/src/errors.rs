@@ -2,9 +2,9 @@
 //! with a SQLSTATE, so function code can branch on `code()` as it would with tokio-postgres.
 
 use deadpool::managed::{PoolError, TimeoutType};
-use tokio_postgres::error::{DbError, ErrorPosition, Severity};
-use warmpool::protocol::{sqlstate, ErrorSource, FrameError, WireError};
+use warmpool::protocol::{sqlstate, FrameError, WireError};
 
+use crate::backend;
 use crate::config::Config;
 use crate::credentials::Origin;
 use crate::pool::ConnectError;
@@ -13,82 +13,24 @@ use crate::pool::ConnectError;
 /// side could not set up, here because its credentials could not be obtained.
 pub const UNABLE_TO_CONNECT: &str = "08001";
 
-/// A database error with every field of PostgreSQL's ErrorResponse.
-pub fn from_db(db: &DbError) -> WireError {
-    let mut fields = vec![(b'S', db.severity().to_owned())];
-    if let Some(s) = db.parsed_severity() {
-        fields.push((b'V', severity_text(s).to_owned()));
-    }
-    fields.push((b'C', db.code().code().to_owned()));
-    fields.push((b'M', db.message().to_owned()));
-    let optional = [
-        (b'D', db.detail()),
-        (b'H', db.hint()),
-        (b'W', db.where_()),
-        (b's', db.schema()),
-        (b't', db.table()),
-        (b'c', db.column()),
-        (b'd', db.datatype()),
-        (b'n', db.constraint()),
-        (b'F', db.file()),
-        (b'R', db.routine()),
-    ];
-    fields.extend(
-        optional
-            .into_iter()
-            .filter_map(|(code, v)| v.map(|v| (code, v.to_owned()))),
-    );
-    if let Some(line) = db.line() {
-        fields.push((b'L', line.to_string()));
-    }
-    match db.position() {
-        Some(ErrorPosition::Original(p)) => fields.push((b'P', p.to_string())),
-        Some(ErrorPosition::Internal { position, query }) => {
-            fields.push((b'p', position.to_string()));
-            fields.push((b'q', query.clone()));
+/// An error from a statement: the server's own error, every field kept, where there is one;
+/// otherwise the connection failed (08006).
+pub fn from_backend(e: &backend::Error) -> WireError {
+    match e {
+        backend::Error::Db(db) => db.to_wire(),
+        backend::Error::Unsupported(what) => {
+            WireError::extension(sqlstate::FEATURE_NOT_SUPPORTED, *what)
         }
-        None => {}
-    }
-    WireError {
-        source: ErrorSource::Database,
-        fields,
-    }
-}
-
-fn severity_text(s: Severity) -> &'static str {
-    match s {
-        Severity::Panic => "PANIC",
-        Severity::Fatal => "FATAL",
-        Severity::Error => "ERROR",
-        Severity::Warning => "WARNING",
-        Severity::Notice => "NOTICE",
-        Severity::Debug => "DEBUG",
-        Severity::Info => "INFO",
-        Severity::Log => "LOG",
-    }
-}
-
-/// An error from a statement: the server's own error where there is one; otherwise the
-/// connection failed (08006).
-pub fn from_pg(e: &tokio_postgres::Error) -> WireError {
-    match e.as_db_error() {
-        Some(db) => from_db(db),
-        None => WireError::extension(
+        other => WireError::extension(
             sqlstate::CONNECTION_FAILURE,
-            format!("the database connection failed: {e}"),
+            format!("the database connection failed: {other}"),
         ),
     }
 }
 
 /// Whether a statement error means the connection itself is no longer usable.
-pub fn connection_lost(e: &tokio_postgres::Error) -> bool {
-    match e.as_db_error() {
-        Some(db) => matches!(
-            db.parsed_severity(),
-            Some(Severity::Fatal | Severity::Panic)
-        ),
-        None => true,
-    }
+pub fn connection_lost(e: &backend::Error) -> bool {
+    e.is_lost()
 }
 
 /// An error getting a connection from the pool, naming the setting that governs it.
@@ -130,8 +72,8 @@ pub fn from_pool(e: &PoolError<ConnectError>, config: &Config) -> WireError {
 /// the secret itself is never part of any error.
 pub fn from_connect(e: &ConnectError) -> WireError {
     match e {
-        ConnectError::Database(e) => match e.as_db_error() {
-            Some(db) => from_db(db),
+        ConnectError::Database(e) => match e.as_db() {
+            Some(db) => db.to_wire(),
             None => WireError::extension(
                 sqlstate::CONNECTION_FAILURE,
                 format!("could not connect to the database: {}", error_chain(e)),
@@ -142,7 +84,7 @@ pub fn from_connect(e: &ConnectError) -> WireError {
             origin,
             retried,
         } => {
-            let mut wire = from_pg(error);
+            let mut wire = from_backend(error);
             let mut detail = format!("warmpool connected with {origin}");
             if *retried {
                 detail.push_str(
@@ -347,7 +289,7 @@ mod tests {
         let e = commit_unknown(budget);
         assert_eq!(e.code(), "08007");
         assert!(e.message().contains("unknown"), "{}", e.message());
-        assert_eq!(e.source, ErrorSource::Extension);
+        assert_eq!(e.source, warmpool::protocol::ErrorSource::Extension);
     }
 
     #[test]

@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod config;
 pub mod conn;
 pub mod credentials;

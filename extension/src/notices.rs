@@ -4,16 +4,13 @@
 //! their text can quote the statement's values.
 //!
 //! PostgreSQL sends a NoticeResponse at any time, not as part of a statement's answer
-//! (<https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-ASYNC>), so the task
-//! that drives the connection collects them and the session that holds the connection hands them
-//! to its client with its next answer.
+//! (<https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-ASYNC>), so the backend
+//! connection collects them as it reads and the session that holds the connection hands them to
+//! its client with its next answer.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_postgres::{AsyncMessage, Connection};
 use warmpool::protocol::WireError;
 
 /// Notices kept for one answer: a statement that raises more (a loop of `RAISE NOTICE`) loses
@@ -31,7 +28,7 @@ struct Pending {
 }
 
 impl Notices {
-    fn push(&self, notice: WireError) {
+    pub(crate) fn push(&self, notice: WireError) {
         let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if pending.notices.len() == MAX_NOTICES {
             pending.notices.pop_front();
@@ -52,43 +49,6 @@ impl Notices {
         let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
         pending.notices.clear();
         pending.dropped = 0;
-    }
-}
-
-/// Drives `connection` until it closes, keeping its notices in `notices`. Only the SQLSTATE is
-/// logged, and the message too when `log_statements` is on.
-pub async fn drive<S, T>(mut connection: Connection<S, T>, notices: Notices, log_statements: bool)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    loop {
-        match poll_fn(|cx| connection.poll_message(cx)).await {
-            Some(Ok(AsyncMessage::Notice(db))) => {
-                if log_statements {
-                    tracing::info!(
-                        code = db.code().code(),
-                        severity = db.severity(),
-                        message = db.message(),
-                        "the database sent a notice"
-                    );
-                } else {
-                    tracing::debug!(code = db.code().code(), "the database sent a notice");
-                }
-                notices.push(crate::errors::from_db(&db));
-            }
-            // LISTEN is reset on every connection before reuse, so a notification belongs to no
-            // client that could still read it.
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                tracing::debug!(
-                    error = %crate::errors::error_chain(&e),
-                    "database connection ended with an error"
-                );
-                return;
-            }
-            None => return,
-        }
     }
 }
 

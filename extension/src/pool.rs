@@ -1,9 +1,6 @@
-//! The connection pool: deadpool's managed pool over tokio-postgres connections.
-//!
-//! deadpool-postgres's own manager is not used because its connection wrapper aborts the driver
-//! task when dropped, so a closed connection never sends Terminate and the server logs an
-//! unexpected EOF; and its statement cache has no bound. This manager keeps deadpool's pool
-//! (wait, create and recycle timeouts, fair queueing) and closes connections properly.
+//! The connection pool: deadpool's managed pool over backend connections
+//! ([`crate::backend`]). deadpool keeps the pool (wait, create and recycle timeouts, fair
+//! queueing); this manager opens, checks and closes the connections.
 //!
 //! Every new connection asks the credentials provider for its login, so a rotated secret or a
 //! new IAM token is used from the next connection on, while open connections stay open. A
@@ -19,7 +16,8 @@ use futures_util::future::join_all;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::conn::PgConn;
+use crate::backend::{self, CancelToken};
+use crate::conn::{PgConn, StatementMode};
 use crate::credentials::{CredentialsError, ErrorKind, Login, Origin, Provider};
 use crate::metrics::{Event, Meter};
 use crate::retry::{self, Backoff};
@@ -41,7 +39,12 @@ pub struct Manager {
     pg: tokio_postgres::Config,
     tls: tls::Connector,
     credentials: Provider,
-    cache_size: NonZeroUsize,
+    /// `WARMPOOL_STATEMENT_CACHE_SIZE`; 0 caches nothing.
+    cache_size: Option<NonZeroUsize>,
+    /// `WARMPOOL_PREPARED_STATEMENTS`.
+    statement_mode: StatementMode,
+    /// `PGCHANNELBINDING` (or `channel_binding` in the URL).
+    channel_binding: backend::connect::ChannelBinding,
     check_after_idle: Duration,
     reset_timeout: Duration,
     connect_timeout: Duration,
@@ -82,7 +85,7 @@ pub enum ConnectError {
     Auth {
         /// The server's refusal.
         #[source]
-        error: tokio_postgres::Error,
+        error: backend::Error,
         /// Where the refused credentials came from.
         origin: Origin,
         /// Whether fresh credentials were tried too.
@@ -90,7 +93,7 @@ pub enum ConnectError {
     },
     /// Any other failure of the database connection.
     #[error(transparent)]
-    Database(#[from] tokio_postgres::Error),
+    Database(#[from] backend::Error),
     /// The database refused the connections tried for this request within
     /// `WARMPOOL_RETRY_BUDGET_MS`, and it was not this request's turn to try again: the last
     /// refusal.
@@ -120,11 +123,10 @@ impl ConnectError {
 
 /// 28P01 invalid_password (a wrong password or an expired IAM token) and 28000
 /// invalid_authorization_specification (no pg_hba entry, or RDS refusing an IAM login).
-fn is_auth_failure(e: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
+fn is_auth_failure(e: &backend::Error) -> bool {
     matches!(
         e.code(),
-        Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        Some(warmpool::protocol::sqlstate::INVALID_PASSWORD | warmpool::protocol::sqlstate::INVALID_AUTHORIZATION_SPECIFICATION)
     )
 }
 
@@ -135,25 +137,21 @@ impl Manager {
         let pg = login
             .apply(&self.pg)
             .map_err(|kind| CredentialsError::new(self.credentials.origin().clone(), kind))?;
-        let connecting = pg.connect(self.tls.clone());
-        let (client, connection) = tokio::time::timeout(self.connect_timeout, connecting)
+        let params = connect_params(&pg, &self.tls, self.channel_binding, self.log_statements)?;
+        let connecting = backend::connect::connect(&params);
+        let backend = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| ConnectError::Timeout {
                 phase: "connecting to the database",
                 after: self.connect_timeout,
             })??;
-        let notices = crate::notices::Notices::default();
-        let driver = tokio::spawn(crate::notices::drive(
-            connection,
-            notices.clone(),
-            self.log_statements,
-        ));
         tracing::debug!(
             user = pg.get_user().unwrap_or_default(),
             secret_version = login.version.as_deref(),
+            pid = backend.process_id(),
             "opened a database connection"
         );
-        let mut conn = PgConn::new(client, driver, notices, self.cache_size);
+        let mut conn = PgConn::new(backend, self.cache_size, self.statement_mode);
         conn.checked_epoch = self.thaw_epoch.load(Ordering::Acquire);
         if !self.prepare.is_empty() {
             conn.prepare_configured(&self.prepare, self.connect_timeout)
@@ -196,7 +194,7 @@ impl Manager {
         };
         tracing::info!(
             credentials = %origin,
-            code = first.code().map(|c| c.code()).unwrap_or_default(),
+            code = first.code().unwrap_or_default(),
             "the database refused the credentials; retrying once with fresh ones"
         );
         match self.connect(&fresh).await {
@@ -269,11 +267,10 @@ impl Manager {
     async fn check(&self, conn: &mut PgConn, metrics: &Metrics) -> RecycleResult<ConnectError> {
         // A connection the server closed while it sat idle (pg_terminate_backend, a restart,
         // idle_session_timeout) has the server's FATAL and the end of its stream waiting in
-        // the socket, but its driver task reads them only once the runtime polls for I/O;
-        // after a freeze that can be after this request went out on it. A yield lets the
-        // runtime poll first, so the driver closes such a connection before it is handed out.
+        // the socket; after a freeze the runtime may not have seen them yet. A yield lets it
+        // poll for I/O first, then what arrived is read without waiting.
         tokio::task::yield_now().await;
-        if conn.client.is_closed() {
+        if !conn.backend.idle_check() {
             return Err(RecycleError::message("connection closed"));
         }
         if let Some(max) = self.max_lifetime {
@@ -290,7 +287,7 @@ impl Manager {
                 ));
             }
         }
-        if conn.in_transaction {
+        if conn.in_transaction() {
             return Err(RecycleError::message(
                 "connection left inside a transaction",
             ));
@@ -398,11 +395,8 @@ impl Pool {
     /// Asks the server to cancel whatever `token`'s connection is running, over a new connection
     /// with the same TLS settings, as PostgreSQL's CancelRequest requires:
     /// <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-CANCELING-REQUESTS>.
-    pub async fn cancel(
-        &self,
-        token: &tokio_postgres::CancelToken,
-    ) -> Result<(), tokio_postgres::Error> {
-        token.cancel_query(self.inner.manager().tls.clone()).await
+    pub async fn cancel(&self, token: &CancelToken) -> std::io::Result<()> {
+        token.cancel().await
     }
 
     /// Marks maintenance on a connection (a reset) as running until the guard is dropped; drop
@@ -466,16 +460,16 @@ pub fn build(config: &Config) -> Result<Pool, BuildError> {
 
 /// Builds the pool with the given credentials provider (tests inject one with a fixed clock).
 pub fn build_with(config: &Config, credentials: Provider) -> Result<Pool, BuildError> {
-    let (tls, ssl_mode) = tls::connector(config)?;
-    let mut pg = config.pg.clone();
-    pg.ssl_mode(ssl_mode);
-    pg.connect_timeout(config.connect_timeout);
+    let tls = tls::connector(config)?;
+    let pg = config.pg.clone();
     tracing::debug!(credentials = %credentials.origin(), "credentials provider");
     let manager = Manager {
         pg,
         tls,
         credentials,
-        cache_size: NonZeroUsize::new(config.statement_cache_size).unwrap_or(NonZeroUsize::MIN),
+        cache_size: NonZeroUsize::new(config.statement_cache_size),
+        statement_mode: config.prepared_statements,
+        channel_binding: channel_binding(config),
         check_after_idle: config.check_after_idle,
         reset_timeout: config.reset_timeout,
         connect_timeout: config.connect_timeout,
@@ -563,4 +557,41 @@ pub async fn reap_idle(
     let n = removed.len();
     join_all(removed.into_iter().map(|c| c.close(budget))).await;
     n
+}
+
+/// The connection settings as the backend connection takes them: the first host and port (the
+/// configuration refuses more than one), the login, and TLS.
+fn connect_params<'a>(
+    pg: &'a tokio_postgres::Config,
+    tls: &'a tls::Connector,
+    channel_binding: backend::connect::ChannelBinding,
+    log_notices: bool,
+) -> Result<backend::connect::Params<'a>, ConnectError> {
+    use backend::connect::Target;
+    let port = pg.get_ports().first().copied().unwrap_or(crate::config::defaults::PORT);
+    let target = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => Target::Tcp(host.clone(), port),
+        Some(tokio_postgres::config::Host::Unix(dir)) => Target::Unix(dir.clone(), port),
+        None => Target::Tcp("localhost".to_owned(), port),
+    };
+    Ok(backend::connect::Params {
+        target,
+        user: pg.get_user().unwrap_or_default(),
+        password: pg.get_password(),
+        database: pg.get_dbname(),
+        options: pg.get_options(),
+        application_name: pg.get_application_name(),
+        tls,
+        channel_binding,
+        log_notices,
+    })
+}
+
+fn channel_binding(config: &Config) -> backend::connect::ChannelBinding {
+    use backend::connect::ChannelBinding;
+    match config.channel_binding {
+        tokio_postgres::config::ChannelBinding::Disable => ChannelBinding::Disable,
+        tokio_postgres::config::ChannelBinding::Require => ChannelBinding::Require,
+        _ => ChannelBinding::Prefer,
+    }
 }

@@ -24,6 +24,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use warmpool::protocol::sqlstate;
+
+use crate::backend;
 use crate::pool::ConnectError;
 
 /// Backoff settings.
@@ -215,13 +218,17 @@ pub fn transient(e: &ConnectError) -> bool {
         ConnectError::Timeout { .. } => true,
         ConnectError::Database(e) => match e.code() {
             None => !misconfigured(e),
-            Some(code) => {
-                let c = code.code();
+            Some(c) => {
                 // 08 connection exceptions, 53 insufficient resources (53300 too many
                 // connections), 57P01-57P03 shutdown, crash recovery and start-up.
                 c.starts_with("08")
                     || c.starts_with("53")
-                    || matches!(c, "57P01" | "57P02" | "57P03")
+                    || matches!(
+                        c,
+                        sqlstate::ADMIN_SHUTDOWN
+                            | sqlstate::CRASH_SHUTDOWN
+                            | sqlstate::CANNOT_CONNECT_NOW
+                    )
             }
         },
         ConnectError::Auth { .. } | ConnectError::Credentials(_) | ConnectError::Unavailable(_) => {
@@ -231,25 +238,24 @@ pub fn transient(e: &ConnectError) -> bool {
 }
 
 /// A failure no retry can cure: a certificate that does not verify, a protocol the server does
-/// not speak. TLS errors reach tokio-postgres as `InvalidData` I/O errors; refused, reset and
-/// timed-out sockets, and a socket file missing during a restart, are other kinds.
-fn misconfigured(e: &tokio_postgres::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
+/// not speak, a setting the connection cannot be made under. TLS errors are `InvalidData` I/O
+/// errors; refused, reset and timed-out sockets, and a socket file missing during a restart,
+/// are other kinds.
+fn misconfigured(e: &backend::Error) -> bool {
+    match e {
+        backend::Error::Setup(_) | backend::Error::Protocol(_) => true,
+        backend::Error::Io(io) => {
+            matches!(
                 io.kind(),
                 std::io::ErrorKind::InvalidData
                     | std::io::ErrorKind::InvalidInput
                     | std::io::ErrorKind::PermissionDenied
-            );
+            ) || io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
         }
-        if s.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        source = s.source();
+        _ => false,
     }
-    false
 }
 
 #[cfg(test)]

@@ -14,10 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use deadpool::managed::Object;
-use futures_util::TryStreamExt;
-use postgres_types::{to_sql_checked, IsNull, ToSql, Type};
+use postgres_types::Type;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use warmpool::protocol::{
@@ -29,6 +27,7 @@ use warmpool::transport::{Framed, ReadError};
 use tracing::{Instrument, Span};
 use warmpool::protocol::{Invocation, Stats};
 
+use crate::backend::{self, CancelToken, Reply};
 use crate::config::Config;
 use crate::conn::PgConn;
 use crate::deadline::{self, Guard};
@@ -90,15 +89,15 @@ enum StmtError {
     Client(io::Error),
     /// The client went away while the statement ran: the statement must be cancelled on the
     /// server before its connection can be used again.
-    Gone(Box<tokio_postgres::CancelToken>),
+    Gone(Box<CancelToken>),
 }
 
 impl StmtError {
-    fn from_pg(e: &tokio_postgres::Error) -> StmtError {
+    fn from_backend(e: &backend::Error) -> StmtError {
         if errors::connection_lost(e) {
-            StmtError::Lost(errors::from_pg(e))
+            StmtError::Lost(errors::from_backend(e))
         } else {
-            StmtError::Sql(errors::from_pg(e))
+            StmtError::Sql(errors::from_backend(e))
         }
     }
 }
@@ -323,11 +322,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.framed.flush().await
     }
 
-    /// The deadline guard for a statement about to run on `client`.
-    fn guard<'a>(&self, shared: &'a Shared, client: &tokio_postgres::Client) -> Guard<'a> {
+    /// The deadline guard for a statement about to run on the connection `token` cancels in.
+    fn guard<'a>(&self, shared: &'a Shared, token: &CancelToken) -> Guard<'a> {
         Guard::new(
             &shared.pool,
-            client,
+            token,
             self.deadline,
             shared.config.reset_timeout,
         )
@@ -404,7 +403,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 // The client's socket failed while rows were going out to it: the statement may
                 // still be running, for a reader that is gone, so it is cancelled as for a
                 // client that left.
-                let token = lease.conn().client.cancel_token();
+                let token = lease.conn().backend.cancel_token().clone();
                 self.cancel_for_departed_client(lease, &token, "the client's socket failed")
                     .await;
                 return Err(e);
@@ -434,7 +433,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn cancel_for_departed_client(
         &mut self,
         mut lease: Lease,
-        token: &tokio_postgres::CancelToken,
+        token: &CancelToken,
         why: &str,
     ) {
         let settled = settle(
@@ -451,7 +450,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Queues the notices the database sent on `conn` for this session's client, ahead of the
     /// answer they came with.
     fn queue_notices(&mut self, conn: &PgConn) {
-        let (notices, dropped) = conn.notices.take();
+        let (notices, dropped) = conn.backend.notices().take();
         if dropped > 0 {
             tracing::debug!(
                 dropped,
@@ -490,7 +489,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         if let Ok(conn) = &got {
             // What the database said to the connection's last user is not this client's.
-            conn.notices.clear();
+            conn.backend.notices().clear();
         }
         let waited = started.elapsed();
         self.pool().meter().add(Event::PoolWait(waited));
@@ -516,16 +515,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut retried = false;
         loop {
             let conn = lease.conn();
-            let guard = self.guard(&shared, &conn.client);
-            let PgConn {
-                client, statements, ..
-            } = &mut **conn;
-            let prepared = guard
-                .run(statements.prepare(client, &p.sql, &p.types))
-                .await;
+            let guard = self.guard(&shared, conn.backend.cancel_token());
+            let prepared = guard.run(conn.prepare(&p.sql, &p.types)).await;
             let outcome = match prepared {
                 Err(e) => Err(StmtError::Lost(e)),
-                Ok(Err(e)) => Err(StmtError::from_pg(&e)),
+                Ok(Err(e)) => Err(StmtError::from_backend(&e)),
                 Ok(Ok(stmt)) => Ok(Response::PrepareOk(PrepareOk {
                     params: stmt.params().to_vec(),
                     columns: PgConn::columns(&stmt),
@@ -586,7 +580,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut retried = false;
         loop {
             let written = self.framed.written();
-            let guard = self.guard(&shared, &lease.conn().client);
+            let guard = self.guard(&shared, lease.conn().backend.cancel_token());
             let outcome = run_execute(
                 &mut self.framed,
                 lease.conn(),
@@ -633,10 +627,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
             if let Err(StmtError::Sql(e)) = &outcome {
-                if matches!(e.code(), "26000" | "0A000") {
+                if matches!(
+                    e.code(),
+                    sqlstate::INVALID_SQL_STATEMENT_NAME | sqlstate::FEATURE_NOT_SUPPORTED
+                ) {
                     // The server no longer knows the statement, or its plan changed shape after
                     // DDL: prepare it afresh next time.
-                    lease.conn().statements.forget(&ex.sql, &ex.types);
+                    lease.conn().forget(&ex.sql, &ex.types);
                 }
             }
             lease.conn().note_statement(&ex.sql);
@@ -682,24 +679,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let shared = self.shared.clone();
         let conn = lease.conn();
         let started = Instant::now();
-        let guard = self.guard(&shared, &conn.client);
-        let ran = guard
-            .run(async {
-                tokio::join!(
-                    send_begin(&conn.client, begin.as_deref()),
-                    conn.client.batch_execute(&sql)
-                )
-            })
-            .await;
-        let (began, ran) = match ran {
-            Ok(both) => both,
+        let guard = self.guard(&shared, conn.backend.cancel_token());
+        let ran = guard.run(run_batch(&mut conn.backend, begin.as_deref(), &sql)).await;
+        let ran = match ran {
+            Ok(ran) => ran,
             Err(e) => {
                 return self.finish(Err(StmtError::Lost(e)), lease, &guard).await;
             }
         };
-        if begin.is_some() && began.is_ok() {
-            conn.in_transaction = true;
-        }
         if pinned {
             conn.note_statement(&sql);
         } else {
@@ -709,10 +696,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             rows: 0,
             time: started.elapsed(),
         });
-        let outcome = began
-            .and(ran)
+        let outcome = ran
             .map(|()| Response::Ok)
-            .map_err(|e| StmtError::from_pg(&e));
+            .map_err(|e| StmtError::from_backend(&e));
         let outcome = absorb_cancel(&guard, lease.conn(), outcome).await;
         self.finish(outcome, lease, &guard).await
     }
@@ -783,8 +769,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// 08007, never that it committed.
     async fn send_commit(&mut self, mut conn: PooledConn) -> Response {
         let shared = self.shared.clone();
-        let guard = self.guard(&shared, &conn.client);
-        let result = guard.run(conn.client.batch_execute("COMMIT")).await;
+        let guard = self.guard(&shared, conn.backend.cancel_token());
+        let result = guard.run(conn.backend.batch_execute("COMMIT")).await;
         let result = match result {
             Ok(result) => result,
             Err(_) => {
@@ -795,21 +781,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.queue_notices(&conn);
         let response = match &result {
             Ok(()) => Response::Ok,
-            Err(e)
-                if guard.hit()
-                    && e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) =>
-            {
+            Err(e) if guard.hit() && e.code() == Some(sqlstate::QUERY_CANCELED) => {
                 Response::Error(errors::deadline_cancelled())
             }
-            Err(e) => Response::Error(errors::from_pg(e)),
+            Err(e) => Response::Error(errors::from_backend(e)),
         };
-        let lost = matches!(&result, Err(e) if errors::connection_lost(e));
         // A COMMIT that was answered, even with an error (a deferred constraint, a
-        // serialization failure, the cancel), ended the transaction on the server.
-        if !lost {
-            conn.in_transaction = false;
-        }
-        if lost || !guard.settled(&conn).await {
+        // serialization failure, the cancel), ended the transaction on the server, as its
+        // ReadyForQuery says.
+        let lost = matches!(&result, Err(e) if errors::connection_lost(e));
+        if lost || !guard.settled(&mut conn).await {
             discard(conn, shared.pool.meter());
         } else {
             release(conn, shared);
@@ -844,13 +825,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return;
         }
         let budget = self.config().reset_timeout;
-        match tokio::time::timeout(budget, conn.client.batch_execute("ROLLBACK")).await {
-            Ok(Ok(())) => {
-                conn.in_transaction = false;
-                release(conn, self.shared.clone());
+        let rolled_back = async {
+            if !conn.backend.is_synced() && !conn.backend.resync().await {
+                return Err(backend::Error::Closed);
             }
+            conn.backend.batch_execute("ROLLBACK").await
+        };
+        match tokio::time::timeout(budget, rolled_back).await {
+            Ok(Ok(())) => release(conn, self.shared.clone()),
             Ok(Err(e)) => {
-                tracing::warn!(error = %errors::error_chain(&e), "rollback failed; closing the connection");
+                tracing::warn!(error = %e, "rollback failed; closing the connection");
                 discard(conn, self.shared.pool.meter());
             }
             Err(_) => {
@@ -934,7 +918,7 @@ fn release(mut conn: PooledConn, shared: Arc<Shared>) {
         match tokio::time::timeout(budget, conn.reset()).await {
             Ok(Ok(())) => drop(conn),
             Ok(Err(e)) => {
-                tracing::warn!(error = %errors::error_chain(&e), "session reset failed; closing the connection");
+                tracing::warn!(error = %e, "session reset failed; closing the connection");
                 discard(conn, shared.pool.meter());
             }
             Err(_) => {
@@ -958,14 +942,44 @@ fn in_failed_transaction() -> WireError {
     )
 }
 
-async fn send_begin(
-    client: &tokio_postgres::Client,
+/// Runs a batch through the simple query protocol, after `begin` if the transaction has yet
+/// to start. BEGIN goes in the same write, ahead of the Query and followed by a Sync, so if it
+/// fails the server skips the batch instead of running it outside the transaction.
+async fn run_batch(
+    backend: &mut backend::Backend,
     begin: Option<&str>,
-) -> Result<(), tokio_postgres::Error> {
-    match begin {
-        Some(sql) => client.batch_execute(sql).await,
-        None => Ok(()),
+    sql: &str,
+) -> Result<(), backend::Error> {
+    if let Some(b) = begin {
+        backend.write_command(b)?;
     }
+    if let Err(e) = backend.write_query(sql) {
+        backend.discard_unsent();
+        return Err(e);
+    }
+    if begin.is_some() {
+        backend.write_sync();
+    }
+    backend.flush().await?;
+    if begin.is_some() {
+        backend.read_begin_before_query().await?;
+    }
+    let mut outcome = Ok(());
+    loop {
+        match backend.read_simple().await {
+            Ok(backend::Simple::Done) => break,
+            Ok(_) => {}
+            Err(e) if e.is_lost() => return Err(e),
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
+    if begin.is_some() {
+        backend.finish_unit().await?;
+    }
+    outcome
 }
 
 /// Runs one statement and streams its rows to the client; returns the rows affected.
@@ -977,34 +991,40 @@ async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
     max_frame: usize,
     guard: &Guard<'_>,
 ) -> Result<u64, StmtError> {
-    let PgConn {
-        client,
-        statements,
-        in_transaction,
-        ..
-    } = conn;
-    let client = &*client;
-    let statement = async {
-        let stmt = statements
-            .prepare(client, &ex.sql, &ex.types)
-            .await
-            .map_err(|e| StmtError::from_pg(&e))?;
-        check_params(stmt.params(), &ex.params)?;
-        let params = ex.params.iter().map(|p| RawParam(p.value.clone()));
-        client
-            .query_raw(&stmt, params)
-            .await
-            .map_err(|e| StmtError::from_pg(&e))
-    };
-    let (began, stream) = watch(framed, guard, async {
-        tokio::join!(send_begin(client, begin), statement)
+    let stmt = watch(framed, guard, conn.prepare(&ex.sql, &ex.types))
+        .await?
+        .map_err(|e| StmtError::from_backend(&e))?;
+    check_params(stmt.params(), &ex.params)?;
+    let backend = &mut conn.backend;
+    let written = match begin {
+        Some(b) => backend.write_command(b),
+        None => Ok(()),
+    }
+    .and_then(|()| backend.write_execute(&stmt, ex.params.iter().map(|p| p.value.as_deref())));
+    if let Err(e) = written {
+        backend.discard_unsent();
+        return Err(StmtError::from_backend(&e));
+    }
+    backend.write_sync();
+    let began = watch(framed, guard, async {
+        backend.flush().await?;
+        if begin.is_some() {
+            backend.read_command().await?;
+        }
+        Ok::<_, backend::Error>(())
     })
     .await?;
-    began.map_err(|e| StmtError::from_pg(&e))?;
-    if begin.is_some() {
-        *in_transaction = true;
-    }
-    stream_rows(framed, guard, stream?, max_frame).await?
+    began.map_err(|e| StmtError::from_backend(&e))?;
+    stream_rows(framed, guard, backend, max_frame, Answer::Whole).await?
+}
+
+/// How much of a request a statement's answer is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// The whole request: it is read to its ReadyForQuery.
+    Whole,
+    /// One statement of several in the request: the rest is left to read.
+    Step,
 }
 
 /// Streams one statement's rows to the client in frames of about [`ROWS_CHUNK`] bytes; returns
@@ -1012,25 +1032,35 @@ async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
 async fn stream_rows<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S>,
     guard: &Guard<'_>,
-    stream: tokio_postgres::RowStream,
+    backend: &mut backend::Backend,
     max_frame: usize,
+    answer: Answer,
 ) -> Result<Result<u64, StmtError>, StmtError> {
-    let mut stream = pin!(stream);
-    // Rows are encoded into the frame straight from tokio-postgres' row buffer: one copy of
+    // Rows are encoded into the frame straight from the backend's read buffer: one copy of
     // each value, no allocation per row or value.
     let mut frame: Option<RowsEncoder> = None;
     let streamed = async {
         let mut bytes = 0;
         loop {
-            let row = match watch(framed, guard, stream.try_next()).await? {
-                Ok(Some(row)) => row,
-                Ok(None) => return Ok(Ok(())),
-                Err(e) => return Ok(Err(StmtError::from_pg(&e))),
+            let next = match answer {
+                Answer::Whole => watch(framed, guard, backend.read_row()).await?,
+                Answer::Step => watch(framed, guard, backend.read_step()).await?,
             };
-            // A RawValue takes any type, so a column of this row is always there to read.
-            let value = |i: usize| row.get::<_, RawValue>(i).0;
-            let len = RowsEncoder::row_len((0..row.len()).map(value));
+            let row = match next {
+                Ok(Reply::Row(row)) => row,
+                Ok(Reply::Done(n)) => return Ok(Ok(n)),
+                Err(e) => return Ok(Err(StmtError::from_backend(&e))),
+            };
+            let len = RowsEncoder::row_len(backend::query::values(&row));
             if len + 4 > max_frame {
+                // The rest of the answer is read and dropped, so the connection stays usable.
+                let skipped = match answer {
+                    Answer::Whole => watch(framed, guard, backend.finish_unit()).await?,
+                    Answer::Step => watch(framed, guard, backend.skip_rows()).await?,
+                };
+                if let Err(e) = skipped {
+                    return Ok(Err(StmtError::from_backend(&e)));
+                }
                 return Ok(Err(StmtError::Sql(WireError::extension(
                     sqlstate::PROGRAM_LIMIT_EXCEEDED,
                     format!(
@@ -1048,18 +1078,18 @@ async fn stream_rows<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             let f = frame.get_or_insert_with(|| RowsEncoder::begin(framed.write_buf()));
-            f.push(framed.write_buf(), (0..row.len()).map(value));
+            f.push(framed.write_buf(), backend::query::values(&row));
             bytes += len;
         }
     }
     .await;
     match (&streamed, frame) {
-        (Ok(Ok(())), Some(f)) => f.finish(framed.write_buf()),
+        (Ok(Ok(_)), Some(f)) => f.finish(framed.write_buf()),
         // An error follows instead of the rest: the frame in progress goes.
         (_, Some(f)) => f.abandon(framed.write_buf()),
         (_, None) => {}
     }
-    Ok(streamed?.map(|()| stream.rows_affected().unwrap_or(0)))
+    streamed
 }
 
 /// Runs `work` unless the client closes its socket first, in which case the statement `work`
@@ -1108,12 +1138,12 @@ async fn absorb_cancel<T>(
 async fn settle(
     pool: &crate::pool::Pool,
     conn: &mut PgConn,
-    token: &tokio_postgres::CancelToken,
+    token: &CancelToken,
     budget: Duration,
 ) -> bool {
     let settled = tokio::time::timeout(budget, async {
         if let Err(e) = pool.cancel(token).await {
-            tracing::warn!(error = %errors::error_chain(&e), "CancelRequest failed");
+            tracing::warn!(error = %e, "CancelRequest failed");
             return false;
         }
         conn.settle_after_cancel().await
@@ -1149,47 +1179,4 @@ fn check_params(expected: &[Type], given: &[warmpool::protocol::Param]) -> Resul
         }
     }
     Ok(())
-}
-
-/// A parameter passed through as the client encoded it.
-#[derive(Debug)]
-pub(crate) struct RawParam(pub(crate) Option<Bytes>);
-
-impl ToSql for RawParam {
-    fn to_sql(
-        &self,
-        _: &Type,
-        out: &mut bytes::BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match &self.0 {
-            None => Ok(IsNull::Yes),
-            Some(b) => {
-                out.extend_from_slice(b);
-                Ok(IsNull::No)
-            }
-        }
-    }
-
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-
-    to_sql_checked!();
-}
-
-/// A column value taken as the server sent it, whatever its type.
-pub(crate) struct RawValue<'a>(pub(crate) Option<&'a [u8]>);
-
-impl<'a> postgres_types::FromSql<'a> for RawValue<'a> {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(RawValue(Some(raw)))
-    }
-
-    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(RawValue(None))
-    }
-
-    fn accepts(_: &Type) -> bool {
-        true
-    }
 }

@@ -5,7 +5,6 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -13,9 +12,9 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 use crate::config::{Config, RootCerts, SslMode};
 
@@ -31,10 +30,8 @@ impl fmt::Display for TlsSetupError {
 
 impl std::error::Error for TlsSetupError {}
 
-/// The connector for the configured `sslmode`, and the tokio-postgres mode that goes with it.
-pub fn connector(
-    config: &Config,
-) -> Result<(Connector, tokio_postgres::config::SslMode), TlsSetupError> {
+/// The connector for the configured `sslmode`.
+pub fn connector(config: &Config) -> Result<Connector, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -66,29 +63,26 @@ pub fn connector(
             .with_root_certificates(roots(&config.root_certs)?)
             .with_no_client_auth(),
     };
-    let pg_mode = match mode {
-        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        _ => tokio_postgres::config::SslMode::Require,
-    };
     let verified = match mode {
         SslMode::VerifyCa | SslMode::VerifyFull => {
             Some(Arc::new(Verified::new(mode, &config.root_certs)))
         }
         SslMode::Disable | SslMode::Prefer | SslMode::Require => None,
     };
-    let connector = Connector {
-        inner: MakeRustlsConnect::new(tls),
+    Ok(Connector {
+        inner: TlsConnector::from(Arc::new(tls)),
+        mode,
         verified,
-    };
-    Ok((connector, pg_mode))
+    })
 }
 
 /// rustls, with a refused server certificate explained by the settings it was checked under:
 /// rustls says `UnknownIssuer`, an operator needs to hear which file of trusted CAs that was.
 #[derive(Clone)]
 pub struct Connector {
-    inner: MakeRustlsConnect,
+    inner: TlsConnector,
+    /// The mode in force: `require` with a root certificate configured is `verify-ca`.
+    mode: SslMode,
     /// `None` when the certificate is not verified (`prefer`, `require`).
     verified: Option<Arc<Verified>>,
 }
@@ -172,46 +166,31 @@ impl std::error::Error for CertificateRefused {
     }
 }
 
-impl<S> MakeTlsConnect<S> for Connector
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
-    type TlsConnect = Connect<<MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect>;
-    type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
-
-    fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
-        Ok(Connect {
-            inner: MakeTlsConnect::<S>::make_tls_connect(&mut self.inner, domain)?,
-            verified: self.verified.clone(),
-        })
+impl Connector {
+    /// The `sslmode` in force.
+    pub fn mode(&self) -> SslMode {
+        self.mode
     }
-}
 
-/// One handshake of a [`Connector`].
-pub struct Connect<T> {
-    inner: T,
-    verified: Option<Arc<Verified>>,
-}
-
-impl<S, T> TlsConnect<S> for Connect<T>
-where
-    T: TlsConnect<S, Error = io::Error>,
-    T::Future: Send + 'static,
-{
-    type Stream = T::Stream;
-    type Error = io::Error;
-    type Future = BoxFuture<'static, io::Result<T::Stream>>;
-
-    fn connect(self, stream: S) -> Self::Future {
-        let handshake = self.inner.connect(stream);
-        let verified = self.verified;
-        Box::pin(async move {
-            handshake.await.map_err(|e| match &verified {
+    /// The TLS handshake on `tcp`, for the server named `host`.
+    pub async fn handshake(&self, host: &str, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        self.inner
+            .connect(name, tcp)
+            .await
+            .map_err(|e| match &self.verified {
                 Some(v) => v.explain(e),
                 None => e,
             })
-        })
+    }
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
     }
 }
 

@@ -1,35 +1,29 @@
-//! A Pipeline request: a batch of statements on one pooled connection, sent to PostgreSQL
-//! before the first answer is read.
+//! A Pipeline request: a batch of statements on one pooled connection, all written to
+//! PostgreSQL before the first answer is read.
 //!
-//! tokio-postgres writes a request to its connection when the request's future is first
-//! polled, so every future (BEGIN, each statement, COMMIT) is polled once, in order, before
-//! any is awaited; their answers are then read in the same order, streaming rows to the client.
-//! PostgreSQL runs the pipelined messages in order
-//! (<https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-PIPELINING>):
-//! in a transaction, once a statement fails every later one fails with 25P02 and the COMMIT
-//! turns into a rollback, so nothing of a failed batch takes effect.
+//! PostgreSQL runs pipelined messages in order
+//! (<https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-PIPELINING>).
+//! Outside a transaction each statement is a request of its own, ended by its own Sync, so one
+//! failing does not stop the others. A transactional batch is one request: BEGIN, the
+//! statements and COMMIT, then one Sync. Once a statement fails the server skips everything up
+//! to the Sync, COMMIT included, so nothing of a failed batch takes effect, and the extension
+//! rolls the failed transaction back.
 
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
-use std::task::Poll;
 
-use futures_util::future::{maybe_done, BoxFuture, MaybeDone};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_postgres::{RowStream, Statement};
 use warmpool::protocol::{sqlstate, ErrorSource, Execute, Pipeline, Response, WireError};
 
 use super::{
-    check_params, discard, release, settle, stream_rows, watch, RawParam, Session, StmtError,
+    check_params, discard, release, settle, stream_rows, watch, Answer, Session, StmtError,
     TxState, ROWS_CHUNK,
 };
-use crate::conn::{type_for_oid, PgConn};
+use crate::backend::{self, Statement, TxStatus};
+use crate::conn::PgConn;
 use crate::deadline::Guard;
 use crate::errors;
 use crate::metrics::Event;
 use crate::pool::PooledConn;
-
-type Step<'c, T> = Pin<Box<MaybeDone<BoxFuture<'c, Result<T, tokio_postgres::Error>>>>>;
 
 /// How a statement of the batch ended, as far as the database connection is concerned.
 enum Ended {
@@ -54,11 +48,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(conn) => conn,
             Err(e) => return self.refuse(p.statements.len(), e).await,
         };
-        let cancel = conn.client.cancel_token();
+        let cancel = conn.backend.cancel_token().clone();
         let max_frame = self.config().max_frame;
         let started = std::time::Instant::now();
         let shared = self.shared.clone();
-        let guard = self.guard(&shared, &conn.client);
+        let guard = self.guard(&shared, &cancel);
         let outcome = run(&mut self.framed, &mut conn, &p, max_frame, &guard).await;
         // Counted as one query per statement; the batch's database time goes to the first.
         // Rows and per-statement errors of a batch are not counted yet.
@@ -83,7 +77,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.queue_notices(&conn);
                 // After the deadline cancelled a statement, the cancel must not be left to land
                 // on the connection's next user.
-                if keep_connection && guard.settled(&conn).await {
+                if keep_connection && guard.settled(&mut conn).await {
                     release(conn, self.shared.clone());
                 } else {
                     discard(conn, self.shared.pool.meter());
@@ -116,7 +110,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Err(gone())
             }
             Err(StmtError::Client(e)) => {
-                if p.transaction.is_some() || conn.in_transaction {
+                if p.transaction.is_some() || conn.in_transaction() {
                     discard(conn, self.shared.pool.meter());
                 } else {
                     release(conn, self.shared.clone());
@@ -201,77 +195,58 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
 
-    let PgConn {
-        client,
-        statements,
-        in_transaction,
-        ..
-    } = &mut **conn;
-    let client = &*client;
     let begin_sql = p.transaction.map(|b| b.sql());
-    let mut begin: Option<Step<'_, ()>> = begin_sql.as_deref().map(|sql| {
-        Box::pin(maybe_done(
-            Box::pin(client.batch_execute(sql)) as BoxFuture<'_, _>
-        ))
-    });
-    let mut steps: Vec<Option<Step<'_, RowStream>>> = ready
-        .iter()
-        .zip(&p.statements)
-        .map(|(r, ex)| {
-            let stmt = r.as_ref().ok()?.clone();
-            let params: Vec<RawParam> = ex
-                .params
-                .iter()
-                .map(|p| RawParam(p.value.clone()))
-                .collect();
-            let fut: BoxFuture<'_, _> =
-                Box::pin(async move { client.query_raw(&stmt, params).await });
-            Some(Box::pin(maybe_done(fut)))
-        })
-        .collect();
-    let mut commit: Option<Step<'_, ()>> = transactional.then(|| {
-        Box::pin(maybe_done(
-            Box::pin(client.batch_execute("COMMIT")) as BoxFuture<'_, _>
-        ))
-    });
-    if transactional {
-        // Set before anything is sent: if this batch is abandoned half way, the connection is
-        // never pooled inside its transaction.
-        *in_transaction = true;
+    let backend = &mut conn.backend;
+    let written = write(backend, begin_sql.as_deref(), &ready, &p.statements);
+    if let Err(e) = written {
+        // Nothing of a request that could not be written whole goes out; the connection's
+        // count of answers would no longer match, so it is not reused.
+        backend.discard_unsent();
+        backend.poison();
+        for _ in &p.statements {
+            framed.queue_response(&Response::NotRun);
+        }
+        return Ok(Finish {
+            last: Response::Error(errors::from_backend(&e)),
+            keep_connection: false,
+        });
     }
-
-    // Send everything: the first poll of each request writes it to the connection, in order.
-    std::future::poll_fn(|cx| {
-        if let Some(b) = begin.as_mut() {
-            let _ = b.as_mut().poll(cx);
-        }
-        for s in steps.iter_mut().flatten() {
-            let _ = s.as_mut().poll(cx);
-        }
-        if let Some(c) = commit.as_mut() {
-            let _ = c.as_mut().poll(cx);
-        }
-        Poll::Ready(())
-    })
-    .await;
+    if let Err(e) = split_lost(
+        watch(framed, guard, async {
+            backend
+                .flush()
+                .await
+                .map_err(|e| StmtError::from_backend(&e))
+        })
+        .await
+        .and_then(|r| r),
+    )? {
+        return Ok(lost(framed, p, 0, e, None, None, guard));
+    }
 
     let mut keep_connection = !lost_early;
     let mut begin_error = None;
-    if let Some(mut b) = begin.take() {
-        if let Err(e) = split_lost(watch(framed, guard, b.as_mut()).await)? {
-            return Ok(lost(framed, p, 0, e, None, None, guard));
-        }
-        if let Some(Err(e)) = b.as_mut().take_output() {
-            keep_connection &= !errors::connection_lost(&e);
-            begin_error = Some(errors::from_pg(&e));
+    if begin_sql.is_some() {
+        match watch(framed, guard, backend.read_command()).await? {
+            Ok(()) => {}
+            Err(e) if e.is_lost() => {
+                return Ok(lost(framed, p, 0, errors::from_backend(&e), None, None, guard))
+            }
+            // read_command read the rest of the request: nothing else ran.
+            Err(e) => begin_error = Some(errors::from_backend(&e)),
         }
     }
+    let answer = if transactional {
+        Answer::Step
+    } else {
+        Answer::Whole
+    };
     let mut first_failure: Option<usize> = None;
-    for (i, (step, ready)) in steps.iter_mut().zip(&ready).enumerate() {
-        let ex = &p.statements[i];
-        let skip = transactional && (begin_error.is_some() || first_failure.is_some());
-        let ended = match (step.as_mut(), ready) {
-            (None, Err((e, lost))) => {
+    // Statements the server no longer knows, forgotten once the batch is answered.
+    let mut forgotten: Vec<usize> = Vec::new();
+    for (i, ready) in ready.iter().enumerate() {
+        let ended = match ready {
+            Err((e, lost)) => {
                 framed.queue_response(&Response::Error(e.clone()));
                 if *lost {
                     Ended::Lost
@@ -279,30 +254,21 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     Ended::Failed
                 }
             }
-            (Some(step), _) => {
-                if let Err(e) = split_lost(watch(framed, guard, step.as_mut()).await)? {
-                    return Ok(lost(framed, p, i, e, begin_error, first_failure, guard));
-                }
-                let stream = step
-                    .as_mut()
-                    .take_output()
-                    .expect("a finished step has its output");
-                let answer = match stream {
-                    Ok(stream) => {
-                        match split_lost(stream_rows(framed, guard, stream, max_frame).await)? {
-                            Ok(answer) => answer,
-                            Err(e) => {
-                                return Ok(lost(framed, p, i, e, begin_error, first_failure, guard))
-                            }
-                        }
+            // The server skipped it: the transaction had already failed.
+            Ok(_) if transactional && (begin_error.is_some() || first_failure.is_some()) => {
+                framed.queue_response(&Response::NotRun);
+                Ended::Ok
+            }
+            Ok(_) => {
+                let answered = match split_lost(
+                    stream_rows(framed, guard, backend, max_frame, answer).await,
+                )? {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        return Ok(lost(framed, p, i, e, begin_error, first_failure, guard))
                     }
-                    Err(e) => Err(StmtError::from_pg(&e)),
                 };
-                match answer {
-                    _ if skip => {
-                        framed.queue_response(&Response::NotRun);
-                        Ended::Ok
-                    }
+                match answered {
                     Ok(n) => {
                         framed.queue_response(&Response::Complete(n));
                         Ended::Ok
@@ -312,8 +278,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         Ended::Unreturned
                     }
                     Err(StmtError::Sql(e)) => {
-                        if matches!(e.code(), "26000" | "0A000") {
-                            statements.forget(&ex.sql, &ex.types);
+                        if matches!(
+                            e.code(),
+                            sqlstate::INVALID_SQL_STATEMENT_NAME
+                                | sqlstate::FEATURE_NOT_SUPPORTED
+                        ) {
+                            forgotten.push(i);
                         }
                         framed.queue_response(&Response::Error(e));
                         Ended::Failed
@@ -325,7 +295,6 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     Err(other) => return Err(other),
                 }
             }
-            (None, Ok(_)) => unreachable!("every ready statement has a step"),
         };
         match ended {
             Ended::Ok | Ended::Unreturned => {}
@@ -337,45 +306,116 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 keep_connection = false;
             }
         }
+        if !keep_connection {
+            break;
+        }
         if framed.queued() >= ROWS_CHUNK {
             framed.flush().await.map_err(StmtError::Client)?;
         }
     }
-    drop(steps);
+    if !keep_connection {
+        // The connection failed part way: what was not answered did not run here.
+        let answered = first_failure.map_or(p.statements.len(), |i| i + 1);
+        for _ in answered..p.statements.len() {
+            framed.queue_response(&Response::NotRun);
+        }
+        return Ok(Finish {
+            last: Response::Error(
+                begin_error.unwrap_or_else(|| rolled_back(first_failure.unwrap_or(0))),
+            ),
+            keep_connection: false,
+        });
+    }
 
-    let last = match commit.take() {
-        None => Response::Ok,
-        Some(mut c) => {
-            if let Err(e) = split_lost(watch(framed, guard, c.as_mut()).await)? {
-                let n = p.statements.len();
-                return Ok(lost(framed, p, n, e, begin_error, first_failure, guard));
-            }
-            match c.as_mut().take_output() {
-                Some(Ok(())) => {
-                    *in_transaction = false;
-                    match (begin_error, first_failure) {
-                        (Some(e), _) => Response::Error(e),
-                        (None, Some(i)) => Response::Error(rolled_back(i)),
-                        (None, None) => Response::Ok,
-                    }
+    let last = if !transactional {
+        Response::Ok
+    } else {
+        // The COMMIT's answer, unless the server skipped it; then the request's end.
+        let failed_before = begin_error.is_some() || first_failure.is_some();
+        let commit = if failed_before {
+            Ok(())
+        } else {
+            match watch(framed, guard, backend.read_command()).await? {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_lost() => {
+                    let n = p.statements.len();
+                    return Ok(lost(
+                        framed,
+                        p,
+                        n,
+                        errors::from_backend(&e),
+                        begin_error,
+                        first_failure,
+                        guard,
+                    ));
                 }
-                Some(Err(e)) => {
-                    if errors::connection_lost(&e) {
-                        keep_connection = false;
-                    } else {
-                        // A failed COMMIT ends the transaction on the server.
-                        *in_transaction = false;
-                    }
-                    Response::Error(begin_error.unwrap_or_else(|| errors::from_pg(&e)))
-                }
-                None => unreachable!("a finished step has its output"),
+                // read_command read the rest of the request.
+                Err(e) => Err(e),
             }
+        };
+        let ended = if failed_before || commit.is_ok() {
+            watch(framed, guard, backend.finish_unit()).await?
+        } else {
+            Ok(())
+        };
+        if let Err(e) = ended {
+            let n = p.statements.len();
+            return Ok(lost(
+                framed,
+                p,
+                n,
+                errors::from_backend(&e),
+                begin_error,
+                first_failure,
+                guard,
+            ));
+        }
+        // A failed transaction stays open on the server until it is rolled back.
+        if backend.status() != TxStatus::Idle {
+            let rolled = watch(framed, guard, backend.batch_execute("ROLLBACK")).await?;
+            keep_connection &= rolled.is_ok();
+        }
+        match (begin_error, first_failure, commit) {
+            (Some(e), _, _) => Response::Error(e),
+            (None, Some(i), _) => Response::Error(rolled_back(i)),
+            (None, None, Err(e)) => Response::Error(errors::from_backend(&e)),
+            (None, None, Ok(())) => Response::Ok,
         }
     };
+    for i in forgotten {
+        let ex = &p.statements[i];
+        conn.forget(&ex.sql, &ex.types);
+    }
     Ok(Finish {
         last,
         keep_connection,
     })
+}
+
+/// Writes the whole batch: each statement a request of its own, or, for a transaction, BEGIN,
+/// the statements and COMMIT as one request.
+fn write(
+    backend: &mut backend::Backend,
+    begin: Option<&str>,
+    ready: &[Result<Statement, (WireError, bool)>],
+    statements: &[Execute],
+) -> Result<(), backend::Error> {
+    if let Some(b) = begin {
+        backend.write_command(b)?;
+    }
+    for (r, ex) in ready.iter().zip(statements) {
+        if let Ok(stmt) = r {
+            backend.write_execute(stmt, ex.params.iter().map(|p| p.value.as_deref()))?;
+            if begin.is_none() {
+                backend.write_sync();
+            }
+        }
+    }
+    if begin.is_some() {
+        backend.write_command("COMMIT")?;
+        backend.write_sync();
+    }
+    Ok(())
 }
 
 /// Takes a lost connection out of a step's error, to be answered; any other error ends the
@@ -442,14 +482,9 @@ async fn describe(
     conn: &mut PgConn,
     statements: &[Execute],
 ) -> Vec<Result<Statement, (WireError, bool)>> {
-    let PgConn {
-        client,
-        statements: cache,
-        ..
-    } = conn;
     let mut known: Vec<Option<Statement>> = statements
         .iter()
-        .map(|ex| cache.cached(&ex.sql, &ex.types))
+        .map(|ex| conn.cached(&ex.sql, &ex.types))
         .collect();
     // A statement PostgreSQL cannot receive is refused as the client's error, unsent.
     let refused: Vec<Option<WireError>> = statements
@@ -463,41 +498,7 @@ async fn describe(
             missing.push(key);
         }
     }
-    let client = &*client;
-    let mut prepares: Vec<Pin<Box<MaybeDone<BoxFuture<'_, _>>>>> = missing
-        .iter()
-        .map(|(sql, types)| {
-            let declared: Vec<_> = types.iter().map(|o| type_for_oid(*o)).collect();
-            let fut: BoxFuture<'_, Result<Statement, tokio_postgres::Error>> =
-                Box::pin(async move { client.prepare_typed(sql, &declared).await });
-            Box::pin(maybe_done(fut))
-        })
-        .collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for p in prepares.iter_mut() {
-            done &= p.as_mut().poll(cx).is_ready();
-        }
-        if done {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await;
-    let fresh: Vec<Result<Statement, (WireError, bool)>> = prepares
-        .iter_mut()
-        .zip(&missing)
-        .map(
-            |(p, (sql, types))| match p.as_mut().take_output().expect("every prepare finished") {
-                Ok(stmt) => {
-                    cache.insert(sql, types, stmt.clone());
-                    Ok(stmt)
-                }
-                Err(e) => Err((errors::from_pg(&e), errors::connection_lost(&e))),
-            },
-        )
-        .collect();
+    let fresh = prepare_all(conn, &missing).await;
     statements
         .iter()
         .zip(known.iter_mut())
@@ -512,4 +513,50 @@ async fn describe(
             }
         })
         .collect()
+}
+
+/// Prepares `missing` in one round trip (their custom types looked up after), caching each.
+async fn prepare_all(
+    conn: &mut PgConn,
+    missing: &[(&str, &[u32])],
+) -> Vec<Result<Statement, (WireError, bool)>> {
+    let failed = |e: &backend::Error| (errors::from_backend(e), errors::connection_lost(e));
+    if missing.is_empty() {
+        return Vec::new();
+    }
+    let named = conn.named();
+    let mut names = Vec::with_capacity(missing.len());
+    for (sql, types) in missing {
+        match conn.backend.write_prepare(named, sql, types) {
+            Ok(name) => names.push(Ok(name)),
+            Err(e) => names.push(Err(failed(&e))),
+        }
+    }
+    if let Err(e) = conn.backend.flush().await {
+        return missing.iter().map(|_| Err(failed(&e))).collect();
+    }
+    let mut described = Vec::with_capacity(missing.len());
+    for name in names {
+        described.push(match name {
+            Ok(name) => match conn.backend.read_description().await {
+                Ok(d) => Ok((name, d)),
+                Err(e) => Err(failed(&e)),
+            },
+            Err(e) => Err(e),
+        });
+    }
+    let mut fresh = Vec::with_capacity(missing.len());
+    for ((sql, types), d) in missing.iter().zip(described) {
+        fresh.push(match d {
+            Ok((name, d)) => match conn.backend.finish_prepare(name, sql, d).await {
+                Ok(stmt) => {
+                    conn.remember(sql, types, stmt.clone());
+                    Ok(stmt)
+                }
+                Err(e) => Err(failed(&e)),
+            },
+            Err(e) => Err(e),
+        });
+    }
+    fresh
 }

@@ -1,20 +1,19 @@
 //! A SimpleQuery request: statements through PostgreSQL's simple query protocol, their rows
 //! returned as text, as tokio-postgres' `simple_query`.
 //!
-//! Rows are read from the database one at a time (`simple_query_raw`) and sent in Rows frames
+//! Rows are read from the database one at a time and sent in Rows frames
 //! of about [`ROWS_CHUNK`] bytes, like an Execute's, so a large result is never held whole.
 
 use std::io;
-use std::pin::pin;
 use std::time::Instant;
 
-use futures_util::TryStreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_postgres::SimpleQueryMessage;
 use warmpool::protocol::{sqlstate, Response, RowsEncoder, WireError};
 use warmpool::transport::Framed;
 
-use super::{absorb_cancel, send_begin, watch, Session, StmtError, ROWS_CHUNK};
+use super::{absorb_cancel, watch, Session, StmtError, ROWS_CHUNK};
+use crate::backend::query::values;
+use crate::backend::{Backend, Simple};
 use crate::deadline::Guard;
 use crate::metrics::Event;
 
@@ -30,27 +29,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let shared = self.shared.clone();
         let started = Instant::now();
         let conn = lease.conn();
-        let guard = self.guard(&shared, &conn.client);
-        let client = &conn.client;
-        let mut began = false;
-        let outcome = async {
-            let (began_result, stream) = watch(&mut self.framed, &guard, async {
-                tokio::join!(
-                    send_begin(client, begin.as_deref()),
-                    client.simple_query_raw(&sql)
-                )
-            })
-            .await?;
-            began_result.map_err(|e| StmtError::from_pg(&e))?;
-            began = begin.is_some();
-            let stream = stream.map_err(|e| StmtError::from_pg(&e))?;
-            stream_messages(&mut self.framed, &guard, stream, max_frame).await
-        }
+        let guard = self.guard(&shared, conn.backend.cancel_token());
+        let outcome = run(
+            &mut self.framed,
+            &mut conn.backend,
+            begin.as_deref(),
+            &sql,
+            &guard,
+            max_frame,
+        )
         .await;
         let conn = lease.conn();
-        if began {
-            conn.in_transaction = true;
-        }
         if pinned {
             conn.note_statement(&sql);
         } else {
@@ -66,38 +55,82 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 }
 
+/// Sends the query, after `begin` if the transaction has yet to start (in the same write, with
+/// a Sync after the Query, so a failed BEGIN makes the server skip the query), and streams its
+/// answer; returns the rows sent, or the first statement error.
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S>,
+    backend: &mut Backend,
+    begin: Option<&str>,
+    sql: &str,
+    guard: &Guard<'_>,
+    max_frame: usize,
+) -> Result<u64, StmtError> {
+    let written = match begin {
+        Some(b) => backend.write_command(b),
+        None => Ok(()),
+    }
+    .and_then(|()| backend.write_query(sql));
+    if let Err(e) = written {
+        backend.discard_unsent();
+        return Err(StmtError::from_backend(&e));
+    }
+    if begin.is_some() {
+        backend.write_sync();
+    }
+    let began = watch(framed, guard, async {
+        backend.flush().await?;
+        if begin.is_some() {
+            backend.read_begin_before_query().await?;
+        }
+        Ok::<_, crate::backend::Error>(())
+    })
+    .await?;
+    began.map_err(|e| StmtError::from_backend(&e))?;
+    let streamed = stream_messages(framed, guard, backend, max_frame).await;
+    if begin.is_some() && !matches!(streamed, Err(StmtError::Gone(_) | StmtError::Lost(_))) {
+        // The Sync after the query closes the request.
+        watch(framed, guard, backend.finish_unit())
+            .await?
+            .map_err(|e| StmtError::from_backend(&e))?;
+    }
+    streamed
+}
+
 /// Streams the statements' columns, text rows and completions to the client; returns the rows
 /// sent, or the first statement error.
 async fn stream_messages<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S>,
     guard: &Guard<'_>,
-    stream: tokio_postgres::SimpleQueryStream,
+    backend: &mut Backend,
     max_frame: usize,
 ) -> Result<u64, StmtError> {
-    let mut stream = pin!(stream);
     let mut frame: Option<RowsEncoder> = None;
     let mut bytes = 0;
     let mut rows = 0u64;
     let streamed = async {
         loop {
-            let message = match watch(framed, guard, stream.try_next()).await? {
-                Ok(Some(message)) => message,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(StmtError::from_pg(&e)),
+            let message = match watch(framed, guard, backend.read_simple()).await? {
+                Ok(Simple::Done) => return Ok(()),
+                Ok(message) => message,
+                Err(e) => return Err(StmtError::from_backend(&e)),
             };
             match message {
-                SimpleQueryMessage::RowDescription(columns) => {
+                Simple::Columns(names) => {
                     if let Some(f) = frame.take() {
                         f.finish(framed.write_buf());
                     }
-                    let names = columns.iter().map(|c| c.name().to_owned()).collect();
                     framed.queue_response(&Response::Columns(names));
                     flush_if_full(framed).await?;
                 }
-                SimpleQueryMessage::Row(row) => {
-                    let value = |i: usize| row.get(i).map(str::as_bytes);
-                    let len = RowsEncoder::row_len((0..row.len()).map(value));
+                Simple::Row(row) => {
+                    let len = RowsEncoder::row_len(values(&row));
                     if len + 4 > max_frame {
+                        // The rest of the answer is read and dropped, so the connection stays
+                        // usable.
+                        if let Err(e) = watch(framed, guard, backend.finish_unit()).await? {
+                            return Err(StmtError::from_backend(&e));
+                        }
                         return Err(StmtError::Sql(WireError::extension(
                             sqlstate::PROGRAM_LIMIT_EXCEEDED,
                             format!(
@@ -119,11 +152,11 @@ async fn stream_messages<S: AsyncRead + AsyncWrite + Unpin>(
                         bytes = 0;
                     }
                     let f = frame.get_or_insert_with(|| RowsEncoder::begin(framed.write_buf()));
-                    f.push(framed.write_buf(), (0..row.len()).map(value));
+                    f.push(framed.write_buf(), values(&row));
                     bytes += len;
                     rows += 1;
                 }
-                SimpleQueryMessage::CommandComplete(n) => {
+                Simple::Complete(n) => {
                     if let Some(f) = frame.take() {
                         f.finish(framed.write_buf());
                     }
@@ -131,7 +164,7 @@ async fn stream_messages<S: AsyncRead + AsyncWrite + Unpin>(
                     // A script of many statements without rows must not pile up completions.
                     flush_if_full(framed).await?;
                 }
-                _ => {}
+                Simple::Done => unreachable!("returned above"),
             }
         }
     }

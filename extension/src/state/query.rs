@@ -3,14 +3,13 @@
 
 use bytes::Bytes;
 use deadpool::managed::Object;
-use futures_util::TryStreamExt;
 use warmpool::protocol::{sqlstate, Column, Param, RawRow, WireError};
 
 use crate::config::Config;
 use crate::deadline::Guard;
 use crate::errors;
 use crate::pool::{Pool, PooledConn};
-use crate::session::{RawParam, RawValue};
+use crate::backend::{self, Reply};
 
 /// A statement's whole result.
 #[derive(Debug)]
@@ -43,7 +42,12 @@ pub async fn collect(
         .await
         .ok_or_else(errors::deadline_before_connection)?
         .map_err(|e| errors::from_pool(&e, config))?;
-    let guard = Guard::new(pool, &conn.client, deadline, config.reset_timeout);
+    let guard = Guard::new(
+        pool,
+        conn.backend.cancel_token(),
+        deadline,
+        config.reset_timeout,
+    );
     let result = match guard.run(run(&mut conn, sql, types, params)).await {
         Ok(result) => result,
         // The server never confirmed the cancel: the connection's state is unknown.
@@ -86,11 +90,11 @@ enum Failure {
     Lost(WireError),
 }
 
-fn pg_failure(e: &tokio_postgres::Error) -> Failure {
+fn pg_failure(e: &backend::Error) -> Failure {
     if errors::connection_lost(e) {
-        Failure::Lost(errors::from_pg(e))
+        Failure::Lost(errors::from_backend(e))
     } else {
-        Failure::Sql(errors::from_pg(e))
+        Failure::Sql(errors::from_backend(e))
     }
 }
 
@@ -100,31 +104,29 @@ async fn run(
     types: &[u32],
     params: &[Param],
 ) -> Result<Collected, Failure> {
-    let crate::conn::PgConn {
-        client, statements, ..
-    } = &mut **conn;
-    let stmt = statements
-        .prepare(client, sql, types)
+    let stmt = conn
+        .prepare(sql, types)
         .await
         .map_err(|e| pg_failure(&e))?;
     check_params(stmt.params(), params).map_err(Failure::Sql)?;
-    let stream = client
-        .query_raw(&stmt, params.iter().map(|p| RawParam(p.value.clone())))
-        .await
-        .map_err(|e| pg_failure(&e))?;
-    let mut stream = std::pin::pin!(stream);
-    let mut rows = Vec::new();
-    while let Some(row) = stream.try_next().await.map_err(|e| pg_failure(&e))? {
-        let values = (0..row.len())
-            .map(|i| {
-                row.try_get::<_, RawValue>(i)
-                    .map(|v| v.0.map(Bytes::copy_from_slice))
-            })
-            .collect::<Result<_, _>>()
-            .map_err(|e| Failure::Sql(errors::from_pg(&e)))?;
-        rows.push(RawRow { values });
+    let backend = &mut conn.backend;
+    if let Err(e) = backend.write_execute(&stmt, params.iter().map(|p| p.value.as_deref())) {
+        backend.discard_unsent();
+        return Err(pg_failure(&e));
     }
-    let affected = stream.rows_affected().unwrap_or(rows.len() as u64);
+    backend.write_sync();
+    backend.flush().await.map_err(|e| pg_failure(&e))?;
+    let mut rows = Vec::new();
+    let affected = loop {
+        match backend.read_row().await.map_err(|e| pg_failure(&e))? {
+            Reply::Row(row) => rows.push(RawRow {
+                values: backend::query::values(&row)
+                    .map(|v| v.map(Bytes::copy_from_slice))
+                    .collect(),
+            }),
+            Reply::Done(n) => break n,
+        }
+    };
     Ok(Collected {
         columns: crate::conn::PgConn::columns(&stmt),
         rows,

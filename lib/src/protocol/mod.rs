@@ -56,7 +56,8 @@ pub const HEADER_LEN: usize = 5;
 /// Default largest frame body, in bytes, that either side accepts (16 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
-/// SQLSTATE codes that the extension raises itself.
+/// SQLSTATE codes that the extension raises itself, or acts on when PostgreSQL raises them.
+/// <https://www.postgresql.org/docs/current/errcodes-appendix.html>
 pub mod sqlstate {
     /// A frame or request broke the protocol.
     pub const PROTOCOL_VIOLATION: &str = "08P01";
@@ -96,4 +97,24 @@ pub mod sqlstate {
     pub const UNDEFINED_OBJECT: &str = "42704";
     /// A failure inside the extension that no other code describes.
     pub const INTERNAL_ERROR: &str = "XX000";
+    /// A wrong password, or an expired IAM token.
+    pub const INVALID_PASSWORD: &str = "28P01";
+    /// No `pg_hba.conf` entry, or a role that may not log in.
+    pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
+    /// A prepared statement the server does not know.
+    pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
+    /// A prepared statement name already in use.
+    pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+    /// Among others, "cached plan must not change result type" after DDL.
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    /// The database's own shutdown or a crash of another backend.
+    pub const CRASH_SHUTDOWN: &str = "57P02";
+    /// The database cannot accept connections yet, or any more.
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    /// The database does not exist.
+    pub const INVALID_CATALOG_NAME: &str = "3D000";
+    /// A serialization failure: the transaction may be retried as a whole.
+    pub const SERIALIZATION_FAILURE: &str = "40001";
+    /// A deadlock was detected and this transaction was chosen to end.
+    pub const DEADLOCK_DETECTED: &str = "40P01";
 }

@@ -1,0 +1,490 @@
+//! Requests on a backend connection, written as messages and read back one answer at a time,
+//! so a caller streams rows as they arrive.
+//!
+//! Every request ends with a Sync (or is a simple Query), whose ReadyForQuery closes its answer;
+//! an error makes the server skip to that Sync, and the readers here read up to it before they
+//! return the error, so the connection is ready for the next request either way.
+//! <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-EXT-QUERY>
+
+use std::sync::Arc;
+
+use postgres_protocol::message::backend::{DataRowBody, Message};
+use postgres_protocol::message::frontend;
+use postgres_protocol::IsNull;
+use postgres_types::Type;
+use warmpool::protocol::Column;
+
+use super::{Backend, Error};
+
+/// Result columns are asked for in binary, all of them: one format code applies to every
+/// column, so no column count is needed before the statement runs.
+const BINARY: i16 = 1;
+
+/// A statement as the server described it.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    /// The server-side name, or `None` for the unnamed statement, which is parsed again with
+    /// every execution and keeps nothing on the server.
+    name: Option<Arc<str>>,
+    /// The SQL, kept for the unnamed statement.
+    sql: Arc<str>,
+    params: Vec<Type>,
+    columns: Vec<Column>,
+}
+
+impl Statement {
+    /// The parameter types.
+    pub fn params(&self) -> &[Type] {
+        &self.params
+    }
+
+    /// The result columns.
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    /// The server-side name, for a named statement.
+    pub fn name(&self) -> Option<&Arc<str>> {
+        self.name.as_ref()
+    }
+}
+
+/// A statement's parameter and column types as the server described them, by OID.
+#[derive(Debug, Default)]
+pub struct Described {
+    params: Vec<u32>,
+    columns: Vec<(String, u32)>,
+}
+
+/// One step of a statement's answer.
+#[derive(Debug)]
+pub enum Reply {
+    /// A row, its values as the server sent them.
+    Row(DataRowBody),
+    /// The statement completed: the rows it affected or returned.
+    Done(u64),
+}
+
+/// One step of a simple query's answer, statement by statement.
+#[derive(Debug)]
+pub enum Simple {
+    /// The columns of the rows that follow.
+    Columns(Vec<String>),
+    /// A row, its values as text.
+    Row(DataRowBody),
+    /// A statement completed, with the rows it affected or returned.
+    Complete(u64),
+    /// Every statement has run.
+    Done,
+}
+
+/// A parameter value as the client encoded it (binary), or NULL.
+pub type Param<'a> = Option<&'a [u8]>;
+
+impl Backend {
+    /// Prepares `sql` with the declared parameter `types` (0 lets the server infer one) and
+    /// describes it, in one round trip. `named` keeps it on the server under a name of this
+    /// connection's; otherwise the unnamed statement is used and nothing is kept.
+    pub async fn prepare(&mut self, named: bool, sql: &str, types: &[u32]) -> Result<Statement, Error> {
+        let name = self.write_prepare(named, sql, types)?;
+        self.flush().await?;
+        let described = self.read_description().await?;
+        self.finish_prepare(name, sql, described).await
+    }
+
+    /// Writes the Parse, Describe and Sync of [`Backend::prepare`]; returns the name given.
+    pub fn write_prepare(
+        &mut self,
+        named: bool,
+        sql: &str,
+        types: &[u32],
+    ) -> Result<Option<Arc<str>>, Error> {
+        let name = named.then(|| self.next_name());
+        self.write_closes();
+        let written = frontend::parse(
+            name.as_deref().unwrap_or(""),
+            sql,
+            types.iter().copied(),
+            self.buf(),
+        )
+        .and_then(|()| frontend::describe(b'S', name.as_deref().unwrap_or(""), self.buf()));
+        if let Err(e) = written {
+            self.discard_unsent();
+            return Err(e.into());
+        }
+        self.write_sync();
+        Ok(name)
+    }
+
+    /// Reads the answer to one [`Backend::write_prepare`]: the parameter and column type OIDs.
+    pub async fn read_description(&mut self) -> Result<Described, Error> {
+        let mut described = Described::default();
+        loop {
+            match self.recv_in_unit().await? {
+                Message::ParseComplete | Message::CloseComplete | Message::NoData => {}
+                Message::ParameterDescription(body) => {
+                    use fallible_iterator::FallibleIterator;
+                    described.params = body.parameters().collect::<Vec<u32>>()?;
+                }
+                Message::RowDescription(body) => {
+                    use fallible_iterator::FallibleIterator;
+                    described.columns = body
+                        .fields()
+                        .map(|f| Ok((f.name().to_owned(), f.type_oid())))
+                        .collect::<Vec<_>>()?;
+                }
+                Message::ReadyForQuery(_) => return Ok(described),
+                _ => return Err(self.unexpected("the answer to Parse and Describe")),
+            }
+        }
+    }
+
+    /// The statement a description makes, its custom types looked up; nothing else may be
+    /// waiting to be read.
+    pub async fn finish_prepare(
+        &mut self,
+        name: Option<Arc<str>>,
+        sql: &str,
+        described: Described,
+    ) -> Result<Statement, Error> {
+        let mut params = Vec::with_capacity(described.params.len());
+        for oid in described.params {
+            params.push(self.resolve_type(oid).await?);
+        }
+        let mut columns = Vec::with_capacity(described.columns.len());
+        for (name, oid) in described.columns {
+            columns.push(Column {
+                name,
+                type_: self.resolve_type(oid).await?,
+            });
+        }
+        Ok(Statement {
+            name,
+            sql: sql.into(),
+            params,
+            columns,
+        })
+    }
+
+    /// Closes a named statement on the server with the next request.
+    pub fn forget_statement(&mut self, statement: &Statement) {
+        if let Some(name) = &statement.name {
+            self.close_later(name.clone());
+        }
+    }
+
+    /// Writes `sql` (a BEGIN, a COMMIT) without a Sync: it runs in the same request as what is
+    /// written next, so if it fails, the server skips the rest of the request instead of
+    /// running it outside the transaction.
+    pub fn write_command(&mut self, sql: &str) -> Result<(), Error> {
+        self.write_closes();
+        frontend::parse("", sql, [], self.buf())?;
+        bind(self, "", std::iter::empty())?;
+        frontend::execute("", 0, self.buf())?;
+        Ok(())
+    }
+
+    /// Writes one execution of `statement` with `params`, rows in binary; the unnamed statement
+    /// is parsed again first, with the parameter types it was described with.
+    pub fn write_execute<'p>(
+        &mut self,
+        statement: &Statement,
+        params: impl ExactSizeIterator<Item = Param<'p>>,
+    ) -> Result<(), Error> {
+        self.write_closes();
+        let name = match &statement.name {
+            Some(name) => name.as_ref(),
+            None => {
+                frontend::parse(
+                    "",
+                    &statement.sql,
+                    statement.params.iter().map(Type::oid),
+                    self.buf(),
+                )?;
+                ""
+            }
+        };
+        bind(self, name, params)?;
+        frontend::execute("", 0, self.buf())?;
+        Ok(())
+    }
+
+    /// Ends a request: its answer closes with a ReadyForQuery.
+    pub fn write_sync(&mut self) {
+        frontend::sync(self.buf());
+        self.expect_ready();
+    }
+
+    /// Writes a simple Query: any number of statements, rows in text.
+    pub fn write_query(&mut self, sql: &str) -> Result<(), Error> {
+        self.write_closes();
+        frontend::query(sql, self.buf())?;
+        self.expect_ready();
+        Ok(())
+    }
+
+    /// Reads the answer to a command written by [`Backend::write_command`]; on an error the
+    /// rest of the request is read too.
+    pub async fn read_command(&mut self) -> Result<(), Error> {
+        loop {
+            match self.recv_in_unit().await? {
+                Message::ParseComplete | Message::BindComplete | Message::CloseComplete => {}
+                Message::CommandComplete(_) => return Ok(()),
+                _ => return Err(self.unexpected("the answer to BEGIN")),
+            }
+        }
+    }
+
+    /// Reads the answer to a BEGIN written ahead of a simple Query and a Sync: when the BEGIN
+    /// fails, the server skips the Query, and only the Sync is answered.
+    pub async fn read_begin_before_query(&mut self) -> Result<(), Error> {
+        loop {
+            match self.recv().await {
+                Ok(Message::ParseComplete | Message::BindComplete | Message::CloseComplete) => {}
+                Ok(Message::CommandComplete(_)) => return Ok(()),
+                Ok(_) => return Err(self.unexpected("the answer to BEGIN")),
+                Err(Error::Db(db)) if !self.is_broken() => {
+                    self.unsynced = self.unsynced.saturating_sub(1);
+                    self.finish_unit().await?;
+                    return Err(Error::Db(db));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next row of an execution, or its completion once its request's ReadyForQuery is
+    /// read: for a request of one statement.
+    pub async fn read_row(&mut self) -> Result<Reply, Error> {
+        loop {
+            match self.recv_in_unit().await? {
+                Message::ParseComplete | Message::BindComplete | Message::CloseComplete => {}
+                Message::DataRow(row) => return Ok(Reply::Row(row)),
+                Message::CommandComplete(body) => {
+                    let rows = affected(body.tag()?);
+                    self.finish_unit().await?;
+                    return Ok(Reply::Done(rows));
+                }
+                Message::EmptyQueryResponse | Message::PortalSuspended => {
+                    self.finish_unit().await?;
+                    return Ok(Reply::Done(0));
+                }
+                Message::CopyInResponse(_) => self.refuse_copy_in(true).await?,
+                Message::CopyOutResponse(_) => return Err(self.refuse_copy_out().await),
+                _ => return Err(self.unexpected("the answer to Execute")),
+            }
+        }
+    }
+
+    /// The next row of one execution among several in a request, or its completion; a server
+    /// error is returned as it comes, the rest of the request left to read.
+    pub async fn read_step(&mut self) -> Result<Reply, Error> {
+        loop {
+            match self.recv().await? {
+                Message::ParseComplete | Message::BindComplete | Message::CloseComplete => {}
+                Message::DataRow(row) => return Ok(Reply::Row(row)),
+                Message::CommandComplete(body) => return Ok(Reply::Done(affected(body.tag()?))),
+                Message::EmptyQueryResponse | Message::PortalSuspended => {
+                    return Ok(Reply::Done(0))
+                }
+                // COPY among other statements would swallow them as copy data: the connection
+                // cannot be followed any further.
+                Message::CopyInResponse(_) | Message::CopyOutResponse(_) => {
+                    self.broken = true;
+                    return Err(Error::Unsupported(
+                        "COPY is not available through warmpool's socket; its connection was \
+                         closed",
+                    ));
+                }
+                _ => return Err(self.unexpected("the answer to Execute")),
+            }
+        }
+    }
+
+    /// Reads past the rest of one statement's rows, among several in a request.
+    pub async fn skip_rows(&mut self) -> Result<(), Error> {
+        loop {
+            if let Reply::Done(_) = self.read_step().await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The next step of a simple query's answer.
+    pub async fn read_simple(&mut self) -> Result<Simple, Error> {
+        loop {
+            match self.recv_in_unit().await? {
+                Message::RowDescription(body) => {
+                    use fallible_iterator::FallibleIterator;
+                    let names = body
+                        .fields()
+                        .map(|f| Ok(f.name().to_owned()))
+                        .collect::<Vec<_>>()?;
+                    return Ok(Simple::Columns(names));
+                }
+                Message::DataRow(row) => return Ok(Simple::Row(row)),
+                Message::CommandComplete(body) => {
+                    return Ok(Simple::Complete(affected(body.tag()?)))
+                }
+                Message::EmptyQueryResponse => return Ok(Simple::Complete(0)),
+                Message::ReadyForQuery(_) => return Ok(Simple::Done),
+                // After a BEGIN, the Sync that followed the query was swallowed by copy-in mode.
+                Message::CopyInResponse(_) => {
+                    let resync = self.unsynced > 1;
+                    self.refuse_copy_in(resync).await?
+                }
+                Message::CopyOutResponse(_) => return Err(self.refuse_copy_out().await),
+                _ => return Err(self.unexpected("the answer to a simple query")),
+            }
+        }
+    }
+
+    /// Runs `sql` through the simple query protocol and discards any rows.
+    pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
+        self.write_query(sql)?;
+        self.flush().await?;
+        loop {
+            if let Simple::Done = self.read_simple().await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One round trip that proves the server answers: an empty query, which it does not parse.
+    pub async fn check(&mut self) -> Result<(), Error> {
+        self.batch_execute("").await
+    }
+
+    /// Reads the rest of the current request's answer, up to its ReadyForQuery.
+    pub(crate) async fn finish_unit(&mut self) -> Result<(), Error> {
+        loop {
+            match self.recv().await {
+                Ok(Message::ReadyForQuery(_)) => return Ok(()),
+                Ok(_) => {}
+                Err(Error::Db(_)) if !self.is_broken() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next message of a request's answer; a server error is returned once the answer has
+    /// been read to its end, so the connection is ready for the next request.
+    async fn recv_in_unit(&mut self) -> Result<Message, Error> {
+        match self.recv().await {
+            Err(Error::Db(db)) if !self.is_broken() => {
+                self.finish_unit().await?;
+                Err(Error::Db(db))
+            }
+            other => other,
+        }
+    }
+
+    fn unexpected(&mut self, what: &str) -> Error {
+        // The answer cannot be followed any further: the connection is not reused.
+        self.broken = true;
+        Error::protocol(format!("unexpected message in {what}"))
+    }
+
+    /// COPY FROM STDIN has no data to read here: CopyFail ends it with an error, and a Sync
+    /// after it, because the server ignores the one sent before while in copy-in mode.
+    /// <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-COPY>
+    async fn refuse_copy_in(&mut self, sync: bool) -> Result<(), Error> {
+        frontend::copy_fail(
+            "COPY FROM STDIN is not available through warmpool's socket; send the rows as \
+             INSERT statements or a batch",
+            self.buf(),
+        )?;
+        if sync {
+            frontend::sync(self.buf());
+        }
+        self.flush().await
+    }
+
+    /// COPY TO STDOUT: its data is read and dropped up to the end of the request, and the
+    /// statement reported as refused.
+    async fn refuse_copy_out(&mut self) -> Error {
+        loop {
+            match self.recv().await {
+                Ok(Message::ReadyForQuery(_)) => break,
+                Ok(_) | Err(Error::Db(_)) if !self.is_broken() => {}
+                Ok(_) | Err(_) => return Error::Closed,
+            }
+        }
+        Error::Unsupported("COPY TO STDOUT is not available through warmpool's socket; run a SELECT")
+    }
+}
+
+fn bind<'p>(
+    backend: &mut Backend,
+    statement: &str,
+    params: impl ExactSizeIterator<Item = Param<'p>>,
+) -> Result<(), Error> {
+    let result = frontend::bind(
+        "",
+        statement,
+        [BINARY],
+        params,
+        |value, buf| match value {
+            Some(v) => {
+                buf.extend_from_slice(v);
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        },
+        [BINARY],
+        backend.buf(),
+    );
+    match result {
+        Ok(()) => Ok(()),
+        Err(frontend::BindError::Conversion(e)) => Err(Error::protocol(e.to_string())),
+        Err(frontend::BindError::Serialization(e)) => Err(Error::Io(e)),
+    }
+}
+
+/// The row count at the end of a command tag (`INSERT 0 5`, `SELECT 3`); 0 for a command
+/// without one.
+fn affected(tag: &str) -> u64 {
+    tag.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// The values of a row, by column: `None` for NULL.
+pub fn values(row: &DataRowBody) -> Values<'_> {
+    use fallible_iterator::FallibleIterator;
+    let ranges = row.ranges();
+    Values {
+        left: ranges.size_hint().0,
+        ranges,
+        buf: row.buffer(),
+    }
+}
+
+/// The values of a row; see [`values`].
+pub struct Values<'a> {
+    ranges: postgres_protocol::message::backend::DataRowRanges<'a>,
+    buf: &'a [u8],
+    left: usize,
+}
+
+impl<'a> Iterator for Values<'a> {
+    type Item = Option<&'a [u8]>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use fallible_iterator::FallibleIterator;
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // The server's own framing: a malformed value could only come from a broken server,
+        // and reads as NULL rather than shifting the columns after it.
+        Some(match self.ranges.next() {
+            Ok(Some(Some(r))) => self.buf.get(r),
+            _ => None,
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for Values<'_> {}
