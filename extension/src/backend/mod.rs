@@ -13,9 +13,9 @@
 //! [`Backend::is_synced`] reports and [`Backend::resync`] reads past.
 
 mod cancel;
-pub(crate) mod connect;
+pub mod connect;
 mod error;
-pub(crate) mod query;
+pub mod query;
 mod stream;
 pub(crate) mod types;
 
@@ -256,14 +256,16 @@ impl Backend {
                         if let Ok(db) = DbError::parse(body.fields()) {
                             self.notice(db);
                         }
+                        continue;
                     }
                     Message::ParameterStatus(body) => {
                         if let (Ok(name), Ok(value)) = (body.name(), body.value()) {
                             self.set_parameter(name, value);
                         }
+                        continue;
                     }
                     // Nothing on a pooled connection listens; a notification is dropped.
-                    Message::NotificationResponse(_) => {}
+                    Message::NotificationResponse(_) => continue,
                     Message::ReadyForQuery(body) => {
                         self.unsynced = self.unsynced.saturating_sub(1);
                         self.status = match body.status() {
