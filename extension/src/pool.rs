@@ -570,9 +570,17 @@ fn connect_params<'a>(
     use backend::connect::Target;
     let port = pg.get_ports().first().copied().unwrap_or(crate::config::defaults::PORT);
     let target = match pg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => Target::Tcp(host.clone(), port),
+        Some(tokio_postgres::config::Host::Tcp(host)) => Target::Tcp {
+            host: host.clone(),
+            hostaddr: pg.get_hostaddrs().first().copied(),
+            port,
+        },
         Some(tokio_postgres::config::Host::Unix(dir)) => Target::Unix(dir.clone(), port),
-        None => Target::Tcp("localhost".to_owned(), port),
+        None => Target::Tcp {
+            host: "localhost".to_owned(),
+            hostaddr: pg.get_hostaddrs().first().copied(),
+            port,
+        },
     };
     Ok(backend::connect::Params {
         target,

@@ -244,7 +244,7 @@ pub fn transient(e: &ConnectError) -> bool {
 fn misconfigured(e: &backend::Error) -> bool {
     match e {
         backend::Error::Setup(_) | backend::Error::Protocol(_) => true,
-        backend::Error::Io(io) => {
+        backend::Error::Io(io) | backend::Error::Tls(io) => {
             matches!(
                 io.kind(),
                 std::io::ErrorKind::InvalidData

@@ -10,7 +10,7 @@ async fn dbg_connect() {
     let config = Config::from_lookup(get).unwrap();
     let tls = warmpool_extension::tls::connector(&config).unwrap();
     let params = Params {
-        target: Target::Tcp(pg.host().to_owned(), pg.port()),
+        target: Target::Tcp { host: pg.host().to_owned(), hostaddr: None, port: pg.port() },
         user: pg.user(),
         password: Some(pg.password().as_bytes()),
         database: Some(pg.dbname()),

@@ -38,6 +38,9 @@ pub struct Options {
     /// `server_round_robin`: hand out idle server connections in turn rather than the most
     /// recently used first, so consecutive transactions of one client land on different servers.
     pub round_robin: bool,
+    /// Run Debian 12's own package (PgBouncer 1.18), which predates `max_prepared_statements`
+    /// (ignored then), instead of the 1.24 built from source.
+    pub debian: bool,
 }
 
 impl Default for Options {
@@ -46,6 +49,7 @@ impl Default for Options {
             pool_size: 2,
             max_prepared_statements: 100,
             round_robin: true,
+            debian: false,
         }
     }
 }
@@ -102,7 +106,11 @@ impl PgBouncer {
     /// Starts PgBouncer in transaction mode in front of `pg`'s database, for its application
     /// role, and waits until it accepts connections.
     pub fn start(pg: &PgServer, options: &Options) -> PgBouncer {
-        let binary = PgBouncer::binary();
+        let binary = if options.debian {
+            crate::prereq::debian_pgbouncer()
+        } else {
+            PgBouncer::binary()
+        };
         // Under /tmp, and open to `postgres`, which runs PgBouncer when the tests run as root.
         let dir = tempfile::Builder::new()
             .prefix("warmpool-pgbouncer-")
@@ -138,7 +146,7 @@ impl PgBouncer {
              auth_type = scram-sha-256\n\
              auth_file = {d}/userlist.txt\n\
              pool_mode = transaction\n\
-             max_prepared_statements = {prepared}\n\
+             {prepared}\
              default_pool_size = {pool}\n\
              server_round_robin = {round_robin}\n\
              max_client_conn = 200\n\
@@ -153,7 +161,12 @@ impl PgBouncer {
             host = pg.host(),
             pg_port = pg.port(),
             d = d.display(),
-            prepared = options.max_prepared_statements,
+            // 1.18 does not know the setting and would refuse to start.
+            prepared = if options.debian {
+                String::new()
+            } else {
+                format!("max_prepared_statements = {}\n", options.max_prepared_statements)
+            },
             pool = options.pool_size,
             round_robin = u8::from(options.round_robin),
         );

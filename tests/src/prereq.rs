@@ -89,6 +89,17 @@ pub fn pgbouncer() -> PathBuf {
     path
 }
 
+/// Debian 12's own PgBouncer package (1.18), older than 1.21: it does not track prepared
+/// statements, as many production poolers still do not.
+pub fn debian_pgbouncer() -> PathBuf {
+    const PATH: &str = "/usr/sbin/pgbouncer";
+    ensure(&[Package {
+        name: "pgbouncer",
+        present: || Path::new(PATH).exists(),
+    }]);
+    PathBuf::from(PATH)
+}
+
 fn ensure(packages: &[Package]) {
     if packages.iter().all(|p| (p.present)()) {
         return;

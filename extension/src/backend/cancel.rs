@@ -63,7 +63,7 @@ impl CancelToken {
             tcp.write_all(&request).await?;
             stream = match tcp.read_u8().await? {
                 b'S' => {
-                    let Target::Tcp(host, _) = &self.target else {
+                    let Target::Tcp { host, .. } = &self.target else {
                         unreachable!("TLS is only negotiated over TCP")
                     };
                     Stream::Tls(Box::new(tls.handshake(host, tcp).await?))

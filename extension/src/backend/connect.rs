@@ -20,8 +20,16 @@ use crate::tls::Connector;
 /// Where the server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// A host name or address, and a port.
-    Tcp(String, u16),
+    /// A host name or address, and a port. `hostaddr` (libpq's) is the address connected to
+    /// when given; the host name is still the one TLS verifies.
+    Tcp {
+        /// The host name or address.
+        host: String,
+        /// The address to connect to instead of resolving `host`.
+        hostaddr: Option<std::net::IpAddr>,
+        /// The port.
+        port: u16,
+    },
     /// A Unix socket directory and the port that names the socket in it.
     Unix(PathBuf, u16),
 }
@@ -29,8 +37,15 @@ pub enum Target {
 impl Target {
     pub(super) async fn open(&self) -> std::io::Result<Stream> {
         match self {
-            Target::Tcp(host, port) => {
-                let tcp = TcpStream::connect((host.as_str(), *port)).await?;
+            Target::Tcp {
+                host,
+                hostaddr,
+                port,
+            } => {
+                let tcp = match hostaddr {
+                    Some(addr) => TcpStream::connect((*addr, *port)).await?,
+                    None => TcpStream::connect((host.as_str(), *port)).await?,
+                };
                 // Requests are small and written whole: Nagle would only add a delay.
                 tcp.set_nodelay(true)?;
                 Ok(Stream::Tcp(tcp))
@@ -101,11 +116,12 @@ pub async fn connect(params: &Params<'_>) -> Result<Backend, Error> {
         let answer = tcp.read_u8().await?;
         stream = match answer {
             b'S' => {
-                let Target::Tcp(host, _) = &params.target else {
+                let Target::Tcp { host, .. } = &params.target else {
                     unreachable!("TLS is only negotiated over TCP")
                 };
                 tls_used = true;
-                Stream::Tls(Box::new(params.tls.handshake(host, tcp).await?))
+                let tls = params.tls.handshake(host, tcp).await.map_err(Error::Tls)?;
+                Stream::Tls(Box::new(tls))
             }
             b'N' if params.tls.mode() == SslMode::Prefer => Stream::Tcp(tcp),
             b'N' => {

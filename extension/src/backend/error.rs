@@ -102,6 +102,9 @@ pub enum Error {
     /// Reading or writing the socket failed, TLS included.
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// The TLS handshake failed: a certificate refused, a protocol not agreed.
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
     /// The server closed the connection.
     #[error("the database closed the connection")]
     Closed,
