@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::conn::PgConn;
 use crate::credentials::{CredentialsError, ErrorKind, Login, Origin, Provider};
 use crate::metrics::{Event, Meter};
+use crate::pgconfig::PgConfig;
 use crate::retry::{self, Backoff};
 use crate::tls;
 
@@ -38,7 +39,7 @@ pub type PooledConn = Object<Manager>;
 /// Opens and recycles connections.
 pub struct Manager {
     /// The connection settings, without whatever the credentials provider supplies.
-    pg: tokio_postgres::Config,
+    pg: PgConfig,
     tls: tls::Connector,
     credentials: Provider,
     cache_size: NonZeroUsize,
@@ -61,7 +62,7 @@ pub struct Manager {
 
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // tokio_postgres::Config's Debug redacts the password.
+        // PgConfig's Debug redacts the password.
         f.debug_struct("Manager")
             .field("pg", &self.pg)
             .field("credentials", &self.credentials)
@@ -128,6 +129,59 @@ fn is_auth_failure(e: &tokio_postgres::Error) -> bool {
     )
 }
 
+// Bridge until the backend connection lands.
+fn tokio_config(pg: &PgConfig) -> tokio_postgres::Config {
+    use crate::config::SslMode;
+    use crate::pgconfig::{ChannelBinding, Host, TargetSessionAttrs};
+    use tokio_postgres::config as tp;
+    let mut out = tokio_postgres::Config::new();
+    if let Some(user) = pg.get_user() {
+        out.user(user);
+    }
+    if let Some(password) = pg.get_password() {
+        out.password(password);
+    }
+    if let Some(dbname) = pg.get_dbname() {
+        out.dbname(dbname);
+    }
+    if let Some(options) = pg.get_options() {
+        out.options(options);
+    }
+    if let Some(name) = pg.get_application_name() {
+        out.application_name(name);
+    }
+    for host in pg.get_hosts() {
+        match host {
+            Host::Tcp(name) => out.host(name),
+            Host::Unix(dir) => out.host_path(dir),
+        };
+    }
+    for port in pg.get_ports() {
+        out.port(*port);
+    }
+    if let Some(timeout) = pg.get_connect_timeout() {
+        out.connect_timeout(timeout);
+    }
+    // The TLS connector verifies certificates itself; tokio-postgres only needs to know whether
+    // TLS is off, optional or required.
+    out.ssl_mode(match pg.get_ssl_mode() {
+        SslMode::Disable => tp::SslMode::Disable,
+        SslMode::Prefer => tp::SslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => tp::SslMode::Require,
+    });
+    out.channel_binding(match pg.get_channel_binding() {
+        ChannelBinding::Disable => tp::ChannelBinding::Disable,
+        ChannelBinding::Prefer => tp::ChannelBinding::Prefer,
+        ChannelBinding::Require => tp::ChannelBinding::Require,
+    });
+    out.target_session_attrs(match pg.get_target_session_attrs() {
+        TargetSessionAttrs::Any => tp::TargetSessionAttrs::Any,
+        TargetSessionAttrs::ReadWrite => tp::TargetSessionAttrs::ReadWrite,
+        TargetSessionAttrs::ReadOnly => tp::TargetSessionAttrs::ReadOnly,
+    });
+    out
+}
+
 impl Manager {
     /// One connection attempt with `login`, bounded by the connect timeout (TCP, TLS and
     /// authentication together).
@@ -135,7 +189,8 @@ impl Manager {
         let pg = login
             .apply(&self.pg)
             .map_err(|kind| CredentialsError::new(self.credentials.origin().clone(), kind))?;
-        let connecting = pg.connect(self.tls.clone());
+        let bridged = tokio_config(&pg);
+        let connecting = bridged.connect(self.tls.clone());
         let (client, connection) = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| ConnectError::Timeout {
@@ -466,9 +521,9 @@ pub fn build(config: &Config) -> Result<Pool, BuildError> {
 
 /// Builds the pool with the given credentials provider (tests inject one with a fixed clock).
 pub fn build_with(config: &Config, credentials: Provider) -> Result<Pool, BuildError> {
-    let (tls, ssl_mode) = tls::connector(config)?;
+    let (tls, _) = tls::connector(config)?;
     let mut pg = config.pg.clone();
-    pg.ssl_mode(ssl_mode);
+    pg.ssl_mode(config.ssl_mode);
     pg.connect_timeout(config.connect_timeout);
     tracing::debug!(credentials = %credentials.origin(), "credentials provider");
     let manager = Manager {
