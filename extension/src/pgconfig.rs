@@ -10,9 +10,9 @@
 //!
 //! What the parser accepts follows tokio-postgres 0.7's `Config::from_str`, which the extension
 //! used before, so a connection string that worked keeps working. The exceptions are refused
-//! with the option's name: `hostaddr`, and the keepalive, `tcp_user_timeout`, `sslnegotiation`
-//! and `load_balance_hosts` options, which the extension's connection does not implement; a
-//! setting that is accepted and then ignored would be worse than one refused. `sslmode` takes
+//! with the option's name: the keepalive, `tcp_user_timeout`, `sslnegotiation` and
+//! `load_balance_hosts` options, which the extension's connection does not implement; a setting
+//! that is accepted and then ignored would be worse than one refused. `sslmode` takes
 //! all five libpq values, where tokio-postgres stopped at `require`.
 //!
 //! Neither `Debug` nor an error ever shows the password: errors name the option at fault, never
@@ -20,6 +20,7 @@
 
 use std::ffi::OsStr;
 use std::fmt;
+use std::net::IpAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -59,8 +60,7 @@ pub enum TargetSessionAttrs {
 }
 
 /// Options tokio-postgres took that the extension's connection does not implement.
-const UNSUPPORTED: [&str; 8] = [
-    "hostaddr",
+const UNSUPPORTED: [&str; 7] = [
     "sslnegotiation",
     "tcp_user_timeout",
     "keepalives",
@@ -111,6 +111,7 @@ pub struct PgConfig {
     application_name: Option<String>,
     ssl_mode: SslMode,
     hosts: Vec<Host>,
+    hostaddrs: Vec<IpAddr>,
     ports: Vec<u16>,
     connect_timeout: Option<Duration>,
     target_session_attrs: TargetSessionAttrs,
@@ -135,6 +136,7 @@ impl PgConfig {
             application_name: None,
             ssl_mode: SslMode::Prefer,
             hosts: Vec::new(),
+            hostaddrs: Vec::new(),
             ports: Vec::new(),
             connect_timeout: None,
             target_session_attrs: TargetSessionAttrs::Any,
@@ -231,6 +233,19 @@ impl PgConfig {
         &self.hosts
     }
 
+    /// Adds a host's numeric address, as libpq's `hostaddr`: the connection goes to the address,
+    /// while TLS checks the certificate against the host name. As in libpq, there are none, or
+    /// one per host.
+    pub fn hostaddr(&mut self, addr: IpAddr) -> &mut PgConfig {
+        self.hostaddrs.push(addr);
+        self
+    }
+
+    /// The host addresses, in the order of the hosts they go with.
+    pub fn get_hostaddrs(&self) -> &[IpAddr] {
+        &self.hostaddrs
+    }
+
     /// Adds a port. As in libpq: none means 5432, one applies to every host, otherwise there is
     /// one per host.
     pub fn port(&mut self, port: u16) -> &mut PgConfig {
@@ -303,6 +318,12 @@ impl PgConfig {
             "host" => {
                 for host in value.split(',') {
                     self.host(host);
+                }
+            }
+            "hostaddr" => {
+                for addr in value.split(',') {
+                    let addr = addr.parse().map_err(|_| InvalidValue("hostaddr"))?;
+                    self.hostaddr(addr);
                 }
             }
             "port" => {
@@ -382,6 +403,7 @@ impl fmt::Debug for PgConfig {
             .field("application_name", &self.application_name)
             .field("ssl_mode", &self.ssl_mode)
             .field("hosts", &self.hosts)
+            .field("hostaddrs", &self.hostaddrs)
             .field("ports", &self.ports)
             .field("connect_timeout", &self.connect_timeout)
             .field("target_session_attrs", &self.target_session_attrs)
@@ -840,6 +862,18 @@ mod tests {
     }
 
     #[test]
+    fn host_addresses() {
+        let c = parse("host=db.example.com,h2 hostaddr=127.0.0.1,::1 port=5433");
+        assert_eq!(c.get_hosts(), tcp(&["db.example.com", "h2"]));
+        let v4: IpAddr = "127.0.0.1".parse().unwrap();
+        let v6: IpAddr = "::1".parse().unwrap();
+        assert_eq!(c.get_hostaddrs(), [v4, v6]);
+        let c = parse("postgres://db.example.com/d?hostaddr=127.0.0.1");
+        assert_eq!(c.get_hostaddrs(), [v4]);
+        assert!(PgConfig::new().get_hostaddrs().is_empty());
+    }
+
+    #[test]
     fn keyword_form() {
         let c = parse(
             "  host=db port = 5433 user=app password=pw dbname=orders options='-c statement_timeout=5s' \
@@ -920,6 +954,8 @@ mod tests {
             ("channel_binding=always", "channel_binding"),
             ("connect_timeout=soon", "connect_timeout"),
             ("target_session_attrs=primary", "target_session_attrs"),
+            ("host=h hostaddr=127.0.0", "hostaddr"),
+            ("postgres://h/d?hostaddr=localhost", "hostaddr"),
         ] {
             let e = s.parse::<PgConfig>().unwrap_err();
             assert_eq!(e, PgConfigError::InvalidValue(option), "{s}");
@@ -944,7 +980,7 @@ mod tests {
         assert_eq!(e, PgConfigError::UnknownOption("sslrootcert".into()));
 
         for s in [
-            "host=h hostaddr=127.0.0.1",
+            "host=h sslnegotiation=direct",
             "postgres://h/d?keepalives=0",
             "postgres://h/d?load_balance_hosts=random",
         ] {
@@ -980,7 +1016,8 @@ mod tests {
             "password=hunter2 nope=1",
             "password='hunter2",
             "password=hunter2 x",
-            "password=hunter2 hostaddr=10.0.0.1",
+            "password=hunter2 keepalives=1",
+            "password=hunter2 hostaddr=10.0.0",
             "postgres://h/d?password=hunter2&password",
         ] {
             let e = s.parse::<PgConfig>().unwrap_err();
@@ -1003,6 +1040,7 @@ mod tests {
             "host=a,/b,c port=1,,3 user='x y' password=a\\'b dbname=d connect_timeout=-1",
             "user=u channel_binding=require application_name='' options=\\'",
             "postgres://h/d?application_name=a@b",
+            "host=h1,h2 hostaddr=10.0.0.1,fe80::2 port=1",
         ] {
             let ours = parse(s);
             let theirs = tokio_postgres::Config::from_str(s).unwrap();
@@ -1016,6 +1054,7 @@ mod tests {
                 "{s}"
             );
             assert_eq!(ours.get_ports(), theirs.get_ports(), "{s}");
+            assert_eq!(ours.get_hostaddrs(), theirs.get_hostaddrs(), "{s}");
             assert_eq!(
                 ours.get_connect_timeout(),
                 theirs.get_connect_timeout().copied(),
@@ -1045,6 +1084,7 @@ mod tests {
             "user='x",
             "user=",
             "postgres://h?user",
+            "host=h hostaddr=h",
         ] {
             assert!(s.parse::<PgConfig>().is_err(), "{s}");
             assert!(tokio_postgres::Config::from_str(s).is_err(), "{s}");

@@ -156,6 +156,9 @@ fn tokio_config(pg: &PgConfig) -> tokio_postgres::Config {
             Host::Unix(dir) => out.host_path(dir),
         };
     }
+    for addr in pg.get_hostaddrs() {
+        out.hostaddr(*addr);
+    }
     for port in pg.get_ports() {
         out.port(*port);
     }
