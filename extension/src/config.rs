@@ -10,11 +10,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use tokio_postgres::config::{ChannelBinding, Host};
-
 use crate::credentials::http::Endpoint;
 use crate::credentials::secrets_manager::{default_endpoint, SecretsManagerSettings};
 use crate::credentials::{Auth, AuthMode, AwsCredentials, AwsSettings, Secret};
+use crate::pgconfig::{ChannelBinding, Host, PgConfig};
 use crate::state::warmup::{parse_prepare, parse_warmup, WarmQuery};
 
 /// libpq's `sslmode` values. <https://www.postgresql.org/docs/current/libpq-ssl.html#LIBPQ-SSL-PROTECTION>
@@ -112,14 +111,14 @@ impl std::error::Error for ConfigError {}
 
 /// The extension's configuration.
 ///
-/// `Debug` never shows a password, a secret key or a token: `tokio_postgres::Config` redacts the
+/// `Debug` never shows a password, a secret key or a token: `PgConfig` redacts the
 /// password, and the credential types in [`crate::credentials`] redact theirs.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Connection parameters: `DATABASE_URL`, then `PGHOST`, `PGPORT` (5432), `PGUSER`,
     /// `PGPASSWORD`, `PGDATABASE` (the user name) and `PGAPPNAME` (`warmpool`) for anything the URL
     /// leaves out.
-    pub pg: tokio_postgres::Config,
+    pub pg: PgConfig,
     /// `PGSSLMODE`, or `sslmode` in the URL. Default `verify-full`.
     pub ssl_mode: SslMode,
     /// `PGSSLROOTCERT`, or `sslrootcert` in the URL: a PEM file, or `system`. Default `system`.
@@ -360,12 +359,12 @@ impl Config {
                 let (rest, mode, root) = take_tls_params(&url);
                 url_ssl_mode = mode;
                 url_root_cert = root;
-                tokio_postgres::Config::from_str(&rest).map_err(|e| ConfigError {
+                PgConfig::from_str(&rest).map_err(|e| ConfigError {
                     variable: "DATABASE_URL",
                     reason: e.to_string(),
                 })?
             }
-            None => tokio_postgres::Config::new(),
+            None => PgConfig::new(),
         };
 
         if pg.get_hosts().is_empty() {

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`config`]: settings from the environment, with every default spelled out.
+//! - `pgconfig`: connection settings, from libpq's URL and keyword connection strings.
 //! - [`credentials`]: each new connection's credentials: static, a Secrets Manager secret, or
 //!   an RDS IAM token.
 //! - [`tls`]: rustls for each libpq `sslmode`.
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod notices;
 #[cfg(feature = "otel")]
 pub mod otel;
+mod pgconfig;
 pub mod pool;
 pub mod retry;
 pub mod server;

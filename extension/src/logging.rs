@@ -50,18 +50,11 @@ pub fn invocation_span(request_id: &str, trace_id: &str) -> tracing::Span {
 }
 
 /// Installs the global subscriber: `directives` in RUST_LOG syntax (`WARMPOOL_LOG`), in
-/// `format`, on stdout. `log_statements` lets tokio-postgres' statement logging through. With
-/// the `otel` feature, call it inside the Tokio runtime: the span exporter runs on it.
-pub fn init(directives: &str, log_statements: bool, format: LogFormat) {
-    // tokio-postgres logs every statement with its bound parameter values at debug level, and
-    // those may be secrets: only WARMPOOL_LOG_STATEMENTS=true lets them through.
-    let statements = if log_statements {
-        "tokio_postgres=debug"
-    } else {
-        "tokio_postgres=info"
-    };
-    let filter =
-        EnvFilter::new(directives).add_directive(statements.parse().expect("static directive"));
+/// `format`, on stdout. Statements are logged only under `WARMPOOL_LOG_STATEMENTS`, which the
+/// backend connection checks itself. With the `otel` feature, call it inside the Tokio runtime:
+/// the span exporter runs on it.
+pub fn init(directives: &str, format: LogFormat) {
+    let filter = EnvFilter::new(directives);
     let registry = tracing_subscriber::registry().with(filter);
     #[cfg(feature = "otel")]
     let registry = registry.with(crate::otel::layer());

@@ -44,11 +44,7 @@ fn main() -> ExitCode {
     // Inside the runtime: with the `otel` feature the span exporter runs on it.
     let entered = runtime.enter();
     let directives = std::env::var("WARMPOOL_LOG").unwrap_or_else(|_| "info".into());
-    warmpool_extension::logging::init(
-        &directives,
-        config.log_statements,
-        config.observability.log_format,
-    );
+    warmpool_extension::logging::init(&directives, config.observability.log_format);
     drop(entered);
     // Lambda sets AWS_LAMBDA_RUNTIME_API for every process of an execution environment.
     let result = if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {

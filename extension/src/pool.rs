@@ -15,11 +15,14 @@ use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleR
 use futures_util::future::join_all;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use warmpool::protocol::sqlstate;
+
 use crate::backend::{self, CancelToken};
+use crate::config::Config;
 use crate::conn::{PgConn, StatementMode};
 use crate::credentials::{CredentialsError, ErrorKind, Login, Origin, Provider};
 use crate::metrics::{Event, Meter};
+use crate::pgconfig::PgConfig;
 use crate::retry::{self, Backoff};
 use crate::tls;
 
@@ -36,7 +39,7 @@ pub type PooledConn = Object<Manager>;
 /// Opens and recycles connections.
 pub struct Manager {
     /// The connection settings, without whatever the credentials provider supplies.
-    pg: tokio_postgres::Config,
+    pg: PgConfig,
     tls: tls::Connector,
     credentials: Provider,
     /// `WARMPOOL_STATEMENT_CACHE_SIZE`; 0 caches nothing.
@@ -64,7 +67,7 @@ pub struct Manager {
 
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // tokio_postgres::Config's Debug redacts the password.
+        // PgConfig's Debug redacts the password.
         f.debug_struct("Manager")
             .field("pg", &self.pg)
             .field("credentials", &self.credentials)
@@ -126,7 +129,7 @@ impl ConnectError {
 fn is_auth_failure(e: &backend::Error) -> bool {
     matches!(
         e.code(),
-        Some(warmpool::protocol::sqlstate::INVALID_PASSWORD | warmpool::protocol::sqlstate::INVALID_AUTHORIZATION_SPECIFICATION)
+        Some(sqlstate::INVALID_PASSWORD | sqlstate::INVALID_AUTHORIZATION_SPECIFICATION)
     )
 }
 
@@ -145,6 +148,8 @@ impl Manager {
                 phase: "connecting to the database",
                 after: self.connect_timeout,
             })??;
+        let mut backend = backend;
+        check_session_attrs(&mut backend, pg.get_target_session_attrs()).await?;
         tracing::debug!(
             user = pg.get_user().unwrap_or_default(),
             secret_version = login.version.as_deref(),
@@ -562,20 +567,24 @@ pub async fn reap_idle(
 /// The connection settings as the backend connection takes them: the first host and port (the
 /// configuration refuses more than one), the login, and TLS.
 fn connect_params<'a>(
-    pg: &'a tokio_postgres::Config,
+    pg: &'a PgConfig,
     tls: &'a tls::Connector,
     channel_binding: backend::connect::ChannelBinding,
-    log_notices: bool,
+    log_statements: bool,
 ) -> Result<backend::connect::Params<'a>, ConnectError> {
     use backend::connect::Target;
-    let port = pg.get_ports().first().copied().unwrap_or(crate::config::defaults::PORT);
+    let port = pg
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(crate::config::defaults::PORT);
     let target = match pg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => Target::Tcp {
+        Some(crate::pgconfig::Host::Tcp(host)) => Target::Tcp {
             host: host.clone(),
             hostaddr: pg.get_hostaddrs().first().copied(),
             port,
         },
-        Some(tokio_postgres::config::Host::Unix(dir)) => Target::Unix(dir.clone(), port),
+        Some(crate::pgconfig::Host::Unix(dir)) => Target::Unix(dir.clone(), port),
         None => Target::Tcp {
             host: "localhost".to_owned(),
             hostaddr: pg.get_hostaddrs().first().copied(),
@@ -591,15 +600,43 @@ fn connect_params<'a>(
         application_name: pg.get_application_name(),
         tls,
         channel_binding,
-        log_notices,
+        log_statements,
     })
 }
 
 fn channel_binding(config: &Config) -> backend::connect::ChannelBinding {
     use backend::connect::ChannelBinding;
     match config.channel_binding {
-        tokio_postgres::config::ChannelBinding::Disable => ChannelBinding::Disable,
-        tokio_postgres::config::ChannelBinding::Require => ChannelBinding::Require,
-        _ => ChannelBinding::Prefer,
+        crate::pgconfig::ChannelBinding::Disable => ChannelBinding::Disable,
+        crate::pgconfig::ChannelBinding::Require => ChannelBinding::Require,
+        crate::pgconfig::ChannelBinding::Prefer => ChannelBinding::Prefer,
     }
+}
+
+/// `target_session_attrs`, as libpq checks it: a session that must (or must not) accept writes
+/// is refused on a server where `transaction_read_only` says otherwise.
+/// <https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNECT-TARGET-SESSION-ATTRS>
+async fn check_session_attrs(
+    backend: &mut backend::Backend,
+    attrs: crate::pgconfig::TargetSessionAttrs,
+) -> Result<(), ConnectError> {
+    use crate::pgconfig::TargetSessionAttrs;
+    let want_read_only = match attrs {
+        TargetSessionAttrs::Any => return Ok(()),
+        TargetSessionAttrs::ReadWrite => false,
+        TargetSessionAttrs::ReadOnly => true,
+    };
+    let read_only = backend.show("transaction_read_only").await? == "on";
+    if read_only != want_read_only {
+        return Err(ConnectError::Database(backend::Error::Setup(format!(
+            "target_session_attrs={}: the server's session is {}",
+            if want_read_only {
+                "read-only"
+            } else {
+                "read-write"
+            },
+            if read_only { "read-only" } else { "read-write" },
+        ))));
+    }
+    Ok(())
 }

@@ -680,7 +680,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let conn = lease.conn();
         let started = Instant::now();
         let guard = self.guard(&shared, conn.backend.cancel_token());
-        let ran = guard.run(run_batch(&mut conn.backend, begin.as_deref(), &sql)).await;
+        let ran = guard
+            .run(run_batch(&mut conn.backend, begin.as_deref(), &sql))
+            .await;
         let ran = match ran {
             Ok(ran) => ran,
             Err(e) => {
@@ -913,20 +915,23 @@ fn release(mut conn: PooledConn, shared: Arc<Shared>) {
     let budget = shared.config.reset_timeout;
     let guard = shared.pool.maintenance();
     let span = Span::current();
-    tokio::spawn(async move {
-        let _guard = guard;
-        match tokio::time::timeout(budget, conn.reset()).await {
-            Ok(Ok(())) => drop(conn),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "session reset failed; closing the connection");
-                discard(conn, shared.pool.meter());
-            }
-            Err(_) => {
-                tracing::warn!("session reset timed out; closing the connection");
-                discard(conn, shared.pool.meter());
+    tokio::spawn(
+        async move {
+            let _guard = guard;
+            match tokio::time::timeout(budget, conn.reset()).await {
+                Ok(Ok(())) => drop(conn),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "session reset failed; closing the connection");
+                    discard(conn, shared.pool.meter());
+                }
+                Err(_) => {
+                    tracing::warn!("session reset timed out; closing the connection");
+                    discard(conn, shared.pool.meter());
+                }
             }
         }
-    }.instrument(span));
+        .instrument(span),
+    );
 }
 
 /// Takes a connection out of the pool for good; dropping it sends Terminate.

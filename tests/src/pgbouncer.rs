@@ -165,7 +165,10 @@ impl PgBouncer {
             prepared = if options.debian {
                 String::new()
             } else {
-                format!("max_prepared_statements = {}\n", options.max_prepared_statements)
+                format!(
+                    "max_prepared_statements = {}\n",
+                    options.max_prepared_statements
+                )
             },
             pool = options.pool_size,
             round_robin = u8::from(options.round_robin),

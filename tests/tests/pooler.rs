@@ -91,7 +91,10 @@ async fn run(c: &warmpool::Client, e: i32, t: i32) -> Seen {
                 let got: i32 = row.get(0);
                 (row.columns()[0].name() == format!("env{e}") && got == x * (e + 2) + e)
                     .then_some(())
-                    .ok_or(format!("env {e}: {x} gave {got} in {}", row.columns()[0].name()))
+                    .ok_or(format!(
+                        "env {e}: {x} gave {got} in {}",
+                        row.columns()[0].name()
+                    ))
             })
         } else {
             c.query_one(
@@ -146,7 +149,10 @@ fn assert_rows_match(seen: &Seen, rows: &BTreeSet<(i32, i32, i32)>) {
         "rows no client was told it wrote: {unsent:?}"
     );
     let lost: Vec<_> = seen.written.difference(rows).collect();
-    assert!(lost.is_empty(), "writes reported but not in the table: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "writes reported but not in the table: {lost:?}"
+    );
 }
 
 fn total() -> usize {
@@ -185,7 +191,12 @@ async fn named_statements_behind_pgbouncer_1_18_fail_with_the_fix_never_a_wrong_
 async fn unnamed_statements_behind_pgbouncer_1_18_never_fail() {
     let pg = PgServer::start();
     let bouncer = PgBouncer::start(&pg, &debian());
-    let (seen, rows) = load(&pg, &bouncer, &[("WARMPOOL_PREPARED_STATEMENTS", "unnamed")]).await;
+    let (seen, rows) = load(
+        &pg,
+        &bouncer,
+        &[("WARMPOOL_PREPARED_STATEMENTS", "unnamed")],
+    )
+    .await;
     assert_eq!(seen.errors, Vec::<String>::new());
     assert_eq!(seen.ok, total());
     assert_rows_match(&seen, &rows);

@@ -86,8 +86,8 @@ pub struct Params<'a> {
     pub tls: &'a Connector,
     /// Channel binding.
     pub channel_binding: ChannelBinding,
-    /// Notices are logged with their text.
-    pub log_notices: bool,
+    /// `WARMPOOL_LOG_STATEMENTS`: statements and notices are logged with their text.
+    pub log_statements: bool,
 }
 
 impl std::fmt::Debug for Params<'_> {
@@ -143,11 +143,13 @@ pub async fn connect(params: &Params<'_>) -> Result<Backend, Error> {
         Stream::Tls(tls) => server_end_point(tls),
         _ => None,
     };
-    let cancel = CancelToken::new(
-        params.target.clone(),
-        tls_used.then(|| params.tls.clone()),
+    let cancel = CancelToken::new(params.target.clone(), tls_used.then(|| params.tls.clone()));
+    let mut backend = Backend::new(
+        stream,
+        BytesMut::with_capacity(8 * 1024),
+        cancel,
+        params.log_statements,
     );
-    let mut backend = Backend::new(stream, BytesMut::with_capacity(8 * 1024), cancel, params.log_notices);
 
     let mut startup: Vec<(&str, &str)> = vec![("client_encoding", "UTF8"), ("user", params.user)];
     if let Some(db) = params.database {
@@ -326,7 +328,11 @@ fn server_end_point(tls: &tokio_rustls::client::TlsStream<TcpStream>) -> Option<
         // Ed25519 and other algorithms without a separate hash have no binding defined.
         _ => return None,
     };
-    Some(ring::digest::digest(algorithm, cert.as_ref()).as_ref().to_vec())
+    Some(
+        ring::digest::digest(algorithm, cert.as_ref())
+            .as_ref()
+            .to_vec(),
+    )
 }
 
 #[cfg(test)]

@@ -19,7 +19,10 @@ impl DbError {
         use fallible_iterator::FallibleIterator;
         let mut out = Vec::new();
         while let Some(f) = fields.next()? {
-            out.push((f.type_(), String::from_utf8_lossy(f.value_bytes()).into_owned()));
+            out.push((
+                f.type_(),
+                String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            ));
         }
         Ok(DbError { fields: out })
     }

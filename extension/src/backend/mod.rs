@@ -70,7 +70,8 @@ pub struct Backend {
     parameters: Vec<(String, String)>,
     /// Notices the server sent, for the client the connection serves.
     notices: Notices,
-    log_notices: bool,
+    /// `WARMPOOL_LOG_STATEMENTS`: statements and notices are logged with their text.
+    log_statements: bool,
     names: Names,
     /// Statements evicted from the cache, closed on the server with the next request.
     to_close: Vec<Arc<str>>,
@@ -127,7 +128,7 @@ impl Names {
 }
 
 impl Backend {
-    fn new(stream: Stream, read: BytesMut, cancel: CancelToken, log_notices: bool) -> Backend {
+    fn new(stream: Stream, read: BytesMut, cancel: CancelToken, log_statements: bool) -> Backend {
         Backend {
             stream,
             read,
@@ -138,7 +139,7 @@ impl Backend {
             cancel,
             parameters: Vec::new(),
             notices: Notices::default(),
-            log_notices,
+            log_statements,
             names: Names::new(),
             to_close: Vec::new(),
             types: types::TypeCache::default(),
@@ -361,7 +362,7 @@ impl Backend {
     }
 
     fn notice(&mut self, db: DbError) {
-        if self.log_notices {
+        if self.log_statements {
             tracing::info!(
                 code = db.code(),
                 severity = db.severity(),
@@ -429,7 +430,11 @@ impl Backend {
                 Ok(Some(Message::NotificationResponse(_))) => {}
                 Ok(Some(Message::ErrorResponse(body))) => {
                     let fatal = DbError::parse(body.fields()).map_or(true, |db| {
-                        tracing::info!(code = db.code(), message = db.message(), "the database ended an idle connection");
+                        tracing::info!(
+                            code = db.code(),
+                            message = db.message(),
+                            "the database ended an idle connection"
+                        );
                         db.is_fatal()
                     });
                     self.broken |= fatal;

@@ -85,7 +85,12 @@ impl Backend {
     /// Prepares `sql` with the declared parameter `types` (0 lets the server infer one) and
     /// describes it, in one round trip. `named` keeps it on the server under a name of this
     /// connection's; otherwise the unnamed statement is used and nothing is kept.
-    pub async fn prepare(&mut self, named: bool, sql: &str, types: &[u32]) -> Result<Statement, Error> {
+    pub async fn prepare(
+        &mut self,
+        named: bool,
+        sql: &str,
+        types: &[u32],
+    ) -> Result<Statement, Error> {
         let name = self.write_prepare(named, sql, types)?;
         self.flush().await?;
         let described = self.read_description().await?;
@@ -189,9 +194,12 @@ impl Backend {
     pub fn write_execute<'p>(
         &mut self,
         statement: &Statement,
-        params: impl ExactSizeIterator<Item = Param<'p>>,
+        params: impl ExactSizeIterator<Item = Param<'p>> + Clone,
     ) -> Result<(), Error> {
         self.write_closes();
+        if self.log_statements {
+            self.log_statement(statement, params.clone());
+        }
         let name = match &statement.name {
             Some(name) => name.as_ref(),
             None => {
@@ -207,6 +215,21 @@ impl Backend {
         bind(self, name, params)?;
         frontend::execute("", 0, self.buf())?;
         Ok(())
+    }
+
+    /// `WARMPOOL_LOG_STATEMENTS`: the statement and its parameter values, at debug level. The
+    /// values go out binary-encoded: text types read as themselves, others as their bytes.
+    fn log_statement<'p>(&self, statement: &Statement, params: impl Iterator<Item = Param<'p>>) {
+        const SHOWN: usize = 256;
+        let values: Vec<Option<String>> = params
+            .map(|p| p.map(|v| String::from_utf8_lossy(&v[..v.len().min(SHOWN)]).into_owned()))
+            .collect();
+        tracing::debug!(
+            statement = %statement.sql,
+            name = statement.name.as_deref().unwrap_or(""),
+            params = ?values,
+            "executing statement"
+        );
     }
 
     /// Ends a request: its answer closes with a ReadyForQuery.
@@ -350,6 +373,25 @@ impl Backend {
         }
     }
 
+    /// A run-time setting's value, by `SHOW` (its name is written into the statement: a
+    /// caller passes a constant).
+    pub async fn show(&mut self, name: &'static str) -> Result<String, Error> {
+        self.write_query(&format!("SHOW {name}"))?;
+        self.flush().await?;
+        let mut value = String::new();
+        loop {
+            match self.read_simple().await? {
+                Simple::Row(row) => {
+                    if let Some(Some(v)) = values(&row).next() {
+                        value = String::from_utf8_lossy(v).into_owned();
+                    }
+                }
+                Simple::Done => return Ok(value),
+                Simple::Columns(_) | Simple::Complete(_) => {}
+            }
+        }
+    }
+
     /// One round trip that proves the server answers: an empty query, which it does not parse.
     pub async fn check(&mut self) -> Result<(), Error> {
         self.batch_execute("").await
@@ -410,7 +452,9 @@ impl Backend {
                 Ok(_) | Err(_) => return Error::Closed,
             }
         }
-        Error::Unsupported("COPY TO STDOUT is not available through warmpool's socket; run a SELECT")
+        Error::Unsupported(
+            "COPY TO STDOUT is not available through warmpool's socket; run a SELECT",
+        )
     }
 }
 
@@ -444,7 +488,10 @@ fn bind<'p>(
 /// The row count at the end of a command tag (`INSERT 0 5`, `SELECT 3`); 0 for a command
 /// without one.
 fn affected(tag: &str) -> u64 {
-    tag.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    tag.rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The values of a row, by column: `None` for NULL.

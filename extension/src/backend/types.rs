@@ -59,8 +59,15 @@ impl Backend {
             };
             let text = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
             let number = |i: usize| text(i).parse::<u32>().unwrap_or(0);
-            let (name, typtype, elem, subtype, base, schema, relid) =
-                (text(0), text(1), number(2), number(3), number(4), text(5), number(6));
+            let (name, typtype, elem, subtype, base, schema, relid) = (
+                text(0),
+                text(1),
+                number(2),
+                number(3),
+                number(4),
+                text(5),
+                number(6),
+            );
             let kind = if typtype == "e" {
                 let labels = self
                     .text_rows(&format!(

@@ -286,8 +286,8 @@ impl Login {
     /// say); the user and password always come from the login when it has them.
     pub fn apply(
         &self,
-        template: &tokio_postgres::Config,
-    ) -> Result<tokio_postgres::Config, ErrorKind> {
+        template: &crate::pgconfig::PgConfig,
+    ) -> Result<crate::pgconfig::PgConfig, ErrorKind> {
         let mut pg = template.clone();
         if let Some(user) = &self.user {
             pg.user(user);
@@ -528,9 +528,9 @@ impl Provider {
 
 /// The endpoint and user an IAM token is for. The configuration has checked there is exactly
 /// one TCP host and port and a user.
-fn rds_iam_target(pg: &tokio_postgres::Config) -> Target {
+fn rds_iam_target(pg: &crate::pgconfig::PgConfig) -> Target {
     let host = match pg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(crate::pgconfig::Host::Tcp(h)) => h.clone(),
         _ => String::new(),
     };
     Target {

@@ -230,7 +230,15 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         match watch(framed, guard, backend.read_command()).await? {
             Ok(()) => {}
             Err(e) if e.is_lost() => {
-                return Ok(lost(framed, p, 0, errors::from_backend(&e), None, None, guard))
+                return Ok(lost(
+                    framed,
+                    p,
+                    0,
+                    errors::from_backend(&e),
+                    None,
+                    None,
+                    guard,
+                ))
             }
             // read_command read the rest of the request: nothing else ran.
             Err(e) => begin_error = Some(errors::from_backend(&e)),
@@ -260,14 +268,14 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 Ended::Ok
             }
             Ok(_) => {
-                let answered = match split_lost(
-                    stream_rows(framed, guard, backend, max_frame, answer).await,
-                )? {
-                    Ok(answer) => answer,
-                    Err(e) => {
-                        return Ok(lost(framed, p, i, e, begin_error, first_failure, guard))
-                    }
-                };
+                let answered =
+                    match split_lost(stream_rows(framed, guard, backend, max_frame, answer).await)?
+                    {
+                        Ok(answer) => answer,
+                        Err(e) => {
+                            return Ok(lost(framed, p, i, e, begin_error, first_failure, guard))
+                        }
+                    };
                 match answered {
                     Ok(n) => {
                         framed.queue_response(&Response::Complete(n));
@@ -280,8 +288,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     Err(StmtError::Sql(e)) => {
                         if matches!(
                             e.code(),
-                            sqlstate::INVALID_SQL_STATEMENT_NAME
-                                | sqlstate::FEATURE_NOT_SUPPORTED
+                            sqlstate::INVALID_SQL_STATEMENT_NAME | sqlstate::FEATURE_NOT_SUPPORTED
                         ) {
                             forgotten.push(i);
                         }

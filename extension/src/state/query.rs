@@ -5,11 +5,11 @@ use bytes::Bytes;
 use deadpool::managed::Object;
 use warmpool::protocol::{sqlstate, Column, Param, RawRow, WireError};
 
+use crate::backend::{self, Reply};
 use crate::config::Config;
 use crate::deadline::Guard;
 use crate::errors;
 use crate::pool::{Pool, PooledConn};
-use crate::backend::{self, Reply};
 
 /// A statement's whole result.
 #[derive(Debug)]
@@ -104,10 +104,7 @@ async fn run(
     types: &[u32],
     params: &[Param],
 ) -> Result<Collected, Failure> {
-    let stmt = conn
-        .prepare(sql, types)
-        .await
-        .map_err(|e| pg_failure(&e))?;
+    let stmt = conn.prepare(sql, types).await.map_err(|e| pg_failure(&e))?;
     check_params(stmt.params(), params).map_err(Failure::Sql)?;
     let backend = &mut conn.backend;
     if let Err(e) = backend.write_execute(&stmt, params.iter().map(|p| p.value.as_deref())) {
