@@ -461,13 +461,17 @@ impl Backend {
     }
 }
 
-/// Sends Terminate and shuts the socket down, within `budget`.
+/// Sends Terminate, shuts the socket down, and waits for the server to close its end, which it
+/// does once its session has ended: all within `budget`.
 async fn terminate(mut stream: Stream, budget: Duration) -> bool {
     let mut buf = BytesMut::with_capacity(5);
     frontend::terminate(&mut buf);
     let sent = tokio::time::timeout(budget, async {
         stream.write_all_buf(&mut buf).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        let mut rest = [0u8; 256];
+        while stream.read(&mut rest).await? > 0 {}
+        Ok::<_, std::io::Error>(())
     })
     .await;
     matches!(sent, Ok(Ok(())))
