@@ -10,6 +10,7 @@
 //!
 //! See bench/README.md for the method. Results go to bench/results/.
 
+mod hop;
 mod lambda;
 mod memory;
 mod micro;
@@ -57,6 +58,10 @@ warmpool-bench --warm-state [--quick]
                           the warm-state scenario alone: reference data from warm state
                           against a query, and the extension's memory with 10,000 store
                           entries (bench/results/warm_state.{json,md})
+
+warmpool-bench --hop [--quick] [--baseline PATH]
+  The hop, before and after: a statement through warmpool against its ping and in-process,
+  for this build and an earlier one (--baseline), in alternating rounds; see bench/src/hop.rs.
 
 warmpool-bench --memory [--quick] [--baseline PATH]
                           the extension's memory at rest, at the peak of 6 rounds of 1,000
@@ -239,6 +244,19 @@ fn main() {
                 std::process::exit(2);
             }
         }
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("--hop") {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let opts = hop::parse(&args).unwrap_or_else(|e| {
+            eprintln!("warmpool-bench: {e}");
+            std::process::exit(2);
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(hop::run_alone(opts));
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("--memory") {

@@ -16,7 +16,7 @@ use warmpool_tests::PgServer;
 use crate::stats::Summary;
 
 /// The 100-row statement: a range of the seeded table.
-const ROWS100: &str =
+pub(crate) const ROWS100: &str =
     "SELECT id, name, balance FROM bench_accounts WHERE id BETWEEN $1 AND $1 + 99";
 const SELECT1: &str = "SELECT 1";
 /// Direct and warmpool loads alternate in this many rounds, so that bursts of other work on the
@@ -64,12 +64,12 @@ pub struct MicroResults {
     pub extension_peak_rss_kib: Option<u64>,
 }
 
-type Op =
+pub(crate) type Op =
     Arc<dyn Fn(usize) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// Runs `op(task)` in `concurrency` tasks for `duration` (at most `max_ops` each), after
 /// `warmup` untimed calls per task.
-async fn load(
+pub(crate) async fn load(
     op: Op,
     concurrency: usize,
     duration: Duration,
@@ -335,7 +335,7 @@ pub async fn run(
     }
 }
 
-fn consume_pg(rows: &[tokio_postgres::Row]) -> Result<(), String> {
+pub(crate) fn consume_pg(rows: &[tokio_postgres::Row]) -> Result<(), String> {
     let mut sum = 0i64;
     for r in rows {
         let id: i32 = r.get(0);
@@ -348,7 +348,7 @@ fn consume_pg(rows: &[tokio_postgres::Row]) -> Result<(), String> {
         .ok_or_else(|| "expected 100 rows".into())
 }
 
-fn consume_wp(rows: &[warmpool::Row]) -> Result<(), String> {
+pub(crate) fn consume_wp(rows: &[warmpool::Row]) -> Result<(), String> {
     let mut sum = 0i64;
     for r in rows {
         let id: i32 = r.get(0);

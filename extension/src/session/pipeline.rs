@@ -227,7 +227,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut keep_connection = !lost_early;
     let mut begin_error = None;
     if begin_sql.is_some() {
-        match watch(framed, guard, backend.read_command()).await? {
+        let answered = match split_lost(watch(framed, guard, backend.read_command()).await)? {
+            Ok(answered) => answered,
+            Err(e) => return Ok(lost(framed, p, 0, e, None, None, guard)),
+        };
+        match answered {
             Ok(()) => {}
             Err(e) if e.is_lost() => {
                 return Ok(lost(
@@ -342,7 +346,14 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         let commit = if failed_before {
             Ok(())
         } else {
-            match watch(framed, guard, backend.read_command()).await? {
+            let answered = match split_lost(watch(framed, guard, backend.read_command()).await)? {
+                Ok(answered) => answered,
+                Err(e) => {
+                    let n = p.statements.len();
+                    return Ok(lost(framed, p, n, e, begin_error, first_failure, guard));
+                }
+            };
+            match answered {
                 Ok(()) => Ok(()),
                 Err(e) if e.is_lost() => {
                     let n = p.statements.len();
@@ -361,7 +372,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         let ended = if failed_before || commit.is_ok() {
-            watch(framed, guard, backend.finish_unit()).await?
+            match split_lost(watch(framed, guard, backend.finish_unit()).await)? {
+                Ok(ended) => ended,
+                Err(e) => {
+                    let n = p.statements.len();
+                    return Ok(lost(framed, p, n, e, begin_error, first_failure, guard));
+                }
+            }
         } else {
             Ok(())
         };
@@ -379,8 +396,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
         // A failed transaction stays open on the server until it is rolled back.
         if backend.status() != TxStatus::Idle {
-            let rolled = watch(framed, guard, backend.batch_execute("ROLLBACK")).await?;
-            keep_connection &= rolled.is_ok();
+            let rolled = split_lost(watch(framed, guard, backend.batch_execute("ROLLBACK")).await)?;
+            keep_connection &= matches!(rolled, Ok(Ok(())));
         }
         match (begin_error, first_failure, commit) {
             (Some(e), _, _) => Response::Error(e),
