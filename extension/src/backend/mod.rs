@@ -227,8 +227,9 @@ impl Backend {
         self.unsynced += 1;
     }
 
-    /// Sends what is buffered.
-    pub(crate) async fn flush(&mut self) -> Result<(), Error> {
+    /// Sends what is buffered: the requests written since the last flush go out together, as
+    /// one pipeline.
+    pub async fn flush(&mut self) -> Result<(), Error> {
         if self.broken {
             return Err(Error::Closed);
         }
