@@ -11,7 +11,7 @@ use crate::pool::ConnectError;
 
 /// 08001 sqlclient_unable_to_establish_sqlconnection: libpq's code for a connection the client
 /// side could not set up, here because its credentials could not be obtained.
-pub const UNABLE_TO_CONNECT: &str = "08001";
+pub const UNABLE_TO_CONNECT: &str = sqlstate::UNABLE_TO_CONNECT;
 
 /// An error from a statement: the server's own error, every field kept, where there is one;
 /// otherwise the connection failed (08006).
@@ -144,7 +144,7 @@ pub fn from_frame(e: &FrameError) -> WireError {
 }
 
 /// 57014 query_canceled, PostgreSQL's own code for a cancelled statement.
-pub const QUERY_CANCELED: &str = "57014";
+pub const QUERY_CANCELED: &str = sqlstate::QUERY_CANCELED;
 
 /// A statement cancelled because the session's deadline passed.
 pub fn deadline_cancelled() -> WireError {
@@ -196,7 +196,7 @@ pub fn commit_unknown(budget: std::time::Duration) -> WireError {
 }
 
 /// 57P05 idle_session_timeout, PostgreSQL's own code for the same decision.
-pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+pub const IDLE_SESSION_TIMEOUT: &str = sqlstate::IDLE_SESSION_TIMEOUT;
 
 /// The session sent no whole frame within the idle session timeout.
 pub fn idle_session(limit: Option<std::time::Duration>) -> WireError {

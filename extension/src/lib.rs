@@ -7,23 +7,26 @@
 //! - [`credentials`]: each new connection's credentials: static, a Secrets Manager secret, or
 //!   an RDS IAM token.
 //! - [`tls`]: rustls for each libpq `sslmode`.
-//! - [`conn`]: one database connection, its statement cache and session-state tracking.
-//! - [`notices`]: the database's notices, kept for the client that ran the statement.
+//! - [`backend`]: a connection to PostgreSQL at the message level, driven by the task that
+//!   uses it: TLS, SCRAM, statements named per connection, transaction status from each
+//!   ReadyForQuery.
+//! - `conn`: one database connection, its statement cache and session-state tracking.
+//! - `notices`: the database's notices, kept for the client that ran the statement.
 //! - [`pool`]: the deadpool pool of those connections: warm-up, health checks, clean close.
-//! - [`socket`]: binding the Unix socket.
+//! - `socket`: binding the Unix socket.
 //! - [`memory`]: giving memory back to the system once a burst of sessions is over.
-//! - [`server`]: the accept loop.
-//! - [`slots`]: the `WARMPOOL_MAX_SESSIONS` session slots; the longest-idle one goes to a new
+//! - `server`: the accept loop.
+//! - `slots`: the `WARMPOOL_MAX_SESSIONS` session slots; the longest-idle one goes to a new
 //!   session when all are in use.
-//! - [`session`]: one client session and its transaction state.
+//! - `session`: one client session and its transaction state.
 //! - [`state`]: warm state: the state store, the query result cache, warm-up data sets.
 //! - [`errors`]: every failure as an error frame with a SQLSTATE.
 //! - [`logging`]: JSON (or text) log lines on stdout, tagged with the invocation's ids.
-//! - [`metrics`]: counters per invocation, per metrics record, and since start.
-//! - [`emf`]: those counters as CloudWatch Embedded Metric Format records.
-//! - [`telemetry`]: when records are written: per invocation, per interval, at SHUTDOWN.
+//! - `metrics`: counters per invocation, per metrics record, and since start.
+//! - `emf`: those counters as CloudWatch Embedded Metric Format records.
+//! - `telemetry`: when records are written: per invocation, per interval, at SHUTDOWN.
 //! - `otel` (cargo feature `otel`): OpenTelemetry export of spans, in the X-Ray trace.
-//! - [`service`]: what both modes share: start serving, stop in order.
+//! - `service`: what both modes share: start serving, stop in order.
 //! - [`lifecycle`]: the Lambda lifecycle state machine (Init, Ready, Draining, Closed).
 //! - [`lambda`]: running as a Lambda extension: register, warm at Init, INVOKE, SHUTDOWN.
 //! - [`local`]: running outside Lambda until SIGTERM or SIGINT.
@@ -32,28 +35,28 @@
 
 pub mod backend;
 pub mod config;
-pub mod conn;
+pub(crate) mod conn;
 pub mod credentials;
-pub mod deadline;
-pub mod emf;
+pub(crate) mod deadline;
+pub(crate) mod emf;
 pub mod errors;
 pub mod lambda;
 pub mod lifecycle;
 pub mod local;
 pub mod logging;
 pub mod memory;
-pub mod metrics;
-pub mod notices;
+pub(crate) mod metrics;
+pub(crate) mod notices;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod pgconfig;
 pub mod pool;
-pub mod retry;
-pub mod server;
-pub mod service;
-pub mod session;
-pub mod slots;
-pub mod socket;
+pub(crate) mod retry;
+pub(crate) mod server;
+pub(crate) mod service;
+pub(crate) mod session;
+pub(crate) mod slots;
+pub(crate) mod socket;
 pub mod state;
-pub mod telemetry;
+pub(crate) mod telemetry;
 pub mod tls;

@@ -50,7 +50,7 @@ pub fn tune() {
     }
 }
 
-/// When to give memory back: after the number of open sessions fell by at least [`BURST`] and
+/// When to give memory back: after the number of open sessions fell by at least `BURST` and
 /// to at most half of its high mark.
 #[derive(Debug, Default)]
 pub struct Trim {

@@ -224,7 +224,7 @@ impl managed::Manager for Manager {
     /// more; only that second refusal becomes an error, naming where the credentials came from.
     ///
     /// While the database refuses connections, attempts wait their turn in the backoff (see
-    /// [`crate::retry`]), so however many requests need a connection, the database sees one
+    /// `retry.rs`), so however many requests need a connection, the database sees one
     /// attempt per backoff step.
     async fn create(&self) -> Result<PgConn, ConnectError> {
         let permit = if self.backoff.failing() {
@@ -342,8 +342,8 @@ impl Pool {
     /// A connection, checked first if it sat idle across a gap or a thaw.
     ///
     /// When a new connection is needed and the database refuses it for a reason that may pass
-    /// (see [`retry::transient`]), tries again with backoff for up to `WARMPOOL_RETRY_BUDGET_MS`
-    /// (see [`crate::retry`]). An idle connection is handed out without waiting for the backoff.
+    /// (see `retry::transient`), tries again with backoff for up to `WARMPOOL_RETRY_BUDGET_MS`
+    /// (see `retry.rs`). An idle connection is handed out without waiting for the backoff.
     pub async fn get(&self) -> Result<PooledConn, GetError> {
         self.get_for(std::time::Instant::now()).await
     }

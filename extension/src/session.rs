@@ -353,7 +353,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> io::Result<()> {
         let hit = guard.hit();
         let outcome = match outcome {
-            Err(StmtError::Sql(e)) if hit && e.code() == "57014" => {
+            Err(StmtError::Sql(e)) if hit && e.code() == sqlstate::QUERY_CANCELED => {
                 Err(StmtError::Sql(errors::deadline_cancelled()))
             }
             other => other,

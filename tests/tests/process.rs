@@ -615,7 +615,7 @@ async fn sigterm_rolls_back_an_open_transaction() {
 #[tokio::test]
 async fn database_going_away_is_08006_and_recovers() {
     let pg = PgServer::start();
-    let mut ext = Extension::start(&pg, &[]);
+    let ext = Extension::start(&pg, &[]);
     let client = ext.client().await;
     let n: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(n, 1);

@@ -78,7 +78,7 @@ async fn settle_cancel(
         return Err(Failure::Lost(errors::deadline_cancelled()));
     }
     match result {
-        Err(Failure::Sql(e)) if e.code() == "57014" => {
+        Err(Failure::Sql(e)) if e.code() == sqlstate::QUERY_CANCELED => {
             Err(Failure::Sql(errors::deadline_cancelled()))
         }
         other => other,

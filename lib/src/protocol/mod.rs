@@ -113,6 +113,11 @@ pub mod sqlstate {
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
     /// The database does not exist.
     pub const INVALID_CATALOG_NAME: &str = "3D000";
+    /// sqlclient_unable_to_establish_sqlconnection: a connection the client side could not set
+    /// up.
+    pub const UNABLE_TO_CONNECT: &str = "08001";
+    /// The database ended a session idle past `idle_session_timeout`.
+    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
     /// A serialization failure: the transaction may be retried as a whole.
     pub const SERIALIZATION_FAILURE: &str = "40001";
     /// A deadlock was detected and this transaction was chosen to end.
