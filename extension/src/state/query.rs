@@ -9,6 +9,7 @@ use crate::backend::{self, Reply};
 use crate::config::Config;
 use crate::deadline::Guard;
 use crate::errors;
+use crate::metrics::Event;
 use crate::pool::{Pool, PooledConn};
 
 /// A statement's whole result.
@@ -38,8 +39,11 @@ pub async fn collect(
 ) -> Result<Collected, WireError> {
     // The wait for a connection ends at the deadline too: a server that does not answer can
     // hold a connect for the whole connect timeout.
-    let mut conn = crate::deadline::within(deadline, pool.get())
-        .await
+    let waiting = std::time::Instant::now();
+    let got = crate::deadline::within(deadline, pool.get()).await;
+    // Counted as a statement's wait is, whether or not a connection came.
+    pool.meter().add(Event::PoolWait(waiting.elapsed()));
+    let mut conn = got
         .ok_or_else(errors::deadline_before_connection)?
         .map_err(|e| errors::from_pool(&e, config))?;
     let guard = Guard::new(
@@ -60,8 +64,8 @@ pub async fn collect(
     };
     conn.note_statement(sql);
     match &result {
-        Err(Failure::Lost(_)) => discard(conn),
-        _ => give_back(conn, config).await,
+        Err(Failure::Lost(_)) => discard(conn, pool),
+        _ => give_back(conn, pool, config).await,
     }
     result.map_err(|f| match f {
         Failure::Sql(e) | Failure::Lost(e) => e,
@@ -149,7 +153,7 @@ fn check_params(expected: &[postgres_types::Type], given: &[Param]) -> Result<()
 
 /// Returns a connection to the pool, reset first if the statement may have changed session
 /// state; closed if the reset fails.
-async fn give_back(mut conn: PooledConn, config: &Config) {
+async fn give_back(mut conn: PooledConn, pool: &Pool, config: &Config) {
     conn.last_used = std::time::Instant::now();
     if !conn.needs_reset() {
         return;
@@ -158,11 +162,13 @@ async fn give_back(mut conn: PooledConn, config: &Config) {
         Ok(Ok(())) => {}
         _ => {
             tracing::warn!("session reset after a cached statement failed; closing the connection");
-            discard(conn);
+            discard(conn, pool);
         }
     }
 }
 
-fn discard(conn: PooledConn) {
+/// Takes a connection out of the pool for good, counted as a statement's lost connection is.
+fn discard(conn: PooledConn, pool: &Pool) {
+    pool.meter().add(Event::ConnectionReplaced);
     drop(Object::take(conn));
 }
