@@ -372,14 +372,15 @@ pub struct RelayCost {
 pub async fn relay_cost(pg: &PgServer, per_load: Duration, rtts_ms: &[f64]) -> RelayCost {
     let target = std::net::SocketAddr::from(([127, 0, 0, 1], pg.port()));
     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(pg.rustls_config());
+    // A connect takes milliseconds: even a smoke run's loads must be long enough to hold some.
+    let per_load = per_load.max(Duration::from_millis(500));
     let mut measured = Vec::new();
     let mut delays = vec![0.0];
     delays.extend(rtts_ms.iter().copied().filter(|&r| r > 0.0));
     for rtt_ms in delays {
         let relay = crate::relay::Relay::start(target, Duration::from_secs_f64(rtt_ms / 1e3))
             .expect("start the delay relay");
-        let mut relayed_config = pg.tokio_config();
-        relayed_config.port(relay.port());
+        let relayed_config = config_on_port(pg, relay.port());
         let mut ops = vec![(
             "SELECT 1",
             select1(pg.tokio_config(), tls.clone()).await,
@@ -411,6 +412,21 @@ pub async fn relay_cost(pg: &PgServer, per_load: Duration, rtts_ms: &[f64]) -> R
         seconds_per_load: per_load.as_secs_f64(),
         measured,
     }
+}
+
+/// The server's connection settings with another port (`Config::port` adds a port, for a list of
+/// hosts, rather than replacing it).
+fn config_on_port(pg: &PgServer, port: u16) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(pg.host())
+        .port(port)
+        .user(pg.user())
+        .password(pg.password())
+        .dbname(pg.dbname())
+        .ssl_mode(tokio_postgres::config::SslMode::Require)
+        .connect_timeout(Duration::from_secs(10));
+    config
 }
 
 /// `SELECT 1`, prepared, on one connection opened with `config`.
