@@ -11,11 +11,16 @@
 //! tokio's timer has millisecond granularity, too coarse for a quarter-millisecond delay, so the
 //! relay waits on a `timerfd` (nanosecond resolution) registered with the runtime instead. It
 //! runs on a thread and a one-thread runtime of its own, so the benchmark's own work does not
-//! hold back a chunk that is due.
+//! hold back a chunk that is due. Waking that thread once its timer has fired takes time too
+//! (tens of microseconds on a small VM, whose idle vCPU must be woken by an interrupt), so the
+//! relay sets its timer early by the median of the lateness it has seen so far: the delay it
+//! applies centres on the one asked for.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::time::TimeSpec;
@@ -61,9 +66,10 @@ impl Relay {
                         Err(e) => return eprintln!("relay: {e}"),
                     };
                     let mut connections = tokio::task::JoinSet::new();
+                    let lateness = Arc::new(AtomicU64::new(0));
                     tokio::select! {
                         _ = stopped => {}
-                        e = accept(&listener, target, one_way, &mut connections) => {
+                        e = accept(&listener, target, one_way, &lateness, &mut connections) => {
                             eprintln!("relay on port {port} stopped accepting: {e}");
                         }
                     }
@@ -98,6 +104,7 @@ async fn accept(
     listener: &TcpListener,
     target: SocketAddr,
     one_way: Duration,
+    lateness: &Arc<AtomicU64>,
     connections: &mut tokio::task::JoinSet<()>,
 ) -> io::Error {
     loop {
@@ -107,8 +114,9 @@ async fn accept(
         };
         // Finished connections leave the set here, so it does not grow with every connect.
         while connections.try_join_next().is_some() {}
+        let lateness = lateness.clone();
         connections.spawn(async move {
-            if let Err(e) = relay(inbound, target, one_way).await {
+            if let Err(e) = relay(inbound, target, one_way, lateness).await {
                 // The client sees its connection refused or closed, as it would on a network.
                 eprintln!("relay: {e}");
             }
@@ -117,15 +125,30 @@ async fn accept(
 }
 
 /// Relays one connection until both directions have ended.
-async fn relay(inbound: TcpStream, target: SocketAddr, one_way: Duration) -> io::Result<()> {
+async fn relay(
+    inbound: TcpStream,
+    target: SocketAddr,
+    one_way: Duration,
+    lateness: Arc<AtomicU64>,
+) -> io::Result<()> {
     let outbound = TcpStream::connect(target).await?;
     // Each chunk goes out when it is due, not when Nagle's algorithm would let it.
     inbound.set_nodelay(true)?;
     outbound.set_nodelay(true)?;
     let (from_client, to_client) = inbound.into_split();
     let (from_server, to_server) = outbound.into_split();
-    let up = tokio::spawn(direction(from_client, to_server, one_way));
-    let down = tokio::spawn(direction(from_server, to_client, one_way));
+    let up = tokio::spawn(direction(
+        from_client,
+        to_server,
+        one_way,
+        Clock::new(lateness.clone())?,
+    ));
+    let down = tokio::spawn(direction(
+        from_server,
+        to_client,
+        one_way,
+        Clock::new(lateness)?,
+    ));
     let (up, down) = (up.await?, down.await?);
     up.and(down)
 }
@@ -137,6 +160,7 @@ async fn direction(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     one_way: Duration,
+    clock: Clock,
 ) -> io::Result<()> {
     let (queue, mut due) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let read = async move {
@@ -156,9 +180,8 @@ async fn direction(
         // Dropping the queue's sender tells the writer that the stream has ended.
     };
     let write = async move {
-        let clock = Clock::new()?;
         while let Some((at, chunk)) = due.recv().await {
-            clock.sleep_until(at).await?;
+            clock.sleep_until(at, one_way).await?;
             to.write_all(&chunk).await?;
         }
         to.shutdown().await
@@ -167,8 +190,16 @@ async fn direction(
     written
 }
 
-/// A `timerfd` registered with the runtime: sleeps with nanosecond resolution.
-struct Clock(AsyncFd<Timer>);
+/// A `timerfd` registered with the runtime: sleeps with nanosecond resolution, early by the
+/// lateness of the wake-ups before.
+struct Clock {
+    fd: AsyncFd<Timer>,
+    /// The median lateness of wake-ups (ns), estimated by every clock of the relay together.
+    lateness: Arc<AtomicU64>,
+}
+
+/// How far one wake-up moves the median estimate of the lateness (ns).
+const LATENESS_STEP_NS: u64 = 2_000;
 
 struct Timer(TimerFd);
 
@@ -179,24 +210,32 @@ impl AsRawFd for Timer {
 }
 
 impl Clock {
-    fn new() -> io::Result<Clock> {
+    fn new(lateness: Arc<AtomicU64>) -> io::Result<Clock> {
         let fd = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK)?;
         // SAFETY: the `AsyncFd` owns the `Timer`, which owns the timer's file descriptor
         // (`TimerFd` holds an `OwnedFd`), so the descriptor stays open and the same for as long
         // as it is registered, and `as_raw_fd` always returns it.
         let registered = unsafe { AsyncFd::register_with_interest(Timer(fd), Interest::READABLE) };
-        Ok(Clock(registered?))
+        Ok(Clock {
+            fd: registered?,
+            lateness,
+        })
     }
 
-    /// Returns at `at` (or at once when it has passed).
-    async fn sleep_until(&self, at: Instant) -> io::Result<()> {
+    /// Returns at `at`, as near as the wake-ups allow (at once when it has passed).
+    async fn sleep_until(&self, at: Instant, one_way: Duration) -> io::Result<()> {
+        // At most half the delay early, so the clock still sleeps and keeps learning.
+        let early = Duration::from_nanos(self.lateness.load(Ordering::Relaxed)).min(one_way / 2);
+        let target = at.checked_sub(early).unwrap_or(at);
+        let mut slept = false;
         loop {
-            let left = at.saturating_duration_since(Instant::now());
+            let left = target.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Ok(());
+                break;
             }
+            slept = true;
             // A relative one-shot: a zero value would disarm the timer, hence the check above.
-            self.0
+            self.fd
                 .get_ref()
                 .0
                 .set(
@@ -204,10 +243,23 @@ impl Clock {
                     TimerSetTimeFlags::empty(),
                 )
                 .map_err(io::Error::from)?;
-            let mut ready = self.0.readable().await?;
+            let mut ready = self.fd.readable().await?;
             // A read of a timer that has not expired would block: poll again.
             let _ = ready.try_io(|t| t.get_ref().0.wait().map_err(io::Error::from));
         }
+        if slept {
+            // A step towards this wake-up's lateness: the estimate settles on the median, which
+            // a wake-up delayed by other work on the machine moves no more than any other.
+            let late = Instant::now().saturating_duration_since(target).as_nanos() as u64;
+            let estimate = self.lateness.load(Ordering::Relaxed);
+            let next = if late > estimate {
+                estimate + LATENESS_STEP_NS
+            } else {
+                estimate.saturating_sub(LATENESS_STEP_NS)
+            };
+            self.lateness.store(next, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 
