@@ -395,6 +395,7 @@ fn headline_table(r: &Results) -> String {
         .map(|x| (x, at_rtt(r, x)))
         .collect();
     let mut first = true;
+    let mut described = Vec::new();
     for &w in &r.settings.workloads {
         for &level in &r.settings.levels {
             for (rtt, v) in &views {
@@ -424,13 +425,18 @@ fn headline_table(r: &Results) -> String {
                         )
                     }
                 };
-                let what = match (w, first) {
-                    (Workload::W1, true) => "W1 (1 point select)".to_owned(),
-                    (Workload::W2, _) if level == r.settings.levels[0] => format!(
-                        "W2 ({} selects + 1 insert in a transaction)",
-                        r.settings.w2_selects
-                    ),
-                    _ => w.name().to_owned(),
+                // Each workload is spelled out on its first row only.
+                let what = if !described.contains(&w) {
+                    described.push(w);
+                    match w {
+                        Workload::W1 => "W1 (1 point select)".to_owned(),
+                        Workload::W2 => format!(
+                            "W2 ({} selects + 1 insert in a transaction)",
+                            r.settings.w2_selects
+                        ),
+                    }
+                } else {
+                    w.name().to_owned()
                 };
                 let (wp_cell, batch_cell) = (cell(wp), cell(batch));
                 first = false;
