@@ -17,6 +17,14 @@ if [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; then
   exit 0
 fi
 mkdir -p "$cache"
+# One build at a time: the benchmark and the tests of other checkouts share this cache, and two
+# builds in one source directory delete each other's files. The one that waited finds the binary.
+exec 9>"$cache/.lock"
+flock 9
+if [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; then
+  echo "$bin"
+  exit 0
+fi
 exec 3>&1 1>"$cache/build.log" 2>&1
 trap 'echo "PgBouncer build failed; log: $cache/build.log" >&3' ERR
 

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use warmpool_tests::PgServer;
 
 use crate::pgbouncer::{self, PgBouncer};
+use crate::relay::Relay;
 use crate::setup::{self, Connections};
 use crate::stats::Summary;
 
@@ -91,9 +92,18 @@ impl Workload {
     }
 }
 
-/// What every run shares.
+/// The handler's statements, as `bench-fn` sends them.
+const SELECT: &str = "SELECT id, name, balance FROM bench_accounts WHERE id = $1";
+const INSERT: &str = "INSERT INTO bench_events (account_id, amount) VALUES ($1, $2)";
+
+/// What every run at one round-trip time shares.
 pub struct Ctx<'a> {
     pub pg: &'a PgServer,
+    /// The port every client of PostgreSQL uses: the server's own, or a relay's in front of it
+    /// that adds `rtt` to each round trip.
+    pub pg_port: u16,
+    /// The simulated network's round-trip time, zero on plain loopback.
+    pub rtt: Duration,
     pub function: PathBuf,
     /// A directory with `warmpool` (a symlink to the extension binary): the layer.
     pub layer: PathBuf,
@@ -142,6 +152,9 @@ pub struct Cold {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunResult {
     pub scenario: Scenario,
+    /// The simulated round-trip time between the clients and PostgreSQL (0: plain loopback).
+    #[serde(default)]
+    pub rtt_ms: f64,
     pub level: usize,
     pub per_env: usize,
     pub cold: Cold,
@@ -258,6 +271,15 @@ fn build_env(
         for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("WARMPOOL_")) {
             b = b.env(k, v);
         }
+        if std::env::var_os("WARMPOOL_PREPARE").is_none() {
+            // The warm-up at Init a deployment would configure: the handler's statements are
+            // prepared on the connection as it opens, as static prepared prepares them in its
+            // Init, so a fresh environment's first query costs no Parse round trip.
+            b = b.env(
+                "WARMPOOL_PREPARE",
+                serde_json::to_string(&[SELECT, INSERT]).expect("JSON"),
+            );
+        }
         b = b
             .extensions_dir(&ctx.layer)
             .env("WARMPOOL_LOG", "warn")
@@ -371,6 +393,7 @@ pub async fn run_level(
         .iter()
         .map(|&scenario| RunResult {
             scenario,
+            rtt_ms: rtt_ms(ctx.rtt),
             level,
             per_env,
             cold: Cold::default(),
@@ -386,11 +409,7 @@ pub async fn run_level(
 
     let mut bouncer = None;
     if scenarios.contains(&Scenario::Pgbouncer) {
-        let started = match &ctx.pgbouncer {
-            Some(binary) => PgBouncer::start(ctx.pg, binary, ctx.pgbouncer_pool),
-            None => Err("no PgBouncer binary".into()),
-        };
-        match started {
+        match Bouncer::start(ctx) {
             Ok(b) => bouncer = Some(b),
             Err(e) => {
                 if let Some(r) = results
@@ -409,8 +428,8 @@ pub async fn run_level(
         let mut envs = Vec::new();
         if results[k].skipped.is_none() {
             let port = match scenario {
-                Scenario::Pgbouncer => bouncer.as_ref().map_or(0, |b| b.port()),
-                _ => ctx.pg.port(),
+                Scenario::Pgbouncer => bouncer.as_ref().map_or(0, Bouncer::port),
+                _ => ctx.pg_port,
             };
             for i in 0..level {
                 match build_env(ctx, scenario, k * 1000 + i, port) {
@@ -555,6 +574,8 @@ pub async fn run_level(
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AfterKill {
     pub scenario: Scenario,
+    #[serde(default)]
+    pub rtt_ms: f64,
     /// Server connections of the application role terminated during the freeze.
     pub terminated: u32,
     /// The first invocation after the thaw: its outcome and times.
@@ -574,6 +595,7 @@ pub struct AfterKill {
 pub async fn after_kill(ctx: &Ctx<'_>, scenario: Scenario, freeze: Duration) -> AfterKill {
     let mut out = AfterKill {
         scenario,
+        rtt_ms: rtt_ms(ctx.rtt),
         terminated: 0,
         first_ok: false,
         first_error: None,
@@ -585,22 +607,17 @@ pub async fn after_kill(ctx: &Ctx<'_>, scenario: Scenario, freeze: Duration) -> 
     };
     setup::wait_app_connections_closed(ctx.pg, Duration::from_secs(5));
     let mut bouncer = None;
-    let mut port = ctx.pg.port();
+    let mut port = ctx.pg_port;
     if scenario == Scenario::Pgbouncer {
-        match ctx
-            .pgbouncer
-            .as_ref()
-            .map(|b| PgBouncer::start(ctx.pg, b, ctx.pgbouncer_pool))
-        {
-            Some(Ok(b)) => {
+        match Bouncer::start(ctx) {
+            Ok(b) => {
                 port = b.port();
                 bouncer = Some(b);
             }
-            Some(Err(e)) => out.skipped = Some(e),
-            None => out.skipped = Some("no PgBouncer binary".into()),
-        }
-        if out.skipped.is_some() {
-            return out;
+            Err(e) => {
+                out.skipped = Some(e);
+                return out;
+            }
         }
     }
     let env = match build_env(ctx, scenario, 1000, port) {
@@ -648,6 +665,43 @@ pub async fn after_kill(ctx: &Ctx<'_>, scenario: Scenario, freeze: Duration) -> 
         b.stop();
     }
     out
+}
+
+/// A round-trip time in milliseconds, as the results record it.
+pub fn rtt_ms(rtt: Duration) -> f64 {
+    rtt.as_secs_f64() * 1e3
+}
+
+/// PgBouncer for one part of the run. On a simulated network it stands where RDS Proxy does, a
+/// host of its own: its server connections reach PostgreSQL through the relay (`ctx.pg_port`),
+/// and the functions reach it through a relay of its own with the same round-trip time.
+struct Bouncer {
+    // Declared first so it is dropped first: no relayed connection outlives PgBouncer.
+    relay: Option<Relay>,
+    bouncer: PgBouncer,
+}
+
+impl Bouncer {
+    fn start(ctx: &Ctx) -> Result<Bouncer, String> {
+        let binary = ctx.pgbouncer.as_ref().ok_or("no PgBouncer binary")?;
+        let bouncer = PgBouncer::start(ctx.pg, binary, ctx.pgbouncer_pool, ctx.pg_port)?;
+        let relay = if ctx.rtt.is_zero() {
+            None
+        } else {
+            let target = std::net::SocketAddr::from(([127, 0, 0, 1], bouncer.port()));
+            Some(Relay::start(target, ctx.rtt).map_err(|e| format!("relay to PgBouncer: {e}"))?)
+        };
+        Ok(Bouncer { relay, bouncer })
+    }
+
+    fn port(&self) -> u16 {
+        self.relay.as_ref().map_or(self.bouncer.port(), Relay::port)
+    }
+
+    fn stop(&mut self) {
+        self.relay = None;
+        self.bouncer.stop();
+    }
 }
 
 fn shorten(s: &str) -> String {

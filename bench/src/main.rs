@@ -15,6 +15,7 @@ mod lambda;
 mod memory;
 mod micro;
 mod pgbouncer;
+mod relay;
 mod report;
 mod setup;
 mod stats;
@@ -37,6 +38,10 @@ cold starts, server connections, and a server-side kill during a freeze.
   --smoke                 every part once with tiny counts, level 1, no PgBouncer, results in
                           a temporary directory that is removed; fails if any invocation
                           fails. For CI: it checks that the benchmark runs, never its times.
+  --rtt 0,0.5,1           round-trip times (ms) of the simulated network between every
+                          client of PostgreSQL and the server, each a run of every
+                          scenario; 0 is plain loopback (default 0,0.5,1; quick and smoke
+                          0.5). The relay's own cost is measured at a delay of 0 beside them
   --levels 1,8,32         concurrent environments (each its own local Lambda)
   --invocations N         measured invocations per workload and level, spread over the
                           environments (default 1000; quick 60)
@@ -76,6 +81,8 @@ warmpool-bench --render bench/results/latest.json
 pub struct Opts {
     pub quick: bool,
     pub smoke: bool,
+    /// Round-trip times of the simulated network, ms; 0 is plain loopback.
+    pub rtts_ms: Vec<f64>,
     pub levels: Vec<usize>,
     pub invocations: usize,
     pub rounds: usize,
@@ -112,6 +119,11 @@ fn parse_args() -> Result<Opts, String> {
     let mut o = Opts {
         quick,
         smoke,
+        rtts_ms: if quick {
+            vec![0.5]
+        } else {
+            vec![0.0, 0.5, 1.0]
+        },
         levels: if smoke {
             vec![1]
         } else if quick {
@@ -178,6 +190,15 @@ fn parse_args() -> Result<Opts, String> {
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
+            }
+            "--rtt" => {
+                o.rtts_ms = list(&v()?, |x| {
+                    x.parse::<f64>().ok().filter(|r| (0.0..=100.0).contains(r))
+                })?;
+                o.rtts_ms.dedup();
+                if o.rtts_ms.is_empty() {
+                    return Err("--rtt needs at least one round-trip time".into());
+                }
             }
             "--levels" => o.levels = list(&v()?, |x| x.parse().ok().filter(|&n| n > 0))?,
             "--invocations" => o.invocations = num(v()?)?.max(1),
@@ -380,6 +401,18 @@ async fn run(mut opts: Opts) -> Vec<String> {
             )
             .await,
         );
+        progress!(
+            started,
+            "the delay relay's own cost (delay 0) and the delays it adds ..."
+        );
+        results.relay = Some(
+            micro::relay_cost(
+                &pg,
+                Duration::from_secs_f64(opts.micro_seconds),
+                &opts.rtts_ms,
+            )
+            .await,
+        );
     }
 
     let need_bouncer = (opts.lambda || opts.kill) && opts.scenarios.contains(&Scenario::Pgbouncer);
@@ -420,61 +453,79 @@ async fn run(mut opts: Opts) -> Vec<String> {
         .prefix("warmpool-bench-sock-")
         .tempdir_in("/tmp")
         .expect("tempdir");
-    let ctx = lambda::Ctx {
-        pg: &pg,
-        function,
-        layer: layer.path().to_owned(),
-        sockets: sockets.path().to_owned(),
-        pgbouncer: bouncer,
-        pgbouncer_pool: opts.pgbouncer_pool,
-        rows: opts.rows,
-        w2_selects: opts.w2_selects,
-        warmup: if opts.smoke {
-            1
-        } else if opts.quick {
-            2
-        } else {
-            6
-        },
-        phase_limit: Duration::from_secs(if opts.quick { 20 } else { 90 }),
-        timeout: Duration::from_secs(10),
-    };
+    for &rtt_ms in &opts.rtts_ms {
+        let rtt = Duration::from_secs_f64(rtt_ms / 1e3);
+        // Every client of PostgreSQL (the extensions' pools, the functions' own connections,
+        // PgBouncer) reaches it through the relay; the functions' Unix sockets to their
+        // extensions are not delayed, as on Lambda.
+        let relay = (!rtt.is_zero()).then(|| {
+            relay::Relay::start(std::net::SocketAddr::from(([127, 0, 0, 1], pg.port())), rtt)
+                .expect("start the delay relay")
+        });
+        let network = match &relay {
+            Some(_) => format!("simulated network, RTT {rtt_ms} ms"),
+            None => "loopback".to_owned(),
+        };
+        let ctx = lambda::Ctx {
+            pg: &pg,
+            pg_port: relay.as_ref().map_or(pg.port(), relay::Relay::port),
+            rtt,
+            function: function.clone(),
+            layer: layer.path().to_owned(),
+            sockets: sockets.path().to_owned(),
+            pgbouncer: bouncer.clone(),
+            pgbouncer_pool: opts.pgbouncer_pool,
+            rows: opts.rows,
+            w2_selects: opts.w2_selects,
+            warmup: if opts.smoke {
+                1
+            } else if opts.quick {
+                2
+            } else {
+                6
+            },
+            phase_limit: Duration::from_secs(if opts.quick { 20 } else { 90 }),
+            timeout: Duration::from_secs(10),
+        };
 
-    if opts.lambda {
-        for &level in &opts.levels {
-            let per_env = opts.invocations.div_ceil(level).max(opts.rounds);
-            progress!(
-                started,
-                "{level} environment(s) per scenario, {per_env} invocations each per workload, \
-                 interleaved in {} rounds ...",
-                opts.rounds
-            );
-            let runs = lambda::run_level(
-                &ctx,
-                &opts.scenarios,
-                level,
-                per_env,
-                opts.rounds,
-                &opts.workloads,
-            )
-            .await;
-            for r in runs {
-                eprintln!(" {}", r.scenario.name());
-                report::print_run(&r);
-                results.runs.push(r);
+        if opts.lambda {
+            for &level in &opts.levels {
+                let per_env = opts.invocations.div_ceil(level).max(opts.rounds);
+                progress!(
+                    started,
+                    "{network}: {level} environment(s) per scenario, {per_env} invocations each \
+                     per workload, interleaved in {} rounds ...",
+                    opts.rounds
+                );
+                let runs = lambda::run_level(
+                    &ctx,
+                    &opts.scenarios,
+                    level,
+                    per_env,
+                    opts.rounds,
+                    &opts.workloads,
+                )
+                .await;
+                for r in runs {
+                    eprintln!(" {}", r.scenario.name());
+                    report::print_run(&r);
+                    results.runs.push(r);
+                }
             }
         }
-    }
-    if opts.kill {
-        for &scenario in &opts.scenarios {
-            progress!(
-                started,
-                "server kill during a freeze: {} ...",
-                scenario.name()
-            );
-            let k = lambda::after_kill(&ctx, scenario, Duration::from_millis(1500)).await;
-            results.after_kill.push(k);
+        if opts.kill {
+            for &scenario in &opts.scenarios {
+                progress!(
+                    started,
+                    "{network}: server kill during a freeze: {} ...",
+                    scenario.name()
+                );
+                let k = lambda::after_kill(&ctx, scenario, Duration::from_millis(1500)).await;
+                results.after_kill.push(k);
+            }
         }
+        drop(ctx);
+        drop(relay);
     }
 
     // The memory part runs on its own (`--memory`); a smoke run checks that it runs.
@@ -516,6 +567,16 @@ fn smoke_failures(results: &report::Results) -> Vec<String> {
             failures.push("the micro-benchmark measured nothing".into());
         }
     }
+    if let Some(relay) = &results.relay {
+        for m in &relay.measured {
+            if m.relayed.latency.n == 0 || m.relayed.latency.errors > 0 {
+                failures.push(format!(
+                    "through the relay at {} ms, {}: {} measured, {} errors",
+                    m.rtt_ms, m.operation, m.relayed.latency.n, m.relayed.latency.errors
+                ));
+            }
+        }
+    }
     for r in &results.runs {
         if let Some(why) = &r.skipped {
             failures.push(format!("{} skipped: {why}", r.scenario.name()));
@@ -523,8 +584,9 @@ fn smoke_failures(results: &report::Results) -> Vec<String> {
         for w in &r.workloads {
             if w.db.errors > 0 || w.db.n == 0 {
                 failures.push(format!(
-                    "{} {}: {} measured, {} errors ({})",
+                    "{} at RTT {} ms, {}: {} measured, {} errors ({})",
                     r.scenario.name(),
+                    r.rtt_ms,
                     w.workload.name(),
                     w.db.n,
                     w.db.errors,

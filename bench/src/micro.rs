@@ -123,13 +123,20 @@ async fn compare(
     concurrency: usize,
     per_load: Duration,
     rounds: u32,
+    warmup: usize,
 ) -> Comparison {
     let mut d = (Vec::new(), 0usize, Duration::ZERO);
     let mut w = (Vec::new(), 0usize, Duration::ZERO);
     for _ in 0..rounds {
         for (op, acc) in [(&direct, &mut d), (&warmpool, &mut w)] {
-            let (s, _, e, busy) =
-                load(op.clone(), concurrency, per_load / rounds, 50, 1_000_000).await;
+            let (s, _, e, busy) = load(
+                op.clone(),
+                concurrency,
+                per_load / rounds,
+                warmup,
+                1_000_000,
+            )
+            .await;
             acc.0.extend(s);
             acc.1 += e;
             acc.2 += busy;
@@ -267,7 +274,8 @@ pub async fn run(
     let mut comparisons = Vec::new();
     for &c in concurrencies {
         eprintln!("  micro: SELECT 1 at concurrency {c}");
-        comparisons.push(compare("SELECT 1", d1.clone(), w1.clone(), c, per_load, ROUNDS).await);
+        comparisons
+            .push(compare("SELECT 1", d1.clone(), w1.clone(), c, per_load, ROUNDS, 50).await);
         eprintln!("  micro: 100-row select at concurrency {c}");
         comparisons.push(
             compare(
@@ -277,6 +285,7 @@ pub async fn run(
                 c,
                 per_load,
                 ROUNDS,
+                50,
             )
             .await,
         );
@@ -333,6 +342,127 @@ pub async fn run(
         start_to_warm_us,
         extension_peak_rss_kib,
     }
+}
+
+/// One operation on a tokio-postgres connection, straight to the server and through the delay
+/// relay, alternated in rounds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Relayed {
+    pub operation: String,
+    /// The relay's round-trip time, ms (0: the relay's own cost).
+    pub rtt_ms: f64,
+    pub direct: Load,
+    pub relayed: Load,
+    /// The relayed p50 minus the direct p50, µs.
+    pub added_p50_us: f64,
+    /// The relayed mean minus the direct mean, µs.
+    pub added_mean_us: f64,
+}
+
+/// What the simulated network costs by itself: at a delay of 0 the relay's own cost, per round
+/// trip (`SELECT 1`) and per connect (TLS + SCRAM); at each delay, what it adds to a round trip.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RelayCost {
+    pub seconds_per_load: f64,
+    pub measured: Vec<Relayed>,
+}
+
+/// Measures the relay at a delay of 0 (`SELECT 1` and a connect) and `SELECT 1` at each non-zero
+/// round-trip time in `rtts_ms`, each against the same operation straight to the server.
+pub async fn relay_cost(pg: &PgServer, per_load: Duration, rtts_ms: &[f64]) -> RelayCost {
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], pg.port()));
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(pg.rustls_config());
+    // A connect takes milliseconds: even a smoke run's loads must be long enough to hold some.
+    let per_load = per_load.max(Duration::from_millis(500));
+    let mut measured = Vec::new();
+    let mut delays = vec![0.0];
+    delays.extend(rtts_ms.iter().copied().filter(|&r| r > 0.0));
+    for rtt_ms in delays {
+        let relay = crate::relay::Relay::start(target, Duration::from_secs_f64(rtt_ms / 1e3))
+            .expect("start the delay relay");
+        let relayed_config = config_on_port(pg, relay.port());
+        let mut ops = vec![(
+            "SELECT 1",
+            select1(pg.tokio_config(), tls.clone()).await,
+            select1(relayed_config.clone(), tls.clone()).await,
+        )];
+        if rtt_ms == 0.0 {
+            ops.push((
+                "connect (TLS + SCRAM)",
+                connect(pg.tokio_config(), tls.clone()),
+                connect(relayed_config, tls.clone()),
+            ));
+        }
+        for (operation, direct, relayed) in ops {
+            eprintln!("  relay at {rtt_ms} ms: {operation}, direct and relayed");
+            // Few warm-up calls: a connect takes milliseconds, and each round is short.
+            let c = compare(operation, direct, relayed, 1, per_load, ROUNDS, 2).await;
+            measured.push(Relayed {
+                operation: operation.to_owned(),
+                rtt_ms,
+                added_p50_us: c.overhead_p50_us,
+                added_mean_us: c.overhead_mean_us,
+                direct: c.direct,
+                relayed: c.warmpool,
+            });
+        }
+        drop(relay);
+    }
+    RelayCost {
+        seconds_per_load: per_load.as_secs_f64(),
+        measured,
+    }
+}
+
+/// The server's connection settings with another port (`Config::port` adds a port, for a list of
+/// hosts, rather than replacing it).
+fn config_on_port(pg: &PgServer, port: u16) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(pg.host())
+        .port(port)
+        .user(pg.user())
+        .password(pg.password())
+        .dbname(pg.dbname())
+        .ssl_mode(tokio_postgres::config::SslMode::Require)
+        .connect_timeout(Duration::from_secs(10));
+    config
+}
+
+/// `SELECT 1`, prepared, on one connection opened with `config`.
+async fn select1(
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+) -> Op {
+    let (client, connection) = config.connect(tls).await.expect("connect");
+    tokio::spawn(connection);
+    let statement = client.prepare(SELECT1).await.expect("prepare");
+    let client = Arc::new(client);
+    Arc::new(move |_| {
+        let (client, statement) = (client.clone(), statement.clone());
+        Box::pin(async move {
+            let row = client
+                .query_one(&statement, &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            let _: i32 = row.get(0);
+            Ok(())
+        })
+    })
+}
+
+/// A connect (TLS + SCRAM) with `config`; the connection is closed outside the timed part.
+fn connect(config: tokio_postgres::Config, tls: tokio_postgres_rustls::MakeRustlsConnect) -> Op {
+    let config = Arc::new(config);
+    Arc::new(move |_| {
+        let (config, tls) = (config.clone(), tls.clone());
+        Box::pin(async move {
+            let (client, connection) = config.connect(tls).await.map_err(|e| e.to_string())?;
+            drop(client);
+            tokio::spawn(connection);
+            Ok(())
+        })
+    })
 }
 
 pub(crate) fn consume_pg(rows: &[tokio_postgres::Row]) -> Result<(), String> {

@@ -89,8 +89,14 @@ pub struct PgBouncer {
 }
 
 impl PgBouncer {
-    /// Starts PgBouncer in front of `pg` with `pool_size` server connections at most.
-    pub fn start(pg: &PgServer, binary: &Binary, pool_size: u32) -> Result<PgBouncer, String> {
+    /// Starts PgBouncer in front of `pg`, which it reaches on `pg_port` (the server's port, or a
+    /// relay's in front of it), with `pool_size` server connections at most.
+    pub fn start(
+        pg: &PgServer,
+        binary: &Binary,
+        pool_size: u32,
+        pg_port: u16,
+    ) -> Result<PgBouncer, String> {
         let dir = tempfile::Builder::new()
             .prefix("warmpool-bench-pgb-")
             .permissions(fs::Permissions::from_mode(0o755))
@@ -137,7 +143,6 @@ impl PgBouncer {
              log_disconnections = 0\n\
              logfile = {d}/pgbouncer.log\n\
              pidfile = {d}/pgbouncer.pid\n",
-            pg_port = pg.port(),
             d = d.display(),
         );
         write(&d.join("pgbouncer.ini"), &ini, 0o600)?;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use warmpool_tests::PgServer;
 
 use crate::lambda::{AfterKill, RunResult, Scenario, Workload};
-use crate::micro::MicroResults;
+use crate::micro::{MicroResults, RelayCost};
 use crate::setup;
 use crate::stats::{fmt_ratio, fmt_us, ratio, Summary};
 use crate::Opts;
@@ -48,6 +48,14 @@ pub struct Settings {
     pub rows: u32,
     pub micro_seconds_per_load: f64,
     pub micro_concurrency: Vec<usize>,
+    /// Round-trip times of the simulated network, ms, in the order they ran (0: loopback).
+    #[serde(default = "loopback_only")]
+    pub rtts_ms: Vec<f64>,
+}
+
+/// Results from before the simulated network ran on loopback only.
+fn loopback_only() -> Vec<f64> {
+    vec![0.0]
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -58,6 +66,9 @@ pub struct Results {
     pub extension_binary_bytes: u64,
     pub pgbouncer: Option<BouncerInfo>,
     pub micro: Option<MicroResults>,
+    /// What the delay relay costs by itself, and what it adds at each delay.
+    #[serde(default)]
+    pub relay: Option<RelayCost>,
     pub runs: Vec<RunResult>,
     pub after_kill: Vec<AfterKill>,
     pub notes: Vec<String>,
@@ -118,10 +129,12 @@ impl Results {
                 rows: opts.rows,
                 micro_seconds_per_load: opts.micro_seconds,
                 micro_concurrency: opts.micro_concurrency.clone(),
+                rtts_ms: opts.rtts_ms.clone(),
             },
             extension_binary_bytes: setup::file_size(extension),
             pgbouncer: None,
             micro: None,
+            relay: None,
             runs: Vec::new(),
             after_kill: Vec::new(),
             notes: Vec::new(),
@@ -295,7 +308,8 @@ pub fn replace_between(text: &str, begin: &str, end: &str, body: &str) -> String
 
 fn machine_line(r: &Results) -> String {
     format!(
-        "{} ({} cores), {}, loopback only; PostgreSQL {}, {}; {} build of commit {}",
+        "{} ({} cores), {}, loopback (and a simulated network over it where stated); PostgreSQL \
+         {}, {}; {} build of commit {}",
         r.machine.cpu,
         r.machine.cores,
         r.machine.kernel,
@@ -309,6 +323,244 @@ fn machine_line(r: &Results) -> String {
         r.machine.profile,
         r.machine.git_commit
     )
+}
+
+/// The round-trip times in the order the results show them: 0.5 ms, the production case (RDS in
+/// the same Availability Zone), first, then loopback, then the others from the shortest.
+fn rtt_order(r: &Results) -> Vec<f64> {
+    let mut rtts: Vec<f64> = r.settings.rtts_ms.clone();
+    if rtts.is_empty() {
+        rtts.push(0.0);
+    }
+    rtts.sort_by(|a, b| {
+        rtt_rank(*a)
+            .partial_cmp(&rtt_rank(*b))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    rtts.dedup();
+    rtts
+}
+
+/// Where a round-trip time comes in [`rtt_order`].
+fn rtt_rank(rtt_ms: f64) -> (u8, f64) {
+    if rtt_ms == 0.5 {
+        (0, 0.0)
+    } else if rtt_ms == 0.0 {
+        (1, 0.0)
+    } else {
+        (2, rtt_ms)
+    }
+}
+
+/// How the results name a network.
+fn rtt_label(rtt_ms: f64) -> String {
+    if rtt_ms == 0.0 {
+        "loopback".into()
+    } else {
+        format!("RTT {rtt_ms} ms (simulated)")
+    }
+}
+
+/// A network's name where space is short (the chart, the README's table).
+fn short_label(rtt_ms: f64) -> String {
+    if rtt_ms == 0.0 {
+        "loopback".into()
+    } else {
+        format!("{rtt_ms} ms RTT")
+    }
+}
+
+/// The results at one round-trip time: its runs and kills; the socket hop's micro-benchmark
+/// (run on loopback) only in the loopback view.
+fn at_rtt(r: &Results, rtt_ms: f64) -> Results {
+    let mut v = r.clone();
+    v.runs.retain(|x| x.rtt_ms == rtt_ms);
+    v.after_kill.retain(|x| x.rtt_ms == rtt_ms);
+    if rtt_ms != 0.0 {
+        v.micro = None;
+    }
+    v.settings.rtts_ms = vec![rtt_ms];
+    v
+}
+
+/// The summary table the repository's README quotes: p50 database time per invocation, each
+/// network's row beside the others', warmpool as ratios to connect and to static prepared.
+fn headline_table(r: &Results) -> String {
+    let mut s = String::from(
+        "| Workload, environments | network | warmpool | warmpool, one batch | connect per invocation | PgBouncer (transaction mode) | in-function static, prepared | in-function static, naive |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let views: Vec<(f64, Results)> = rtt_order(r)
+        .into_iter()
+        .map(|x| (x, at_rtt(r, x)))
+        .collect();
+    let mut first = true;
+    let mut described = Vec::new();
+    for &w in &r.settings.workloads {
+        for &level in &r.settings.levels {
+            for (rtt, v) in &views {
+                let wp = v.p50(Scenario::Warmpool, level, w);
+                let batch = v.p50(Scenario::WarmpoolBatch, level, w);
+                let connect = v.p50(Scenario::Connect, level, w);
+                let prepared = v.p50(Scenario::StaticPrepared, level, w);
+                if !wp.is_finite() && !connect.is_finite() {
+                    continue;
+                }
+                let cell = |x: f64| {
+                    if !x.is_finite() {
+                        "–".to_owned()
+                    } else if first {
+                        format!(
+                            "{}: {} faster than connect, {} static",
+                            fmt_us(x),
+                            fmt_ratio(ratio(connect, x)),
+                            fmt_ratio(ratio(x, prepared))
+                        )
+                    } else {
+                        format!(
+                            "{}: {}, {}",
+                            fmt_us(x),
+                            fmt_ratio(ratio(connect, x)),
+                            fmt_ratio(ratio(x, prepared))
+                        )
+                    }
+                };
+                // Each workload is spelled out on its first row only.
+                let what = if !described.contains(&w) {
+                    described.push(w);
+                    match w {
+                        Workload::W1 => "W1 (1 point select)".to_owned(),
+                        Workload::W2 => format!(
+                            "W2 ({} selects + 1 insert in a transaction)",
+                            r.settings.w2_selects
+                        ),
+                    }
+                } else {
+                    w.name().to_owned()
+                };
+                let (wp_cell, batch_cell) = (cell(wp), cell(batch));
+                first = false;
+                let _ = writeln!(
+                    s,
+                    "| {what}, {level} | {} | {wp_cell} | {batch_cell} | {} | {} | {} | {} |",
+                    short_label(*rtt),
+                    fmt_us(connect),
+                    fmt_us(v.p50(Scenario::Pgbouncer, level, w)),
+                    fmt_us(prepared),
+                    fmt_us(v.p50(Scenario::StaticNaive, level, w)),
+                );
+            }
+        }
+    }
+    s
+}
+
+/// The time to the first query of a cold environment: warm-up at Init (warmpool) against
+/// connecting inside the function.
+fn cold_lines(r: &Results) -> String {
+    let mut s = String::new();
+    for &level in &r.settings.levels {
+        let first = |sc: Scenario| r.run(sc, level).map(|x| &x.cold);
+        let (Some(wp), Some(connect)) = (first(Scenario::Warmpool), first(Scenario::Connect))
+        else {
+            continue;
+        };
+        let prepared = first(Scenario::StaticPrepared);
+        let _ = writeln!(
+            s,
+            "- **Cold start at {level} environment(s)**, database time of a fresh environment's \
+             first invocation (p50): warmpool, connected during Init, {} — {} sooner than \
+             connecting inside the handler ({}){}. Init plus the first invocation: warmpool {}, \
+             connect {}{}.",
+            fmt_us(wp.first_db.p50_us),
+            fmt_ratio(ratio(connect.first_db.p50_us, wp.first_db.p50_us)),
+            fmt_us(connect.first_db.p50_us),
+            prepared.map_or(String::new(), |p| format!(
+                "; static prepared, which connects in its own Init, {}",
+                fmt_us(p.first_db.p50_us)
+            )),
+            fmt_us(wp.total.p50_us),
+            fmt_us(connect.total.p50_us),
+            prepared.map_or(String::new(), |p| format!(
+                ", static prepared {}",
+                fmt_us(p.total.p50_us)
+            )),
+        );
+    }
+    s
+}
+
+/// One line on what the relay costs by itself, for the headline.
+fn relay_line(r: &Results) -> Option<String> {
+    let relay = r.relay.as_ref()?;
+    let at0 = |op: &str| {
+        relay
+            .measured
+            .iter()
+            .find(|m| m.rtt_ms == 0.0 && m.operation.starts_with(op))
+    };
+    let select = at0("SELECT 1")?;
+    let mut line = format!(
+        "The simulated network's relay costs by itself (at a delay of 0, against the same \
+         statement straight to the server, alternating): {:+.0} µs per round trip at p50 ({} \
+         against {})",
+        select.added_p50_us,
+        fmt_us(select.relayed.latency.p50_us),
+        fmt_us(select.direct.latency.p50_us)
+    );
+    if let Some(c) = at0("connect") {
+        let _ = write!(
+            line,
+            ", {:+.0} µs per connect (TLS + SCRAM, {} against {})",
+            c.added_p50_us,
+            fmt_us(c.relayed.latency.p50_us),
+            fmt_us(c.direct.latency.p50_us)
+        );
+    }
+    for m in relay.measured.iter().filter(|m| m.rtt_ms > 0.0) {
+        let _ = write!(
+            line,
+            "; at {} ms it adds {} per round trip",
+            m.rtt_ms,
+            fmt_us(m.added_p50_us)
+        );
+    }
+    line.push('.');
+    Some(line)
+}
+
+/// The relay's measurements as a table.
+fn relay_section(r: &Results) -> String {
+    let Some(relay) = &r.relay else {
+        return String::new();
+    };
+    let mut s = format!(
+        "## The simulated network\n\n\
+         The relay (`bench/src/relay.rs`) measured by itself: one tokio-postgres connection in \
+         this process (TLS), straight to the server and through a relay with the delay shown, \
+         {:.1} s per operation, alternated in ten rounds. At a delay of 0 the difference is the \
+         relay's own cost; at the others it should be the round-trip time plus that cost.\n\n\
+         | operation | relay's RTT | direct p50 | relayed p50 | added p50 | added (mean) | direct p99 | relayed p99 | n |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        relay.seconds_per_load
+    );
+    for m in &relay.measured {
+        let _ = writeln!(
+            s,
+            "| {} | {} ms | {} | {} | {:+.0} µs | {:+.0} µs | {} | {} | {} |",
+            m.operation,
+            m.rtt_ms,
+            fmt_us(m.direct.latency.p50_us),
+            fmt_us(m.relayed.latency.p50_us),
+            m.added_p50_us,
+            m.added_mean_us,
+            fmt_us(m.direct.latency.p99_us),
+            fmt_us(m.relayed.latency.p99_us),
+            m.relayed.latency.n,
+        );
+    }
+    s.push('\n');
+    s
 }
 
 /// The headline numbers: ratios measured in this run.
@@ -531,13 +783,13 @@ fn connections_table(r: &Results) -> String {
     let mut s = String::from(
         "**Server connections** (application role, from the server's connection log) and cold \
          starts (Init plus the first invocation, per fresh environment):\n\n\
-         | envs | scenario | opened | peak open | most by one environment | cold p50 | cold max | of which Init p50 |\n\
-         | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+         | envs | scenario | opened | peak open | most by one environment | cold p50 | cold max | of which Init p50 | first invocation's db time p50 |\n\
+         | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for run in r.runs.iter().filter(|x| x.skipped.is_none()) {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             run.level,
             run.scenario.name(),
             run.connections.opened,
@@ -548,21 +800,56 @@ fn connections_table(r: &Results) -> String {
             fmt_us(run.cold.total.p50_us),
             fmt_us(run.cold.total.max_us),
             fmt_us(run.cold.init.p50_us),
+            fmt_us(run.cold.first_db.p50_us),
         );
     }
     s
 }
 
-/// issue 4's goals beside what this run measured. The goals are targets, not claims.
+/// The goals beside what this run measured, one column per round-trip time (the order of
+/// [`rtt_order`]). The goals are targets, not claims.
 fn goals(r: &Results) -> String {
-    let mut s = String::from("| goal (issue 4) | measured in this run | |\n| --- | --- | --- |\n");
-    let verdict = |ok: bool| if ok { "met" } else { "missed" };
+    let rtts = rtt_order(r);
+    let per_rtt: Vec<Vec<GoalRow>> = rtts.iter().map(|&rtt| goal_rows(&at_rtt(r, rtt))).collect();
+    // Every goal any column measured, in the order they first appear.
+    let mut names: Vec<&str> = Vec::new();
+    for row in per_rtt.iter().flatten() {
+        if !names.contains(&row.0.as_str()) {
+            names.push(&row.0);
+        }
+    }
+    let mut s = format!(
+        "| goal | {} |\n| --- |{}\n",
+        rtts.iter()
+            .map(|&x| rtt_label(x))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        " --- |".repeat(rtts.len())
+    );
+    let verdict = |ok: bool| if ok { "**met**" } else { "**missed**" };
+    for name in names {
+        let cells: Vec<String> = per_rtt
+            .iter()
+            .map(|rows| match rows.iter().find(|x| x.0 == name) {
+                Some((_, measured, ok)) => {
+                    format!("{measured}: {}", ok.map_or("not measured", verdict))
+                }
+                None => "–".into(),
+            })
+            .collect();
+        let _ = writeln!(s, "| {name} | {} |", cells.join(" | "));
+    }
+    s
+}
+
+/// One goal: what it asks, what this run measured, and whether that meets it.
+type GoalRow = (String, String, Option<bool>);
+
+/// The goals measured in `r` (the results at one round-trip time).
+fn goal_rows(r: &Results) -> Vec<GoalRow> {
+    let mut rows: Vec<GoalRow> = Vec::new();
     let mut row = |goal: &str, measured: String, ok: Option<bool>| {
-        let _ = writeln!(
-            s,
-            "| {goal} | {measured} | {} |",
-            ok.map_or("not measured", verdict)
-        );
+        rows.push((goal.to_owned(), measured, ok));
     };
     let levels = &r.settings.levels;
     let per_level = |f: &dyn Fn(usize) -> f64| -> Vec<(usize, f64)> {
@@ -578,6 +865,74 @@ fn goals(r: &Results) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let judge = |v: &[(usize, f64)], ok: &dyn Fn(f64) -> bool| {
+        (!v.is_empty()).then(|| v.iter().all(|(_, x)| ok(*x)))
+    };
+    // The goals for production, where the database is a network round trip away (0.5 ms, as
+    // RDS in the same Availability Zone).
+    let vs_prepared = |sc: Scenario, w: Workload| {
+        per_level(&|l| ratio(r.p50(sc, l, w), r.p50(Scenario::StaticPrepared, l, w)))
+    };
+    let w1p = vs_prepared(Scenario::Warmpool, Workload::W1);
+    row(
+        "production (RTT 0.5 ms): W1 through warmpool within 1.15× of in-function static \
+         prepared (p50)",
+        show(&w1p),
+        judge(&w1p, &|x| x <= 1.15),
+    );
+    let w2p = vs_prepared(Scenario::Warmpool, Workload::W2);
+    row(
+        "production (RTT 0.5 ms): W2 one statement at a time no slower than in-function static \
+         prepared (p50)",
+        show(&w2p),
+        judge(&w2p, &|x| x <= 1.0),
+    );
+    let w2b = vs_prepared(Scenario::WarmpoolBatch, Workload::W2);
+    row(
+        "production (RTT 0.5 ms): W2 as one batch at most 0.3× of in-function static prepared \
+         (p50)",
+        show(&w2b),
+        judge(&w2b, &|x| x <= 0.3),
+    );
+    let first = |sc: Scenario, l: usize| r.run(sc, l).map_or(f64::NAN, |x| x.cold.first_db.p50_us);
+    let cold = per_level(&|l| ratio(first(Scenario::Connect, l), first(Scenario::Warmpool, l)));
+    row(
+        "production (RTT 0.5 ms): a cold environment's first query, warm-up at Init (warmpool), \
+         at least 5× sooner than one connecting inside the function (connect-per-invocation); \
+         database time of the first invocation, p50",
+        show(&cold),
+        judge(&cold, &|x| x >= 5.0),
+    );
+    // The most W1 can gain over connect-per-invocation is what static prepared gains.
+    let limit: Vec<(usize, f64, f64)> = levels
+        .iter()
+        .map(|&l| {
+            let connect = r.p50(Scenario::Connect, l, Workload::W1);
+            (
+                l,
+                ratio(connect, r.p50(Scenario::Warmpool, l, Workload::W1)),
+                ratio(connect, r.p50(Scenario::StaticPrepared, l, Workload::W1)),
+            )
+        })
+        .filter(|(_, x, y)| x.is_finite() && y.is_finite())
+        .collect();
+    row(
+        "production (RTT 0.5 ms): W1 through warmpool against connect-per-invocation at least \
+         0.85× of the limit this run implies (connect over static prepared, p50)",
+        limit
+            .iter()
+            .map(|(l, x, y)| {
+                format!(
+                    "{} of a {} limit ({:.2} of it) at {l} env",
+                    fmt_ratio(*x),
+                    fmt_ratio(*y),
+                    x / y
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        (!limit.is_empty()).then(|| limit.iter().all(|(_, x, y)| *x >= 0.85 * y)),
+    );
     let w1 = per_level(&|l| {
         ratio(
             r.p50(Scenario::Connect, l, Workload::W1),
@@ -680,7 +1035,7 @@ fn goals(r: &Results) -> String {
             Some(pools.iter().all(|(_, n)| *n == 1)),
         );
     }
-    s
+    rows
 }
 
 /// The tables of one run. `title` heads them in a file of their own; inside bench/RESULTS.md
@@ -732,18 +1087,52 @@ fn markdown(r: &Results, svg: &str, title: Option<&str>) -> String {
             b.limitation.as_ref().map_or(String::new(), |l| format!(" **Limitation:** {l}"))
         );
     }
+    let rtts = rtt_order(r);
+    let _ = writeln!(
+        s,
+        "- Network: {}.{}",
+        rtts.iter()
+            .map(|&x| rtt_label(x))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if rtts.iter().any(|&x| x > 0.0) {
+            " The simulated network is a TCP relay on loopback (`bench/src/relay.rs`; `tc netem` \
+             is not available on this machine) between every client of PostgreSQL (the \
+             extensions' pools, the functions' own connections, PgBouncer's server connections) \
+             and the server: it holds each chunk it reads for half the round-trip time before \
+             writing it on, in each direction, order preserved. It adds the propagation delay of \
+             a network, not its bandwidth limits or losses. PgBouncer stands where RDS Proxy \
+             does, on a host of its own: the functions reach it through a relay with the same \
+             round-trip time. The Unix sockets between a function and its extension are not \
+             delayed, as on Lambda."
+        } else {
+            ""
+        }
+    );
     for n in &r.notes {
         let _ = writeln!(s, "- Note: {n}");
     }
     let _ = writeln!(s, "\n## Headline (ratios measured in this run)\n");
-    s.push_str(&headlines(r));
-    let _ = writeln!(s, "\n![latency distributions]({svg})\n");
+    s.push_str(&headline_table(r));
+    s.push('\n');
+    if let Some(line) = relay_line(r) {
+        let _ = writeln!(s, "{line}\n");
+    }
+    for &rtt in &rtts {
+        let v = at_rtt(r, rtt);
+        let _ = writeln!(s, "### {}\n", rtt_label(rtt));
+        s.push_str(&headlines(&v));
+        s.push_str(&cold_lines(&v));
+        s.push('\n');
+    }
+    let _ = writeln!(s, "![latency distributions]({svg})\n");
     let _ = writeln!(s, "## Against the goals\n");
     s.push_str(&goals(r));
     s.push('\n');
 
+    s.push_str(&relay_section(r));
     if let Some(m) = &r.micro {
-        let _ = writeln!(s, "## The socket hop\n");
+        let _ = writeln!(s, "## The socket hop (loopback)\n");
         let _ = writeln!(
             s,
             "The same prepared statements through warmpool (extension in local mode, pool warm) and on \
@@ -796,29 +1185,32 @@ fn markdown(r: &Results, svg: &str, title: Option<&str>) -> String {
     for sc in &r.settings.scenarios {
         let _ = writeln!(s, "- `{}`: {}", sc.name(), sc.describe());
     }
-    s.push('\n');
-    for &w in &r.settings.workloads {
-        s.push_str(&scenario_table(r, w));
+    for &rtt in &rtts {
+        let v = at_rtt(r, rtt);
+        let _ = writeln!(s, "\n### {}\n", rtt_label(rtt));
+        for &w in &v.settings.workloads {
+            s.push_str(&scenario_table(&v, w));
+            s.push('\n');
+        }
+        for &w in &v.settings.workloads {
+            s.push_str(&steps_table(&v, w));
+            s.push('\n');
+        }
+        s.push_str(&gap_table(&v));
         s.push('\n');
-    }
-    for &w in &r.settings.workloads {
-        s.push_str(&steps_table(r, w));
-        s.push('\n');
-    }
-    s.push_str(&gap_table(r));
-    s.push('\n');
-    s.push_str(&connections_table(r));
+        s.push_str(&connections_table(&v));
 
-    let errors: Vec<_> = r
-        .runs
-        .iter()
-        .filter(|x| !x.error_samples.is_empty())
-        .collect();
-    if !errors.is_empty() {
-        let _ = writeln!(s, "\nError samples:\n");
-        for run in errors {
-            for e in &run.error_samples {
-                let _ = writeln!(s, "- {} at {}: `{}`", run.scenario.name(), run.level, e);
+        let errors: Vec<_> = v
+            .runs
+            .iter()
+            .filter(|x| !x.error_samples.is_empty())
+            .collect();
+        if !errors.is_empty() {
+            let _ = writeln!(s, "\nError samples:\n");
+            for run in errors {
+                for e in &run.error_samples {
+                    let _ = writeln!(s, "- {} at {}: `{}`", run.scenario.name(), run.level, e);
+                }
             }
         }
     }
@@ -831,12 +1223,19 @@ fn markdown(r: &Results, svg: &str, title: Option<&str>) -> String {
              terminated on the server (`pg_terminate_backend`, as `idle_session_timeout` or a failover \
              would) while the environment is frozen, then 1.5 s more of freeze (longer than warmpool's \
              check-after-idle threshold), then two more W1 invocations.\n\n\
-             | scenario | terminated | first invocation after the thaw | its db time | second invocation |\n\
-             | --- | ---: | --- | ---: | --- |"
+             | network | scenario | terminated | first invocation after the thaw | its db time | second invocation |\n\
+             | --- | --- | ---: | --- | ---: | --- |"
         );
-        for k in &r.after_kill {
+        let mut kills: Vec<&AfterKill> = r.after_kill.iter().collect();
+        kills.sort_by_key(|k| rtts.iter().position(|&x| x == k.rtt_ms));
+        for k in kills {
+            let net = rtt_label(k.rtt_ms);
             if let Some(why) = &k.skipped {
-                let _ = writeln!(s, "| {} | skipped: {why} | | | |", k.scenario.name());
+                let _ = writeln!(
+                    s,
+                    "| {net} | {} | skipped: {why} | | | |",
+                    k.scenario.name()
+                );
                 continue;
             }
             let outcome = |ok: bool, e: &Option<String>| {
@@ -851,7 +1250,7 @@ fn markdown(r: &Results, svg: &str, title: Option<&str>) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} |",
+                "| {net} | {} | {} | {} | {} | {} |",
                 k.scenario.name(),
                 k.terminated,
                 outcome(k.first_ok, &k.first_error),
@@ -904,11 +1303,20 @@ fn markdown(r: &Results, svg: &str, title: Option<&str>) -> String {
 /// (p95 ticked, max dotted) for each scenario, on a log scale.
 fn chart(r: &Results) -> String {
     let scenarios: Vec<Scenario> = r.settings.scenarios.clone();
-    let groups: Vec<(Workload, usize)> = r
-        .settings
-        .workloads
+    let views: Vec<(f64, Results)> = rtt_order(r)
+        .into_iter()
+        .map(|x| (x, at_rtt(r, x)))
+        .collect();
+    let groups: Vec<(&Results, String, Workload, usize)> = views
         .iter()
-        .flat_map(|&w| r.settings.levels.iter().map(move |&l| (w, l)))
+        .flat_map(|(rtt, v)| {
+            r.settings.workloads.iter().flat_map(move |&w| {
+                r.settings
+                    .levels
+                    .iter()
+                    .map(move |&l| (v, short_label(*rtt), w, l))
+            })
+        })
         .collect();
     let row_h = 16.0;
     let group_gap = 22.0;
@@ -947,10 +1355,10 @@ fn chart(r: &Results) -> String {
         t *= 10.0;
     }
     let mut y = 50.0;
-    for (w, level) in groups {
+    for (v, network, w, level) in groups {
         let _ = writeln!(
             s,
-            "<text x=\"10\" y=\"{:.0}\" font-weight=\"bold\">{} · {} env</text>",
+            "<text x=\"10\" y=\"{:.0}\" font-weight=\"bold\">{} · {} env · {network}</text>",
             y + 10.0,
             w.name(),
             level
@@ -964,7 +1372,7 @@ fn chart(r: &Results) -> String {
                 cy + 4.0,
                 sc.name()
             );
-            if let Some(d) = r.db(sc, level, w) {
+            if let Some(d) = v.db(sc, level, w) {
                 let c = colors[i % colors.len()];
                 let _ = writeln!(
                     s,
@@ -1003,6 +1411,15 @@ mod tests {
             replace_section(text, "new\n"),
             "intro\n<!-- results:start -->\nnew\n<!-- results:end -->\n\n## Soak\nkept\n"
         );
+    }
+
+    #[test]
+    fn shows_the_production_round_trip_first_then_loopback() {
+        let mut rtts = vec![0.0, 1.0, 0.5, 0.25];
+        rtts.sort_by(|a, b| rtt_rank(*a).partial_cmp(&rtt_rank(*b)).expect("ordered"));
+        assert_eq!(rtts, [0.5, 0.0, 0.25, 1.0]);
+        assert_eq!(rtt_label(0.0), "loopback");
+        assert_eq!(rtt_label(0.5), "RTT 0.5 ms (simulated)");
     }
 
     #[test]
