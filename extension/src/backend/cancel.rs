@@ -13,7 +13,8 @@ use crate::tls::Connector;
 /// the connection. `Debug` leaves the key out.
 #[derive(Clone)]
 pub struct CancelToken {
-    target: Target,
+    /// Shared: a token is cloned for every statement's deadline guard.
+    target: std::sync::Arc<Target>,
     /// The connector, when the connection itself used TLS: the cancel goes the same way.
     tls: Option<Connector>,
     process_id: i32,
@@ -32,7 +33,7 @@ impl std::fmt::Debug for CancelToken {
 impl CancelToken {
     pub(crate) fn new(target: Target, tls: Option<Connector>) -> CancelToken {
         CancelToken {
-            target,
+            target: std::sync::Arc::new(target),
             tls,
             process_id: 0,
             secret_key: 0,
@@ -63,7 +64,7 @@ impl CancelToken {
             tcp.write_all(&request).await?;
             stream = match tcp.read_u8().await? {
                 b'S' => {
-                    let Target::Tcp { host, .. } = &self.target else {
+                    let Target::Tcp { host, .. } = &*self.target else {
                         unreachable!("TLS is only negotiated over TCP")
                     };
                     Stream::Tls(Box::new(tls.handshake(host, tcp).await?))
