@@ -607,6 +607,49 @@ async fn simple_queries_answer_in_text_and_executions_in_binary() {
 }
 
 #[tokio::test]
+async fn result_formats_pass_through_as_asked_per_column() {
+    let pg = PgServer::start();
+    let mut b = verified(&pg).await;
+    let statement = prepare(&mut b, "SELECT 42::int4, $1::int4, 'x'::text").await;
+    // The parameter in text, the first column in text, the second in binary, the third in text.
+    b.write_execute_as(&statement, [Some(&b"7"[..])].into_iter(), &[0], &[0, 1, 0])
+        .unwrap();
+    b.write_sync();
+    let (rows, _) = bounded("an execution", async {
+        b.flush().await?;
+        read_rows(&mut b).await
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some(b"42".to_vec()),
+            Some(vec![0, 0, 0, 7]),
+            Some(b"x".to_vec())
+        ]]
+    );
+    // One code for every column.
+    b.write_execute_as(&statement, [Some(&b"8"[..])].into_iter(), &[0], &[0])
+        .unwrap();
+    b.write_sync();
+    let (rows, _) = bounded("an execution", async {
+        b.flush().await?;
+        read_rows(&mut b).await
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some(b"42".to_vec()),
+            Some(b"8".to_vec()),
+            Some(b"x".to_vec())
+        ]]
+    );
+}
+
+#[tokio::test]
 async fn statement_names_belong_to_their_connection() {
     let pg = PgServer::start();
     let mut a = verified(&pg).await;

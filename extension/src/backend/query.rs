@@ -184,17 +184,30 @@ impl Backend {
     pub fn write_command(&mut self, sql: &str) -> Result<(), Error> {
         self.write_closes();
         frontend::parse("", sql, [], self.buf())?;
-        bind(self, "", std::iter::empty())?;
+        bind(self, "", std::iter::empty(), &[], &[])?;
         frontend::execute("", 0, self.buf())?;
         Ok(())
     }
 
-    /// Writes one execution of `statement` with `params`, rows in binary; the unnamed statement
-    /// is parsed again first, with the parameter types it was described with.
+    /// Writes one execution of `statement` with `params` (binary), rows in binary; the unnamed
+    /// statement is parsed again first, with the parameter types it was described with.
     pub fn write_execute<'p>(
         &mut self,
         statement: &Statement,
         params: impl ExactSizeIterator<Item = Param<'p>> + Clone,
+    ) -> Result<(), Error> {
+        self.write_execute_as(statement, params, &[BINARY], &[BINARY])
+    }
+
+    /// [`Backend::write_execute`] with the formats as the caller asks them, passed to Bind as
+    /// they are: per parameter and per result column, text (0) or binary (1), or one code for
+    /// all. <https://www.postgresql.org/docs/current/protocol-message-formats.html#PROTOCOL-MESSAGE-FORMATS-BIND>
+    pub fn write_execute_as<'p>(
+        &mut self,
+        statement: &Statement,
+        params: impl ExactSizeIterator<Item = Param<'p>> + Clone,
+        param_formats: &[i16],
+        result_formats: &[i16],
     ) -> Result<(), Error> {
         self.write_closes();
         if self.log_statements {
@@ -212,7 +225,7 @@ impl Backend {
                 ""
             }
         };
-        bind(self, name, params)?;
+        bind(self, name, params, param_formats, result_formats)?;
         frontend::execute("", 0, self.buf())?;
         Ok(())
     }
@@ -462,11 +475,13 @@ fn bind<'p>(
     backend: &mut Backend,
     statement: &str,
     params: impl ExactSizeIterator<Item = Param<'p>>,
+    param_formats: &[i16],
+    result_formats: &[i16],
 ) -> Result<(), Error> {
     let result = frontend::bind(
         "",
         statement,
-        [BINARY],
+        param_formats.iter().copied(),
         params,
         |value, buf| match value {
             Some(v) => {
@@ -475,7 +490,7 @@ fn bind<'p>(
             }
             None => Ok(IsNull::Yes),
         },
-        [BINARY],
+        result_formats.iter().copied(),
         backend.buf(),
     );
     match result {
