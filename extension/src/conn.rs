@@ -5,6 +5,8 @@ use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
+use postgres_types::Type;
+use warmpool::protocol::{sqlstate, Param, WireError};
 
 use crate::backend::{Backend, Error, Statement, TxStatus};
 pub use crate::config::StatementMode;
@@ -121,6 +123,37 @@ impl PgConn {
         Ok(stmt)
     }
 
+    /// How every statement that streams its rows starts (an Execute, a cached query, a warm-up
+    /// read): its statement from the cache or prepared now, its parameters checked against it,
+    /// and its Bind and Execute written after `begin` if a transaction starts with it, all sent
+    /// at once; BEGIN's answer is read. The rows follow with `backend.read_row()`.
+    pub(crate) async fn start(
+        &mut self,
+        begin: Option<&str>,
+        sql: &str,
+        types: &[u32],
+        params: &[Param],
+    ) -> Result<Statement, Start> {
+        let stmt = self.prepare(sql, types).await.map_err(Start::Backend)?;
+        check_params(stmt.params(), params).map_err(Start::Params)?;
+        let backend = &mut self.backend;
+        let written = match begin {
+            Some(b) => backend.write_command(b),
+            None => Ok(()),
+        }
+        .and_then(|()| backend.write_execute(&stmt, params.iter().map(|p| p.value.as_deref())));
+        if let Err(e) = written {
+            backend.discard_unsent();
+            return Err(Start::Backend(e));
+        }
+        backend.write_sync();
+        backend.flush().await.map_err(Start::Backend)?;
+        if begin.is_some() {
+            backend.read_command().await.map_err(Start::Backend)?;
+        }
+        Ok(stmt)
+    }
+
     /// The statement for `sql` if this connection has it cached.
     pub(crate) fn cached(&mut self, sql: &str, types: &[u32]) -> Option<Statement> {
         self.statements.get(sql, types)
@@ -201,6 +234,45 @@ impl PgConn {
     pub(crate) async fn close(self, budget: Duration) -> bool {
         self.backend.close(budget).await
     }
+}
+
+/// Why a statement could not start.
+#[derive(Debug)]
+pub(crate) enum Start {
+    /// The parameters do not match the statement: the caller's error, nothing was sent.
+    Params(WireError),
+    /// The database refused it, or the connection failed.
+    Backend(Error),
+}
+
+/// Checks the parameters a caller encoded against the statement's types.
+pub(crate) fn check_params(expected: &[Type], given: &[Param]) -> Result<(), WireError> {
+    if expected.len() != given.len() {
+        return Err(WireError::extension(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            format!(
+                "the statement has {} parameters but {} were given",
+                expected.len(),
+                given.len()
+            ),
+        ));
+    }
+    for (i, (ty, p)) in expected.iter().zip(given).enumerate() {
+        if ty.oid() != p.oid {
+            return Err(WireError::extension(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!(
+                    "parameter ${} was encoded for type oid {} but the statement takes {} (oid {}); \
+                     prepare the statement again",
+                    i + 1,
+                    p.oid,
+                    ty.name(),
+                    ty.oid()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Statements prepared on one connection, least recently used evicted first; an evicted one is

@@ -29,7 +29,7 @@ use warmpool::protocol::{Invocation, Stats};
 
 use crate::backend::{self, CancelToken, Reply};
 use crate::config::Config;
-use crate::conn::PgConn;
+use crate::conn::{PgConn, Start};
 use crate::deadline::{self, Guard};
 use crate::errors;
 use crate::logging::invocation_span;
@@ -996,30 +996,18 @@ async fn run_execute<S: AsyncRead + AsyncWrite + Unpin>(
     max_frame: usize,
     guard: &Guard<'_>,
 ) -> Result<u64, StmtError> {
-    let stmt = watch(framed, guard, conn.prepare(&ex.sql, &ex.types))
-        .await?
-        .map_err(|e| StmtError::from_backend(&e))?;
-    check_params(stmt.params(), &ex.params)?;
-    let backend = &mut conn.backend;
-    let written = match begin {
-        Some(b) => backend.write_command(b),
-        None => Ok(()),
-    }
-    .and_then(|()| backend.write_execute(&stmt, ex.params.iter().map(|p| p.value.as_deref())));
-    if let Err(e) = written {
-        backend.discard_unsent();
-        return Err(StmtError::from_backend(&e));
-    }
-    backend.write_sync();
-    let began = watch(framed, guard, async {
-        backend.flush().await?;
-        if begin.is_some() {
-            backend.read_command().await?;
-        }
-        Ok::<_, backend::Error>(())
-    })
+    let started = watch(
+        framed,
+        guard,
+        conn.start(begin, &ex.sql, &ex.types, &ex.params),
+    )
     .await?;
-    began.map_err(|e| StmtError::from_backend(&e))?;
+    match started {
+        Ok(_) => {}
+        Err(Start::Params(e)) => return Err(StmtError::Sql(e)),
+        Err(Start::Backend(e)) => return Err(StmtError::from_backend(&e)),
+    }
+    let backend = &mut conn.backend;
     stream_rows(framed, guard, backend, max_frame, Answer::Whole).await?
 }
 
@@ -1158,30 +1146,5 @@ async fn settle(
 }
 
 fn check_params(expected: &[Type], given: &[warmpool::protocol::Param]) -> Result<(), StmtError> {
-    if expected.len() != given.len() {
-        return Err(StmtError::Sql(WireError::extension(
-            sqlstate::INVALID_PARAMETER_VALUE,
-            format!(
-                "the statement has {} parameters but {} were given",
-                expected.len(),
-                given.len()
-            ),
-        )));
-    }
-    for (i, (ty, p)) in expected.iter().zip(given).enumerate() {
-        if ty.oid() != p.oid {
-            return Err(StmtError::Sql(WireError::extension(
-                sqlstate::INVALID_PARAMETER_VALUE,
-                format!(
-                    "parameter ${} was encoded for type oid {} but the statement takes {} (oid {}); \
-                     prepare the statement again",
-                    i + 1,
-                    p.oid,
-                    ty.name(),
-                    ty.oid()
-                ),
-            )));
-        }
-    }
-    Ok(())
+    crate::conn::check_params(expected, given).map_err(StmtError::Sql)
 }

@@ -7,6 +7,7 @@ use warmpool::protocol::{sqlstate, Column, Param, RawRow, WireError};
 
 use crate::backend::{self, Reply};
 use crate::config::Config;
+use crate::conn::Start;
 use crate::deadline::Guard;
 use crate::errors;
 use crate::metrics::Event;
@@ -108,15 +109,12 @@ async fn run(
     types: &[u32],
     params: &[Param],
 ) -> Result<Collected, Failure> {
-    let stmt = conn.prepare(sql, types).await.map_err(|e| pg_failure(&e))?;
-    check_params(stmt.params(), params).map_err(Failure::Sql)?;
+    let stmt = match conn.start(None, sql, types, params).await {
+        Ok(stmt) => stmt,
+        Err(Start::Params(e)) => return Err(Failure::Sql(e)),
+        Err(Start::Backend(e)) => return Err(pg_failure(&e)),
+    };
     let backend = &mut conn.backend;
-    if let Err(e) = backend.write_execute(&stmt, params.iter().map(|p| p.value.as_deref())) {
-        backend.discard_unsent();
-        return Err(pg_failure(&e));
-    }
-    backend.write_sync();
-    backend.flush().await.map_err(|e| pg_failure(&e))?;
     let mut rows = Vec::new();
     let affected = loop {
         match backend.read_row().await.map_err(|e| pg_failure(&e))? {
@@ -133,22 +131,6 @@ async fn run(
         rows,
         affected,
     })
-}
-
-fn check_params(expected: &[postgres_types::Type], given: &[Param]) -> Result<(), WireError> {
-    let mismatch =
-        expected.len() != given.len() || expected.iter().zip(given).any(|(t, p)| t.oid() != p.oid);
-    if mismatch {
-        return Err(WireError::extension(
-            sqlstate::INVALID_PARAMETER_VALUE,
-            format!(
-                "the parameters given do not match the statement's {} parameter types; prepare \
-                 the statement again",
-                expected.len()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Returns a connection to the pool, reset first if the statement may have changed session
