@@ -13,6 +13,7 @@
 //! - `conn`: one database connection, its statement cache and session-state tracking.
 //! - `notices`: the database's notices, kept for the client that ran the statement.
 //! - [`pool`]: the deadpool pool of those connections: warm-up, health checks, clean close.
+//! - [`pool_errors`]: a connection that could not be had, as the client is told it.
 //! - `socket`: binding the Unix socket.
 //! - [`memory`]: giving memory back to the system once a burst of sessions is over.
 //! - `server`: the accept loop.
@@ -51,6 +52,7 @@ pub(crate) mod notices;
 pub mod otel;
 mod pgconfig;
 pub mod pool;
+pub mod pool_errors;
 pub(crate) mod retry;
 pub(crate) mod server;
 pub(crate) mod service;

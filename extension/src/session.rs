@@ -503,7 +503,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "waited long for a database connection (WARMPOOL_SLOW_POOL_WAIT_MS)"
             );
         }
-        got.map_err(|e: GetError| errors::from_pool(&e, self.config()))
+        got.map_err(|e: GetError| crate::pool_errors::from_pool(&e, self.config()))
     }
 
     async fn prepare(&mut self, p: Prepare) -> io::Result<()> {

@@ -14,7 +14,7 @@ use warmpool_extension::credentials::{
     Secret,
 };
 use warmpool_extension::pool::{self, ConnectError, PooledConn};
-use warmpool_extension::{errors, tls};
+use warmpool_extension::{pool_errors, tls};
 use warmpool_tests::secrets_manager::{
     rds_secret, SecretsManagerStandIn, ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SESSION_TOKEN,
 };
@@ -128,7 +128,7 @@ async fn rds_iam_tokens_authenticate_against_postgresql() {
     let wire = match &e {
         deadpool::managed::PoolError::Backend(c) => {
             assert!(c.is_auth_failure(), "{c:?}");
-            errors::from_connect(c)
+            pool_errors::from_connect(c)
         }
         other => panic!("{other:?}"),
     };
@@ -253,7 +253,7 @@ async fn no_secret_appears_in_logs_errors_or_debug() {
     let static_refused = static_pool.get().await.unwrap_err();
     shown.push(format!("{static_refused} {static_refused:?}"));
     if let deadpool::managed::PoolError::Backend(c) = &static_refused {
-        let wire = errors::from_connect(c);
+        let wire = pool_errors::from_connect(c);
         shown.push(format!("{wire} {wire:?}"));
     }
 
@@ -318,7 +318,7 @@ async fn no_secret_appears_in_logs_errors_or_debug() {
         for kind in &kinds {
             let e = CredentialsError::new(origin.clone(), kind.clone());
             let c = ConnectError::from(e.clone());
-            let wire = errors::from_connect(&c);
+            let wire = pool_errors::from_connect(&c);
             shown.push(format!("{e} {e:?} {c} {c:?} {wire} {wire:?} {origin}"));
         }
     }
@@ -328,7 +328,7 @@ async fn no_secret_appears_in_logs_errors_or_debug() {
     };
     shown.push(format!(
         "{timeout} {timeout:?} {}",
-        errors::from_connect(&timeout)
+        pool_errors::from_connect(&timeout)
     ));
     let secret = parse_secret(&rds_secret(&pg, &password).to_string()).unwrap();
     shown.push(format!("{secret:?} {:?}", Secret::new(password.clone())));

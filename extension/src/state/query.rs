@@ -46,7 +46,7 @@ pub async fn collect(
     pool.meter().add(Event::PoolWait(waiting.elapsed()));
     let mut conn = got
         .ok_or_else(errors::deadline_before_connection)?
-        .map_err(|e| errors::from_pool(&e, config))?;
+        .map_err(|e| crate::pool_errors::from_pool(&e, config))?;
     let guard = Guard::new(
         pool,
         conn.backend.cancel_token(),
