@@ -23,7 +23,7 @@ use crate::conn::{PgConn, StatementMode};
 use crate::credentials::{CredentialsError, ErrorKind, Login, Origin, Provider};
 use crate::metrics::{Event, Meter};
 use crate::pgconfig::PgConfig;
-use crate::retry::{self, Backoff};
+use crate::retry::Backoff;
 use crate::tls;
 
 tokio::task_local! {
@@ -248,8 +248,8 @@ impl managed::Manager for Manager {
         let created = self.create_once().await;
         match (&created, permit) {
             (Ok(_), Some(permit)) => self.backoff.succeeded(permit),
-            (Err(e), Some(permit)) if retry::transient(e) => self.backoff.failed(permit, e),
-            (Err(e), None) if retry::transient(e) => self.backoff.first_failure(e),
+            (Err(e), Some(permit)) if transient(e) => self.backoff.failed(permit, e),
+            (Err(e), None) if transient(e) => self.backoff.first_failure(e),
             _ => {}
         }
         if created.is_ok() {
@@ -350,7 +350,7 @@ impl Pool {
     /// A connection, checked first if it sat idle across a gap or a thaw.
     ///
     /// When a new connection is needed and the database refuses it for a reason that may pass
-    /// (see `retry::transient`), tries again with backoff for up to `WARMPOOL_RETRY_BUDGET_MS`
+    /// (see `transient`), tries again with backoff for up to `WARMPOOL_RETRY_BUDGET_MS`
     /// (see `retry.rs`). An idle connection is handed out without waiting for the backoff.
     pub async fn get(&self) -> Result<PooledConn, GetError> {
         self.get_for(std::time::Instant::now()).await
@@ -372,7 +372,7 @@ impl Pool {
         loop {
             match BUDGET.scope((arrived, until), self.inner.get()).await {
                 Err(PoolError::Backend(e))
-                    if retry::transient(&e)
+                    if transient(&e)
                         && !budget.is_zero()
                         && tokio::time::Instant::now() < until => {}
                 other => return other,
@@ -647,4 +647,52 @@ async fn check_session_attrs(
         ))));
     }
     Ok(())
+}
+
+/// Whether a failed connection attempt may succeed if tried again soon: the server is
+/// unreachable, restarting, or out of connection slots. Refused credentials and configuration
+/// errors are not retried here.
+pub fn transient(e: &ConnectError) -> bool {
+    match e {
+        ConnectError::Timeout { .. } => true,
+        ConnectError::Database(e) => match e.code() {
+            None => !misconfigured(e),
+            Some(c) => {
+                // 08 connection exceptions, 53 insufficient resources (53300 too many
+                // connections), 57P01-57P03 shutdown, crash recovery and start-up.
+                c.starts_with("08")
+                    || c.starts_with("53")
+                    || matches!(
+                        c,
+                        sqlstate::ADMIN_SHUTDOWN
+                            | sqlstate::CRASH_SHUTDOWN
+                            | sqlstate::CANNOT_CONNECT_NOW
+                    )
+            }
+        },
+        ConnectError::Auth { .. } | ConnectError::Credentials(_) | ConnectError::Unavailable(_) => {
+            false
+        }
+    }
+}
+
+/// A failure no retry can cure: a certificate that does not verify, a protocol the server does
+/// not speak, a setting the connection cannot be made under. TLS errors are `InvalidData` I/O
+/// errors; refused, reset and timed-out sockets, and a socket file missing during a restart,
+/// are other kinds.
+fn misconfigured(e: &backend::Error) -> bool {
+    match e {
+        backend::Error::Setup(_) | backend::Error::Protocol(_) => true,
+        backend::Error::Io(io) | backend::Error::Tls(io) => {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::InvalidInput
+                    | std::io::ErrorKind::PermissionDenied
+            ) || io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        }
+        _ => false,
+    }
 }

@@ -24,11 +24,6 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use warmpool::protocol::sqlstate;
-
-use crate::backend;
-use crate::pool::ConnectError;
-
 /// Backoff settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -151,7 +146,7 @@ impl Backoff {
 
     /// An attempt made while nothing was known to be wrong failed: starts the backoff, unless
     /// a concurrent attempt already did.
-    pub fn first_failure(&self, error: &ConnectError) {
+    pub fn first_failure(&self, error: &(dyn std::error::Error + 'static)) {
         let mut s = self.lock();
         if s.failures > 0 {
             return;
@@ -171,7 +166,7 @@ impl Backoff {
     }
 
     /// The attempt failed: nobody tries again until the next backoff step has passed.
-    pub fn failed(&self, mut permit: Permit<'_>, error: &ConnectError) {
+    pub fn failed(&self, mut permit: Permit<'_>, error: &(dyn std::error::Error + 'static)) {
         permit.0 = None;
         let mut s = self.lock();
         s.failures = s.failures.saturating_add(1);
@@ -210,57 +205,10 @@ fn jitter() -> f64 {
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Whether a failed connection attempt may succeed if tried again soon: the server is
-/// unreachable, restarting, or out of connection slots. Refused credentials and configuration
-/// errors are not retried here.
-pub fn transient(e: &ConnectError) -> bool {
-    match e {
-        ConnectError::Timeout { .. } => true,
-        ConnectError::Database(e) => match e.code() {
-            None => !misconfigured(e),
-            Some(c) => {
-                // 08 connection exceptions, 53 insufficient resources (53300 too many
-                // connections), 57P01-57P03 shutdown, crash recovery and start-up.
-                c.starts_with("08")
-                    || c.starts_with("53")
-                    || matches!(
-                        c,
-                        sqlstate::ADMIN_SHUTDOWN
-                            | sqlstate::CRASH_SHUTDOWN
-                            | sqlstate::CANNOT_CONNECT_NOW
-                    )
-            }
-        },
-        ConnectError::Auth { .. } | ConnectError::Credentials(_) | ConnectError::Unavailable(_) => {
-            false
-        }
-    }
-}
-
-/// A failure no retry can cure: a certificate that does not verify, a protocol the server does
-/// not speak, a setting the connection cannot be made under. TLS errors are `InvalidData` I/O
-/// errors; refused, reset and timed-out sockets, and a socket file missing during a restart,
-/// are other kinds.
-fn misconfigured(e: &backend::Error) -> bool {
-    match e {
-        backend::Error::Setup(_) | backend::Error::Protocol(_) => true,
-        backend::Error::Io(io) | backend::Error::Tls(io) => {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::InvalidData
-                    | std::io::ErrorKind::InvalidInput
-                    | std::io::ErrorKind::PermissionDenied
-            ) || io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::ConnectError;
 
     const POLICY: Policy = Policy {
         base: Duration::from_millis(50),
