@@ -9,7 +9,7 @@ use postgres_types::Type;
 use warmpool::protocol::{sqlstate, Param, WireError};
 
 use crate::backend::{Backend, Error, Statement, TxStatus};
-pub use crate::config::StatementMode;
+pub use crate::settings::StatementMode;
 
 /// Undoes what a statement can leave behind in a session, but keeps prepared statements, which
 /// `DISCARD ALL` would drop. <https://www.postgresql.org/docs/current/sql-discard.html> lists what

@@ -57,6 +57,8 @@ pub(crate) mod retry;
 pub(crate) mod server;
 pub(crate) mod service;
 pub(crate) mod session;
+pub mod settings;
+pub(crate) mod shared;
 pub(crate) mod slots;
 pub(crate) mod socket;
 pub mod state;

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::config::SslMode;
+use crate::settings::{SslMode, DEFAULT_PORT};
 
 /// Where to reach the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -329,7 +329,7 @@ impl PgConfig {
             "port" => {
                 for port in value.split(',') {
                     let port = if port.is_empty() {
-                        crate::config::defaults::PORT
+                        DEFAULT_PORT
                     } else {
                         port.parse().map_err(|_| InvalidValue("port"))?
                     };

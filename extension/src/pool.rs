@@ -473,7 +473,7 @@ pub fn build(config: &Config) -> Result<Pool, BuildError> {
 
 /// Builds the pool with the given credentials provider (tests inject one with a fixed clock).
 pub fn build_with(config: &Config, credentials: Provider) -> Result<Pool, BuildError> {
-    let tls = tls::connector(config)?;
+    let tls = tls::connector(config.ssl_mode, &config.root_certs)?;
     let pg = config.pg.clone();
     tracing::debug!(credentials = %credentials.origin(), "credentials provider");
     let manager = Manager {
@@ -585,7 +585,7 @@ fn connect_params<'a>(
         .get_ports()
         .first()
         .copied()
-        .unwrap_or(crate::config::defaults::PORT);
+        .unwrap_or(crate::settings::DEFAULT_PORT);
     let target = match pg.get_hosts().first() {
         Some(crate::pgconfig::Host::Tcp(host)) => Target::Tcp {
             host: host.clone(),

@@ -10,7 +10,8 @@ use warmpool::protocol::{sqlstate, Response, WireError};
 use warmpool::transport::Framed;
 
 use crate::memory::Trim;
-use crate::session::{self, Shared};
+use crate::session;
+use crate::shared::Shared;
 use crate::slots::Slots;
 
 /// Accepts sessions on `listener` until `shutdown` is cancelled, then waits for running sessions

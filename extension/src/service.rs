@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::lifecycle::now_ms;
-use crate::session::Shared;
+use crate::shared::Shared;
 use crate::telemetry::Telemetry;
 use crate::{pool, server, socket};
 

@@ -10,7 +10,7 @@
 
 use std::io;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -36,30 +36,12 @@ use crate::logging::invocation_span;
 use crate::metrics::{Counters, Event, Meter};
 use crate::pool::{GetError, Pool, PooledConn};
 use crate::slots::Slot;
-use crate::telemetry::Telemetry;
 
 mod pipeline;
 mod savepoint;
 mod simple;
 
-/// Rows are sent in frames of about this many bytes, so a large result streams instead of being
-/// held whole in memory.
-pub(crate) const ROWS_CHUNK: usize = 64 * 1024;
-
-/// What every session shares.
-#[derive(Debug)]
-pub struct Shared {
-    /// The connection pool.
-    pub pool: Pool,
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// Wall-clock ms when a request last finished: a gap since then means a freeze.
-    pub last_activity_ms: AtomicU64,
-    /// The state store, the query result cache and the warm-up data sets.
-    pub state: crate::state::State,
-    /// Counters, metrics records and the invocation in progress.
-    pub telemetry: Arc<Telemetry>,
-}
+pub(crate) use crate::shared::{Shared, ROWS_CHUNK};
 
 /// The transaction state of a session.
 enum TxState {

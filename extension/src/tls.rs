@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Config, RootCerts, SslMode};
+use crate::settings::{RootCerts, SslMode};
 
 /// Why TLS could not be set up.
 #[derive(Debug)]
@@ -30,15 +30,16 @@ impl fmt::Display for TlsSetupError {
 
 impl std::error::Error for TlsSetupError {}
 
-/// The connector for the configured `sslmode`.
-pub fn connector(config: &Config) -> Result<Connector, TlsSetupError> {
+/// The connector for `sslmode` (`PGSSLMODE`) with the trusted roots `root_certs`
+/// (`PGSSLROOTCERT`).
+pub fn connector(ssl_mode: SslMode, root_certs: &RootCerts) -> Result<Connector, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError(format!("TLS setup: {e}")))?;
 
     // libpq: with a root certificate configured, `require` verifies the chain like `verify-ca`.
-    let mode = match (config.ssl_mode, &config.root_certs) {
+    let mode = match (ssl_mode, root_certs) {
         (SslMode::Require, RootCerts::File(_)) => SslMode::VerifyCa,
         (m, _) => m,
     };
@@ -48,25 +49,21 @@ pub fn connector(config: &Config) -> Result<Connector, TlsSetupError> {
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
             .with_no_client_auth(),
         SslMode::VerifyCa => {
-            let inner = WebPkiServerVerifier::builder_with_provider(
-                Arc::new(roots(&config.root_certs)?),
-                provider,
-            )
-            .build()
-            .map_err(|e| TlsSetupError(format!("TLS setup: {e}")))?;
+            let inner =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots(root_certs)?), provider)
+                    .build()
+                    .map_err(|e| TlsSetupError(format!("TLS setup: {e}")))?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
                 .with_no_client_auth()
         }
         SslMode::VerifyFull => builder
-            .with_root_certificates(roots(&config.root_certs)?)
+            .with_root_certificates(roots(root_certs)?)
             .with_no_client_auth(),
     };
     let verified = match mode {
-        SslMode::VerifyCa | SslMode::VerifyFull => {
-            Some(Arc::new(Verified::new(mode, &config.root_certs)))
-        }
+        SslMode::VerifyCa | SslMode::VerifyFull => Some(Arc::new(Verified::new(mode, root_certs))),
         SslMode::Disable | SslMode::Prefer | SslMode::Require => None,
     };
     Ok(Connector {

@@ -50,7 +50,7 @@ fn connector(pg: &PgServer, overrides: &[(&str, &str)]) -> Connector {
             .map(|(_, v)| v.clone())
     })
     .expect("configuration");
-    tls::connector(&config).expect("TLS connector")
+    tls::connector(config.ssl_mode, &config.root_certs).expect("TLS connector")
 }
 
 /// `pg` over TCP as its host name, connecting to 127.0.0.1.
@@ -802,7 +802,7 @@ async fn a_server_that_breaks_the_framing_is_refused_without_waiting() {
         _ => None,
     })
     .expect("configuration");
-    let tls = tls::connector(&config).expect("TLS connector");
+    let tls = tls::connector(config.ssl_mode, &config.root_certs).expect("TLS connector");
     let too_large = [&b"R"[..], &0x7fff_fff0u32.to_be_bytes()].concat();
     let too_short = [&b"R"[..], &2u32.to_be_bytes()].concat();
     // AuthenticationOk, then half of a ParameterStatus.

@@ -272,7 +272,7 @@ async fn no_secret_appears_in_logs_errors_or_debug() {
     let bad_tls = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
     let e = pool::build(&bad_tls).unwrap_err();
     shown.push(format!("{e} {e:?}"));
-    if let Err(e) = tls::connector(&bad_tls) {
+    if let Err(e) = tls::connector(bad_tls.ssl_mode, &bad_tls.root_certs) {
         shown.push(format!("{e} {e:?}"));
     }
 

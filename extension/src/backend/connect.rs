@@ -14,7 +14,7 @@ use tokio::net::{TcpStream, UnixStream};
 use super::cancel::CancelToken;
 use super::stream::Stream;
 use super::{Backend, Error};
-use crate::config::SslMode;
+use crate::settings::SslMode;
 use crate::tls::Connector;
 
 /// Where the server listens.

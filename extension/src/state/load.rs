@@ -12,7 +12,7 @@ use warmpool::protocol::WireError;
 
 use super::query;
 use super::warmup::{backoff, WarmQuery, WarmSet};
-use crate::session::Shared;
+use crate::shared::Shared;
 
 /// Loads every data set, waiting at most the warm-up budget; returns how many are loaded.
 pub async fn warm_up(shared: &Arc<Shared>) -> usize {

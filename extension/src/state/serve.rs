@@ -18,7 +18,7 @@ use super::lru::TooLarge;
 use super::warmup::Found;
 use super::{load, query, Fill};
 use crate::metrics::Event;
-use crate::session::{Shared, ROWS_CHUNK};
+use crate::shared::{Shared, ROWS_CHUNK};
 
 /// Answers one warm-state request; an error only when the client's socket failed. A read that
 /// has to go to the database is bounded by the session's `deadline`, as its statements are.
