@@ -16,7 +16,7 @@ use crate::credentials::http::Endpoint;
 use crate::credentials::secrets_manager::{default_endpoint, SecretsManagerSettings};
 use crate::credentials::{Auth, AuthMode, AwsCredentials, AwsSettings, Secret};
 use crate::pgconfig::{ChannelBinding, Host, PgConfig};
-use crate::state::warmup::{parse_prepare, parse_warmup, WarmQuery};
+use crate::settings::warmup::{parse_prepare, parse_warmup, WarmQuery};
 
 /// A bad setting: the variable, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -817,6 +817,21 @@ fn take_tls_params(url: &str) -> (String, Option<String>, Option<String>) {
             })
             .collect();
         (kept.join(" "), mode, root)
+    }
+}
+
+impl crate::credentials::Provider {
+    /// The credentials provider `config` asks for, on the system clock.
+    pub fn from_config(config: &Config) -> crate::credentials::Provider {
+        Self::with_clock(config, std::sync::Arc::new(crate::credentials::SystemClock))
+    }
+
+    /// The same, reading time from `clock`.
+    pub fn with_clock(
+        config: &Config,
+        clock: std::sync::Arc<dyn crate::credentials::Clock>,
+    ) -> crate::credentials::Provider {
+        Self::new(&config.auth, &config.pg, config.connect_timeout, clock)
     }
 }
 

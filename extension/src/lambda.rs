@@ -66,7 +66,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
                         }
                         // Warm-up data sets past their time to live are re-read in the
                         // background; reads get the old rows until the new ones are in.
-                        crate::state::load::refresh_expired(&shared);
+                        crate::warm_load::refresh_expired(&shared);
                     }
                     NextEvent::Shutdown(e) => {
                         tracing::info!(reason = %e.shutdown_reason, deadline_ms = e.deadline_ms, "SHUTDOWN");

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`config`]: settings from the environment, with every default spelled out.
+//! - [`settings`]: the plain values settings take (sslmode, root certificates, statement mode).
 //! - `pgconfig`: connection settings, from libpq's URL and keyword connection strings.
 //! - [`credentials`]: each new connection's credentials: static, a Secrets Manager secret, or
 //!   an RDS IAM token.
@@ -19,8 +20,11 @@
 //! - `server`: the accept loop.
 //! - `slots`: the `WARMPOOL_MAX_SESSIONS` session slots; the longest-idle one goes to a new
 //!   session when all are in use.
+//! - `shared`: what every session shares.
 //! - `session`: one client session and its transaction state.
 //! - [`state`]: warm state: the state store, the query result cache, warm-up data sets.
+//! - `warm_load`: running the warm-up queries at Init and when their data expire.
+//! - `warm_serve`: the session's side of the warm-state requests.
 //! - [`errors`]: every failure as an error frame with a SQLSTATE.
 //! - [`logging`]: JSON (or text) log lines on stdout, tagged with the invocation's ids.
 //! - `metrics`: counters per invocation, per metrics record, and since start.
@@ -64,3 +68,5 @@ pub(crate) mod socket;
 pub mod state;
 pub(crate) mod telemetry;
 pub mod tls;
+pub(crate) mod warm_load;
+pub(crate) mod warm_serve;

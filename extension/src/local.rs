@@ -27,7 +27,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         if let Err(e) = crate::pool::warm(&shared.pool, shared.config.warm_size).await {
             tracing::warn!(error = %crate::errors::error_chain(&e), "could not open warm connections; will retry on demand");
         }
-        crate::state::load::warm_up(&shared).await;
+        crate::warm_load::warm_up(&shared).await;
     });
     service.start_maintenance();
     service.start_metrics_interval();

@@ -87,7 +87,7 @@ impl Service {
     /// Reads the warm-up data sets, waiting at most `WARMPOOL_WARMUP_TIMEOUT_MS`; returns how many
     /// are loaded.
     pub async fn warm_up(&self) -> usize {
-        crate::state::load::warm_up(&self.shared).await
+        crate::warm_load::warm_up(&self.shared).await
     }
 
     /// Checks idle connections and closes those beyond the warm size that have idled past the
@@ -114,7 +114,7 @@ impl Service {
                     tracing::debug!(closed, "closed idle connections");
                 }
                 shared.pool.check_after_thaw();
-                crate::state::load::refresh_expired(&shared);
+                crate::warm_load::refresh_expired(&shared);
             }
         }));
     }

@@ -262,7 +262,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Request::Terminate => false,
             Request::State(r) => {
-                crate::state::serve::handle(&mut self.framed, &self.shared, r, self.deadline)
+                crate::warm_serve::handle(&mut self.framed, &self.shared, r, self.deadline)
                     .await
                     .is_ok()
             }

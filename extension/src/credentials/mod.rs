@@ -304,7 +304,7 @@ impl Login {
             }
         }
         if pg.get_ports().is_empty() {
-            pg.port(self.port.unwrap_or(crate::config::defaults::PORT));
+            pg.port(self.port.unwrap_or(crate::settings::DEFAULT_PORT));
         }
         if pg.get_dbname().is_none() {
             // libpq's default: the database named after the user.
@@ -354,14 +354,16 @@ struct Cached {
 }
 
 impl Provider {
-    /// The provider `config` asks for, on the system clock.
-    pub fn from_config(config: &crate::config::Config) -> Provider {
-        Provider::with_clock(config, Arc::new(SystemClock))
-    }
-
-    /// The same, reading time from `clock`: tests sign for a fixed time or jump past expiry.
-    pub fn with_clock(config: &crate::config::Config, clock: Arc<dyn Clock>) -> Provider {
-        let (origin, source) = match &config.auth {
+    /// The provider for `auth`, logging in to the server `pg` names, each fetch bounded by
+    /// `fetch_timeout`, reading time from `clock` (tests sign for a fixed time or jump past
+    /// expiry). `Config` builds one from the environment.
+    pub fn new(
+        auth: &Auth,
+        pg: &crate::pgconfig::PgConfig,
+        fetch_timeout: std::time::Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Provider {
+        let (origin, source) = match auth {
             Auth::Static { password_from } => (
                 Origin::Static {
                     password_from: *password_from,
@@ -379,7 +381,7 @@ impl Provider {
                 },
             ),
             Auth::RdsIam(aws) => {
-                let target = rds_iam_target(&config.pg);
+                let target = rds_iam_target(pg);
                 let origin = Origin::RdsIam {
                     user: target.user.clone(),
                     endpoint: format!("{}:{}", target.host, target.port),
@@ -391,7 +393,7 @@ impl Provider {
             origin,
             source,
             clock,
-            fetch_timeout: config.connect_timeout,
+            fetch_timeout,
         }
     }
 
@@ -539,7 +541,7 @@ fn rds_iam_target(pg: &crate::pgconfig::PgConfig) -> Target {
             .get_ports()
             .first()
             .copied()
-            .unwrap_or(crate::config::defaults::PORT),
+            .unwrap_or(crate::settings::DEFAULT_PORT),
         user: pg.get_user().unwrap_or_default().to_owned(),
     }
 }

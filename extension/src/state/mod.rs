@@ -5,20 +5,18 @@
 //!   compare-and-set), bounded by `WARMPOOL_STATE_MAX_BYTES`.
 //! - [`cache`]: the query result cache, bounded by `WARMPOOL_QUERY_CACHE_MAX_BYTES`, with
 //!   stale-while-revalidate.
-//! - [`warmup`]: named data sets from `WARMPOOL_WARMUP`, read at Init; [`load`] runs their
+//! - [`warmup`]: named data sets from `WARMPOOL_WARMUP`, read at Init; `warm_load` runs their
 //!   queries, retrying failures with a bounded backoff.
 //! - [`lru`]: the byte-bounded LRU map under the store and the cache.
 //! - [`query`]: running a statement to completion on a pooled connection.
-//! - [`serve`]: the session's side of the warm-state requests.
+//! - `warm_serve` (beside this module): the session's side of the warm-state requests.
 //!
 //! Expiry uses the wall clock, passed in as milliseconds: a frozen Lambda environment's monotonic
 //! clock is not guaranteed to count the time it spent frozen, and a time to live should.
 
 pub mod cache;
-pub mod load;
 pub mod lru;
 pub mod query;
-pub mod serve;
 pub mod store;
 pub mod warmup;
 

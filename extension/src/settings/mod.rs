@@ -2,6 +2,8 @@
 //! them needs the whole configuration: TLS modes, where root certificates come from, how
 //! statements are prepared. `config` reads them from the environment.
 
+pub mod warmup;
+
 use std::path::PathBuf;
 use std::str::FromStr;
 

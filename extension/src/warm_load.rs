@@ -1,6 +1,6 @@
 //! Runs the warm-up queries: all at once at Init, bounded by `WARMPOOL_WARMUP_TIMEOUT_MS`; a
 //! query that fails is logged and retried in the background with a doubling backoff
-//! ([`super::warmup::backoff`]), so Init never waits on it past the budget. Data sets with a time
+//! ([`crate::state::warmup::backoff`]), so Init never waits on it past the budget. Data sets with a time
 //! to live are refreshed in the background once it has passed, on the first INVOKE after a thaw
 //! or the first read; the old rows are served until the new ones are in.
 
@@ -10,9 +10,9 @@ use std::time::{Instant, SystemTime};
 use futures_util::future::join_all;
 use warmpool::protocol::WireError;
 
-use super::query;
-use super::warmup::{backoff, WarmQuery, WarmSet};
 use crate::shared::Shared;
+use crate::state::query;
+use crate::state::warmup::{backoff, WarmQuery, WarmSet};
 
 /// Loads every data set, waiting at most the warm-up budget; returns how many are loaded.
 pub async fn warm_up(shared: &Arc<Shared>) -> usize {

@@ -13,12 +13,13 @@ use warmpool::protocol::{
 };
 use warmpool::transport::Framed;
 
-use super::cache::{CachedResult, Lookup};
-use super::lru::TooLarge;
-use super::warmup::Found;
-use super::{load, query, Fill};
 use crate::metrics::Event;
 use crate::shared::{Shared, ROWS_CHUNK};
+use crate::state::cache::{CachedResult, Lookup};
+use crate::state::lru::TooLarge;
+use crate::state::warmup::Found;
+use crate::state::{query, Fill};
+use crate::warm_load as load;
 
 /// Answers one warm-state request; an error only when the client's socket failed. A read that
 /// has to go to the database is bounded by the session's `deadline`, as its statements are.
