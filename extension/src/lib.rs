@@ -66,6 +66,7 @@ pub(crate) mod shared;
 pub(crate) mod slots;
 pub(crate) mod socket;
 pub mod state;
+pub(crate) mod tasks;
 pub(crate) mod telemetry;
 pub mod tls;
 pub(crate) mod warm_load;

@@ -23,7 +23,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let shared = service.shared().clone();
-    let warming = tokio::spawn(async move {
+    let warming = crate::tasks::spawn(async move {
         if let Err(e) = crate::pool::warm(&shared.pool, shared.config.warm_size).await {
             tracing::warn!(error = %crate::errors::error_chain(&e), "could not open warm connections; will retry on demand");
         }

@@ -431,7 +431,7 @@ impl Pool {
         let pool = self.clone();
         // In the INVOKE's span, so its log lines (a connection replaced) carry the request id.
         let span = tracing::Span::current();
-        tokio::spawn(tracing::Instrument::instrument(
+        crate::tasks::spawn(tracing::Instrument::instrument(
             async move {
                 // Only connections that are idle now: once a request has taken one, a get() here would
                 // open a new connection beside it, which classic Lambda would then keep for good.

@@ -154,6 +154,14 @@ impl Service {
         }
         let left = budget.saturating_sub(started.elapsed());
         let (closed, dropped) = pool::close(&self.shared.pool, left).await;
+        // Resets, refreshes and goodbyes still under way get what is left of the budget.
+        let running = crate::tasks::drain(budget.saturating_sub(started.elapsed())).await;
+        if running > 0 {
+            tracing::debug!(
+                running,
+                "background tasks still running at the end of shutdown"
+            );
+        }
         socket::remove(&self.shared.config.socket_path);
         StopReport {
             closed,

@@ -897,7 +897,7 @@ fn release(mut conn: PooledConn, shared: Arc<Shared>) {
     let budget = shared.config.reset_timeout;
     let guard = shared.pool.maintenance();
     let span = Span::current();
-    tokio::spawn(
+    crate::tasks::spawn(
         async move {
             let _guard = guard;
             match tokio::time::timeout(budget, conn.reset()).await {

@@ -20,7 +20,7 @@ pub async fn warm_up(shared: &Arc<Shared>) -> usize {
     let tasks: Vec<_> = warmup
         .queries()
         .filter(|q| warmup.start_loading(&q.name))
-        .map(|q| tokio::spawn(load_until_done(shared.clone(), q.clone())))
+        .map(|q| crate::tasks::spawn(load_until_done(shared.clone(), q.clone())))
         .collect();
     if tasks.is_empty() {
         return 0;
@@ -56,13 +56,13 @@ pub fn refresh_expired(shared: &Arc<Shared>) {
     let now = shared.state.now();
     for q in shared.state.warmup().take_expired(now) {
         tracing::debug!(name = %q.name, "refreshing a warm-up data set");
-        tokio::spawn(load_until_done(shared.clone(), q));
+        crate::tasks::spawn(load_until_done(shared.clone(), q));
     }
 }
 
 /// Starts a background refresh of one data set that a read found expired.
 pub fn refresh(shared: &Arc<Shared>, query: WarmQuery) {
-    tokio::spawn(load_until_done(shared.clone(), query));
+    crate::tasks::spawn(load_until_done(shared.clone(), query));
 }
 
 /// Reads a data set now, once, bounded by `deadline` when a session waits for it.

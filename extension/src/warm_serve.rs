@@ -240,7 +240,7 @@ async fn cached<S: AsyncRead + AsyncWrite + Unpin>(
 /// invocation's deadline.
 fn refresh_in_background(shared: &Arc<Shared>, key: Bytes, c: CachedExecute) {
     let shared = shared.clone();
-    tokio::spawn(async move {
+    crate::tasks::spawn(async move {
         if fill(&shared, key.clone(), &c, None).await.is_err() {
             shared
                 .state

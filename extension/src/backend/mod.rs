@@ -490,8 +490,8 @@ impl Drop for Backend {
         if self.broken || matches!(stream, Stream::Closed) {
             return;
         }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(terminate(stream, DROP_CLOSE_BUDGET));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            crate::tasks::spawn(terminate(stream, DROP_CLOSE_BUDGET));
         }
     }
 }

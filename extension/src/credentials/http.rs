@@ -160,7 +160,7 @@ where
         .map_err(|e| format!("HTTP handshake: {e}"))?;
     // The connection future drives the socket; it ends when the response has been read and the
     // sender is dropped.
-    let driver = tokio::spawn(connection);
+    let driver = crate::tasks::spawn(connection);
     let result = async {
         let response = sender
             .send_request(request)
