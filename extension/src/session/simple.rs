@@ -88,7 +88,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     .await?;
     began.map_err(|e| StmtError::from_backend(&e))?;
     let streamed = stream_messages(framed, guard, backend, max_frame).await;
-    if begin.is_some() && !matches!(streamed, Err(StmtError::Gone(_) | StmtError::Lost(_))) {
+    // A client that went away leaves the rest to the cancel that follows.
+    let departed = matches!(
+        streamed,
+        Err(StmtError::Gone(_) | StmtError::Lost(_) | StmtError::Client(_))
+    );
+    if begin.is_some() && !departed {
         // The Sync after the query closes the request.
         watch(framed, guard, backend.finish_unit())
             .await?
