@@ -29,6 +29,17 @@ pub fn connection_lost(e: &backend::Error) -> bool {
     e.is_lost()
 }
 
+/// A result row too large for one frame: the statement ran, but its rows cannot be returned.
+pub fn row_too_large(len: usize, max_frame: usize) -> WireError {
+    WireError::extension(
+        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+        format!(
+            "a result row of {len} bytes exceeds the frame limit of {max_frame} bytes \
+             (WARMPOOL_MAX_FRAME_BYTES); the statement ran, but its rows cannot be returned"
+        ),
+    )
+}
+
 /// The error a session gets once shutdown has begun.
 pub fn shutting_down() -> WireError {
     WireError::extension(

@@ -412,6 +412,13 @@ impl Pool {
         token.cancel().await
     }
 
+    /// Takes a connection out of the pool for good, counted as replaced; dropping it sends
+    /// Terminate.
+    pub(crate) fn discard(&self, conn: PooledConn) {
+        self.meter().add(Event::ConnectionReplaced);
+        drop(Object::take(conn));
+    }
+
     /// Marks maintenance on a connection (a reset) as running until the guard is dropped; drop
     /// the connection first, so a waiter finds it idle.
     pub fn maintenance(&self) -> Maintenance {

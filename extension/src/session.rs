@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use deadpool::managed::Object;
 use postgres_types::Type;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
@@ -525,7 +524,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Lease::Pinned(conn, begin) => (conn, begin),
                 };
                 let pinned = begin.is_some();
-                discard(dead, shared.pool.meter());
+                shared.pool.discard(dead);
                 match self.replacement().await {
                     Some(fresh) => {
                         lease = match begin {
@@ -592,7 +591,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let Lease::Pinned(dead, _) = lease else {
                     unreachable!("a BEGIN is only pending on a transaction's connection")
                 };
-                discard(dead, shared.pool.meter());
+                shared.pool.discard(dead);
                 match self.replacement().await {
                     Some(fresh) => {
                         lease = Lease::Pinned(fresh, None);
@@ -758,7 +757,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let result = match result {
             Ok(result) => result,
             Err(_) => {
-                discard(conn, shared.pool.meter());
+                shared.pool.discard(conn);
                 return Response::Error(errors::commit_unknown(shared.config.reset_timeout));
             }
         };
@@ -775,7 +774,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // ReadyForQuery says.
         let lost = matches!(&result, Err(e) if errors::connection_lost(e));
         if lost || !guard.settled(&mut conn).await {
-            discard(conn, shared.pool.meter());
+            shared.pool.discard(conn);
         } else {
             release(conn, shared);
         }
@@ -819,14 +818,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(Ok(())) => release(conn, self.shared.clone()),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "rollback failed; closing the connection");
-                discard(conn, self.shared.pool.meter());
+                self.shared.pool.discard(conn);
             }
             Err(_) => {
                 tracing::warn!(
                     timeout_ms = budget.as_millis() as u64,
                     "rollback timed out; closing the connection"
                 );
-                discard(conn, self.shared.pool.meter());
+                self.shared.pool.discard(conn);
             }
         }
     }
@@ -869,7 +868,7 @@ impl Lease {
     fn fail<S>(self, session: &mut Session<S>, usable: bool) {
         match self {
             Lease::Pooled(conn) if usable => release(conn, session.shared.clone()),
-            Lease::Pooled(conn) => discard(conn, session.shared.pool.meter()),
+            Lease::Pooled(conn) => session.shared.pool.discard(conn),
             Lease::Pinned(conn, begin) => {
                 let begun = begin.is_none();
                 if usable {
@@ -878,7 +877,7 @@ impl Lease {
                         begun,
                     };
                 } else {
-                    discard(conn, session.shared.pool.meter());
+                    session.shared.pool.discard(conn);
                     session.tx = TxState::Failed { conn: None, begun };
                 }
             }
@@ -904,22 +903,16 @@ fn release(mut conn: PooledConn, shared: Arc<Shared>) {
                 Ok(Ok(())) => drop(conn),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "session reset failed; closing the connection");
-                    discard(conn, shared.pool.meter());
+                    shared.pool.discard(conn);
                 }
                 Err(_) => {
                     tracing::warn!("session reset timed out; closing the connection");
-                    discard(conn, shared.pool.meter());
+                    shared.pool.discard(conn);
                 }
             }
         }
         .instrument(span),
     );
-}
-
-/// Takes a connection out of the pool for good; dropping it sends Terminate.
-fn discard(conn: PooledConn, meter: &Meter) {
-    meter.add(Event::ConnectionReplaced);
-    drop(Object::take(conn));
 }
 
 fn in_failed_transaction() -> WireError {
@@ -937,20 +930,7 @@ async fn run_batch(
     begin: Option<&str>,
     sql: &str,
 ) -> Result<(), backend::Error> {
-    if let Some(b) = begin {
-        backend.write_command(b)?;
-    }
-    if let Err(e) = backend.write_query(sql) {
-        backend.discard_unsent();
-        return Err(e);
-    }
-    if begin.is_some() {
-        backend.write_sync();
-    }
-    backend.flush().await?;
-    if begin.is_some() {
-        backend.read_begin_before_query().await?;
-    }
+    backend.start_query(begin, sql).await?;
     let mut outcome = Ok(());
     loop {
         match backend.read_simple().await {
@@ -1036,13 +1016,8 @@ async fn stream_rows<S: AsyncRead + AsyncWrite + Unpin>(
                 if let Err(e) = skipped {
                     return Ok(Err(StmtError::from_backend(&e)));
                 }
-                return Ok(Err(StmtError::Sql(WireError::extension(
-                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                    format!(
-                        "a result row of {len} bytes exceeds the frame limit of {max_frame} bytes \
-                         (WARMPOOL_MAX_FRAME_BYTES); the statement ran, but its rows cannot be \
-                         returned"
-                    ),
+                return Ok(Err(StmtError::Sql(crate::errors::row_too_large(
+                    len, max_frame,
                 ))));
             }
             if bytes + len + 4 > max_frame.min(ROWS_CHUNK) {

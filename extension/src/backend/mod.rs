@@ -253,22 +253,9 @@ impl Backend {
     pub(crate) async fn recv(&mut self) -> Result<Message, Error> {
         loop {
             match self.parse_one() {
-                Ok(Some(message)) => match message {
-                    Message::NoticeResponse(body) => {
-                        if let Ok(db) = DbError::parse(body.fields()) {
-                            self.notice(db);
-                        }
-                        continue;
-                    }
-                    Message::ParameterStatus(body) => {
-                        if let (Ok(name), Ok(value)) = (body.name(), body.value()) {
-                            self.set_parameter(name, value);
-                        }
-                        continue;
-                    }
-                    // Nothing on a pooled connection listens; a notification is dropped.
-                    Message::NotificationResponse(_) => continue,
-                    Message::ReadyForQuery(body) => {
+                Ok(Some(message)) => match self.take_unasked(message) {
+                    None => continue,
+                    Some(Message::ReadyForQuery(body)) => {
                         self.unsynced = self.unsynced.saturating_sub(1);
                         self.status = match body.status() {
                             b'T' => TxStatus::InTransaction,
@@ -277,7 +264,7 @@ impl Backend {
                         };
                         return Ok(Message::ReadyForQuery(body));
                     }
-                    Message::ErrorResponse(body) => {
+                    Some(Message::ErrorResponse(body)) => {
                         let mut db =
                             DbError::parse(body.fields()).map_err(|e| self.fail(e.into()))?;
                         self.explain_pooler(&mut db);
@@ -286,7 +273,7 @@ impl Backend {
                         }
                         return Err(Error::Db(db));
                     }
-                    other => return Ok(other),
+                    Some(other) => return Ok(other),
                 },
                 Ok(None) => {}
                 Err(e) => return Err(self.fail(e)),
@@ -357,6 +344,29 @@ impl Backend {
         );
     }
 
+    /// Takes in passing what the server sends unasked (notices, parameter changes,
+    /// notifications) and returns anything else.
+    /// <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-ASYNC>
+    fn take_unasked(&mut self, message: Message) -> Option<Message> {
+        match message {
+            Message::NoticeResponse(body) => {
+                if let Ok(db) = DbError::parse(body.fields()) {
+                    self.notice(db);
+                }
+                None
+            }
+            Message::ParameterStatus(body) => {
+                if let (Ok(name), Ok(value)) = (body.name(), body.value()) {
+                    self.set_parameter(name, value);
+                }
+                None
+            }
+            // Nothing on a pooled connection listens; a notification is dropped.
+            Message::NotificationResponse(_) => None,
+            other => Some(other),
+        }
+    }
+
     fn fail(&mut self, e: Error) -> Error {
         self.broken = true;
         e
@@ -417,19 +427,9 @@ impl Backend {
             }
         }
         loop {
-            match self.parse_one() {
-                Ok(Some(Message::NoticeResponse(body))) => {
-                    if let Ok(db) = DbError::parse(body.fields()) {
-                        self.notice(db);
-                    }
-                }
-                Ok(Some(Message::ParameterStatus(body))) => {
-                    if let (Ok(name), Ok(value)) = (body.name(), body.value()) {
-                        self.set_parameter(name, value);
-                    }
-                }
-                Ok(Some(Message::NotificationResponse(_))) => {}
-                Ok(Some(Message::ErrorResponse(body))) => {
+            match self.parse_one().map(|m| m.map(|m| self.take_unasked(m))) {
+                Ok(Some(None)) => {}
+                Ok(Some(Some(Message::ErrorResponse(body)))) => {
                     let fatal = DbError::parse(body.fields()).map_or(true, |db| {
                         tracing::info!(
                             code = db.code(),

@@ -271,9 +271,34 @@ impl Backend {
         }
     }
 
+    /// Sends `sql` as a simple Query, after `begin` if a transaction starts with it: BEGIN
+    /// without a Sync, the Query, then a Sync, so that a failed BEGIN makes the server skip the
+    /// query instead of running it outside the transaction. BEGIN's answer is read here; the
+    /// query's follows with [`Backend::read_simple`], and after a BEGIN the Sync's with
+    /// [`Backend::finish_unit`].
+    pub async fn start_query(&mut self, begin: Option<&str>, sql: &str) -> Result<(), Error> {
+        let written = match begin {
+            Some(b) => self.write_command(b),
+            None => Ok(()),
+        }
+        .and_then(|()| self.write_query(sql));
+        if let Err(e) = written {
+            self.discard_unsent();
+            return Err(e);
+        }
+        if begin.is_some() {
+            self.write_sync();
+        }
+        self.flush().await?;
+        if begin.is_some() {
+            self.read_begin_before_query().await?;
+        }
+        Ok(())
+    }
+
     /// Reads the answer to a BEGIN written ahead of a simple Query and a Sync: when the BEGIN
     /// fails, the server skips the Query, and only the Sync is answered.
-    pub async fn read_begin_before_query(&mut self) -> Result<(), Error> {
+    async fn read_begin_before_query(&mut self) -> Result<(), Error> {
         loop {
             match self.recv().await {
                 Ok(Message::ParseComplete | Message::BindComplete | Message::CloseComplete) => {}
@@ -389,20 +414,12 @@ impl Backend {
     /// A run-time setting's value, by `SHOW` (its name is written into the statement: a
     /// caller passes a constant).
     pub async fn show(&mut self, name: &'static str) -> Result<String, Error> {
-        self.write_query(&format!("SHOW {name}"))?;
-        self.flush().await?;
-        let mut value = String::new();
-        loop {
-            match self.read_simple().await? {
-                Simple::Row(row) => {
-                    if let Some(Some(v)) = values(&row).next() {
-                        value = String::from_utf8_lossy(v).into_owned();
-                    }
-                }
-                Simple::Done => return Ok(value),
-                Simple::Columns(_) | Simple::Complete(_) => {}
-            }
-        }
+        let rows = self.text_rows(&format!("SHOW {name}")).await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|row| row.into_iter().next().flatten())
+            .unwrap_or_default())
     }
 
     /// One round trip that proves the server answers: an empty query, which it does not parse.

@@ -134,8 +134,8 @@ impl Backend {
         })
     }
 
-    /// The rows of a catalog query, as text.
-    async fn text_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, Error> {
+    /// The rows of a simple query (a catalog lookup, a `SHOW`), as text.
+    pub(crate) async fn text_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, Error> {
         self.write_query(sql)?;
         self.flush().await?;
         let mut rows = Vec::new();

@@ -15,8 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use warmpool::protocol::{sqlstate, ErrorSource, Execute, Pipeline, Response, WireError};
 
 use super::{
-    check_params, discard, release, settle, stream_rows, watch, Answer, Session, StmtError,
-    TxState, ROWS_CHUNK,
+    check_params, release, settle, stream_rows, watch, Answer, Session, StmtError, TxState,
+    ROWS_CHUNK,
 };
 use crate::backend::{self, Statement, TxStatus};
 use crate::conn::PgConn;
@@ -80,14 +80,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 if keep_connection && guard.settled(&mut conn).await {
                     release(conn, self.shared.clone());
                 } else {
-                    discard(conn, self.shared.pool.meter());
+                    self.shared.pool.discard(conn);
                 }
                 self.framed.queue_response(&last);
                 self.framed.flush().await
             }
             Err(StmtError::Gone(_)) if p.transaction.is_some() => {
                 // A transaction left half way: closing the connection rolls it back.
-                discard(conn, self.shared.pool.meter());
+                self.shared.pool.discard(conn);
                 Err(gone())
             }
             Err(StmtError::Gone(_)) => {
@@ -105,13 +105,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 if settled {
                     release(conn, self.shared.clone());
                 } else {
-                    discard(conn, self.shared.pool.meter());
+                    self.shared.pool.discard(conn);
                 }
                 Err(gone())
             }
             Err(StmtError::Client(e)) => {
                 if p.transaction.is_some() || conn.in_transaction() {
-                    discard(conn, self.shared.pool.meter());
+                    self.shared.pool.discard(conn);
                 } else {
                     release(conn, self.shared.clone());
                 }

@@ -8,7 +8,7 @@ use std::io;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use warmpool::protocol::{sqlstate, Response, RowsEncoder, WireError};
+use warmpool::protocol::{Response, RowsEncoder};
 use warmpool::transport::Framed;
 
 use super::{absorb_cancel, watch, Session, StmtError, ROWS_CHUNK};
@@ -66,26 +66,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     guard: &Guard<'_>,
     max_frame: usize,
 ) -> Result<u64, StmtError> {
-    let written = match begin {
-        Some(b) => backend.write_command(b),
-        None => Ok(()),
-    }
-    .and_then(|()| backend.write_query(sql));
-    if let Err(e) = written {
-        backend.discard_unsent();
-        return Err(StmtError::from_backend(&e));
-    }
-    if begin.is_some() {
-        backend.write_sync();
-    }
-    let began = watch(framed, guard, async {
-        backend.flush().await?;
-        if begin.is_some() {
-            backend.read_begin_before_query().await?;
-        }
-        Ok::<_, crate::backend::Error>(())
-    })
-    .await?;
+    let began = watch(framed, guard, backend.start_query(begin, sql)).await?;
     began.map_err(|e| StmtError::from_backend(&e))?;
     let streamed = stream_messages(framed, guard, backend, max_frame).await;
     // A client that went away leaves the rest to the cancel that follows.
@@ -136,14 +117,7 @@ async fn stream_messages<S: AsyncRead + AsyncWrite + Unpin>(
                         if let Err(e) = watch(framed, guard, backend.finish_unit()).await? {
                             return Err(StmtError::from_backend(&e));
                         }
-                        return Err(StmtError::Sql(WireError::extension(
-                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                            format!(
-                                "a result row of {len} bytes exceeds the frame limit of \
-                                 {max_frame} bytes (WARMPOOL_MAX_FRAME_BYTES); the statement \
-                                 ran, but its rows cannot be returned"
-                            ),
-                        )));
+                        return Err(StmtError::Sql(crate::errors::row_too_large(len, max_frame)));
                     }
                     if bytes + len + 4 > max_frame.min(ROWS_CHUNK) {
                         if let Some(f) = frame.take() {

@@ -2,7 +2,6 @@
 //! data sets and the query result cache, which hold results rather than stream them.
 
 use bytes::Bytes;
-use deadpool::managed::Object;
 use warmpool::protocol::{sqlstate, Column, Param, RawRow, WireError};
 
 use crate::backend::{self, Reply};
@@ -65,7 +64,7 @@ pub async fn collect(
     };
     conn.note_statement(sql);
     match &result {
-        Err(Failure::Lost(_)) => discard(conn, pool),
+        Err(Failure::Lost(_)) => pool.discard(conn),
         _ => give_back(conn, pool, config).await,
     }
     result.map_err(|f| match f {
@@ -144,13 +143,7 @@ async fn give_back(mut conn: PooledConn, pool: &Pool, config: &Config) {
         Ok(Ok(())) => {}
         _ => {
             tracing::warn!("session reset after a cached statement failed; closing the connection");
-            discard(conn, pool);
+            pool.discard(conn);
         }
     }
-}
-
-/// Takes a connection out of the pool for good, counted as a statement's lost connection is.
-fn discard(conn: PooledConn, pool: &Pool) {
-    pool.meter().add(Event::ConnectionReplaced);
-    drop(Object::take(conn));
 }
