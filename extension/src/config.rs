@@ -74,6 +74,11 @@ pub struct Config {
     /// an abandoned transaction, or the cancel of a statement past the client's deadline; a
     /// connection that overruns it is closed. Default 2000.
     pub reset_timeout: Duration,
+    /// `WARMPOOL_COMMIT_TIMEOUT_MS`: the bound on a COMMIT the client sends with no earlier
+    /// deadline of its own. Past it the COMMIT is cancelled: answered, the outcome is definite
+    /// (committed, or rolled back); unanswered within the reset timeout, the client gets 08007.
+    /// Default 30000.
+    pub commit_timeout: Duration,
     /// `WARMPOOL_SHUTDOWN_TIMEOUT_MS`: the bound on closing every connection at shutdown; what has
     /// not closed by then is dropped. Default 500.
     pub shutdown_timeout: Duration,
@@ -200,6 +205,10 @@ pub mod defaults {
     pub const CHECK_AFTER_IDLE_MS: u64 = 1_000;
     /// `WARMPOOL_RESET_TIMEOUT_MS`.
     pub const RESET_TIMEOUT_MS: u64 = 2_000;
+    /// `WARMPOOL_COMMIT_TIMEOUT_MS`: long enough for a COMMIT that waits on synchronous
+    /// replication or runs deferred triggers, short of holding a session for a database that
+    /// has stopped answering.
+    pub const COMMIT_TIMEOUT_MS: u64 = 30_000;
     /// `WARMPOOL_SHUTDOWN_TIMEOUT_MS`.
     pub const SHUTDOWN_TIMEOUT_MS: u64 = 500;
     /// `WARMPOOL_STATEMENT_CACHE_SIZE`.
@@ -416,6 +425,7 @@ impl Config {
                 defaults::CHECK_AFTER_IDLE_MS,
             )?,
             reset_timeout: ms("WARMPOOL_RESET_TIMEOUT_MS", defaults::RESET_TIMEOUT_MS)?,
+            commit_timeout: ms("WARMPOOL_COMMIT_TIMEOUT_MS", defaults::COMMIT_TIMEOUT_MS)?,
             shutdown_timeout: ms(
                 "WARMPOOL_SHUTDOWN_TIMEOUT_MS",
                 defaults::SHUTDOWN_TIMEOUT_MS,
@@ -558,6 +568,9 @@ impl Config {
                     self.statement_cache_size
                 ),
             });
+        }
+        if self.commit_timeout.is_zero() {
+            return fail("WARMPOOL_COMMIT_TIMEOUT_MS", "must be greater than zero");
         }
         if self.warmup_timeout.is_zero() {
             return fail("WARMPOOL_WARMUP_TIMEOUT_MS", "must be greater than zero");
@@ -1287,6 +1300,10 @@ mod tests {
             (
                 &[("WARMPOOL_WARMUP_TIMEOUT_MS", "0")],
                 "WARMPOOL_WARMUP_TIMEOUT_MS",
+            ),
+            (
+                &[("WARMPOOL_COMMIT_TIMEOUT_MS", "0")],
+                "WARMPOOL_COMMIT_TIMEOUT_MS",
             ),
             (
                 &[("WARMPOOL_STATE_MAX_BYTES", "lots")],

@@ -78,6 +78,8 @@ pub struct Guard<'a> {
     pool: &'a Pool,
     token: CancelToken,
     at: Option<Instant>,
+    /// The setting that bounds the statement ahead of the deadline, if one does.
+    limit: Option<&'static str>,
     budget: Duration,
     hit: AtomicBool,
     /// The CancelRequest did not go out within the budget: it may still reach the server and
@@ -98,10 +100,28 @@ impl<'a> Guard<'a> {
             pool,
             token: token.clone(),
             at: deadline.map(instant),
+            limit: None,
             budget,
             hit: AtomicBool::new(false),
             unsent: AtomicBool::new(false),
         }
+    }
+
+    /// Bounds the statement by `limit` from now as well, named by `setting`, whichever falls
+    /// first: a statement the client set no deadline for must still end when the database
+    /// holds it (a stalled disk, a standby that stopped confirming).
+    pub fn limited(mut self, limit: Duration, setting: &'static str) -> Guard<'a> {
+        let at = Instant::now() + limit;
+        if self.at.is_none_or(|deadline| at < deadline) {
+            self.at = Some(at);
+            self.limit = Some(setting);
+        }
+        self
+    }
+
+    /// The setting whose limit fell before the client's deadline, if one did.
+    pub fn limit(&self) -> Option<&'static str> {
+        self.limit
     }
 
     /// The token that cancels the statement.
@@ -143,7 +163,15 @@ impl<'a> Guard<'a> {
     /// that does not answer (a stopped or stalled server) cannot hold the client past it.
     pub async fn cancel<T>(&self, work: impl Future<Output = T>) -> Result<T, WireError> {
         self.hit.store(true, Ordering::Relaxed);
-        tracing::info!("the session's deadline passed mid-statement; cancelling it on the server");
+        match self.limit {
+            None => tracing::info!(
+                "the session's deadline passed mid-statement; cancelling it on the server"
+            ),
+            Some(setting) => tracing::warn!(
+                setting,
+                "a statement ran past its limit; cancelling it on the server"
+            ),
+        }
         let until = Instant::now() + self.budget;
         let (sent, ended) = tokio::join!(
             tokio::time::timeout_at(until, self.pool.cancel(&self.token)),

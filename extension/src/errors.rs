@@ -90,17 +90,35 @@ pub fn deadline_before_connection() -> WireError {
     )
 }
 
-/// The deadline passed and the database answered neither the COMMIT nor its cancel within the
-/// budget: the transaction may have committed or not. Never reported as committed, and never
-/// sent again. 08007 transaction_resolution_unknown is PostgreSQL's code for exactly this.
-pub fn commit_unknown(budget: std::time::Duration) -> WireError {
+/// The deadline (or `WARMPOOL_COMMIT_TIMEOUT_MS`, named by `limit`) passed and the database
+/// answered neither the COMMIT nor its cancel within the budget: the transaction may have
+/// committed or not. Never reported as committed, and never sent again. 08007
+/// transaction_resolution_unknown is PostgreSQL's code for exactly this.
+pub fn commit_unknown(budget: std::time::Duration, limit: Option<&str>) -> WireError {
+    let what = match limit {
+        Some(setting) => format!("the COMMIT ran past {setting}"),
+        None => "the deadline the client set passed before the database answered COMMIT".into(),
+    };
     WireError::extension(
         sqlstate::TRANSACTION_RESOLUTION_UNKNOWN,
         format!(
-            "the deadline the client set passed before the database answered COMMIT, and it did \
-             not answer the cancel within {} ms (WARMPOOL_RESET_TIMEOUT_MS): whether the \
-             transaction committed is unknown; its connection was closed",
+            "{what}, and the database did not answer the cancel within {} ms \
+             (WARMPOOL_RESET_TIMEOUT_MS): whether the transaction committed is unknown; its \
+             connection was closed",
             budget.as_millis()
+        ),
+    )
+}
+
+/// `WARMPOOL_COMMIT_TIMEOUT_MS` passed and the COMMIT was cancelled before it committed:
+/// PostgreSQL rolled the transaction back.
+pub fn commit_timed_out(limit: std::time::Duration) -> WireError {
+    WireError::extension(
+        QUERY_CANCELED,
+        format!(
+            "the COMMIT did not finish within {} ms (WARMPOOL_COMMIT_TIMEOUT_MS) and was \
+             cancelled; the transaction was rolled back",
+            limit.as_millis()
         ),
     )
 }
@@ -178,7 +196,7 @@ mod tests {
             e.message()
         );
         // Never a word that could be read as a commit.
-        let e = commit_unknown(budget);
+        let e = commit_unknown(budget, None);
         assert_eq!(e.code(), "08007");
         assert!(e.message().contains("unknown"), "{}", e.message());
         assert_eq!(e.source, warmpool::protocol::ErrorSource::Extension);

@@ -231,6 +231,27 @@ impl managed::Manager for Manager {
     /// `retry.rs`), so however many requests need a connection, the database sees one
     /// attempt per backoff step.
     async fn create(&self) -> Result<PgConn, ConnectError> {
+        // Boxed: a connect (TLS, authentication, retries) is a large future, and deadpool holds
+        // this one inside every checkout's future, which is moved on every statement even
+        // when an idle connection is handed out and nothing connects.
+        Box::pin(self.create_counted()).await
+    }
+
+    /// Runs on every checkout of an idle connection. deadpool bounds it with the recycle timeout,
+    /// and a connection that fails it is closed and replaced.
+    async fn recycle(&self, conn: &mut PgConn, metrics: &Metrics) -> RecycleResult<ConnectError> {
+        let checked = self.check(conn, metrics).await;
+        if let Err(e) = &checked {
+            self.meter.add(Event::ConnectionReplaced);
+            tracing::info!(reason = %e, age_ms = metrics.age().as_millis() as u64, "replacing a connection");
+        }
+        checked
+    }
+}
+
+impl Manager {
+    /// [`managed::Manager::create`], counted and paced by the backoff.
+    async fn create_counted(&self) -> Result<PgConn, ConnectError> {
         let permit = if self.backoff.failing() {
             let (arrived, until) = BUDGET.try_with(|b| *b).unwrap_or_else(|_| {
                 let now = tokio::time::Instant::now();
@@ -258,19 +279,6 @@ impl managed::Manager for Manager {
         created
     }
 
-    /// Runs on every checkout of an idle connection. deadpool bounds it with the recycle timeout,
-    /// and a connection that fails it is closed and replaced.
-    async fn recycle(&self, conn: &mut PgConn, metrics: &Metrics) -> RecycleResult<ConnectError> {
-        let checked = self.check(conn, metrics).await;
-        if let Err(e) = &checked {
-            self.meter.add(Event::ConnectionReplaced);
-            tracing::info!(reason = %e, age_ms = metrics.age().as_millis() as u64, "replacing a connection");
-        }
-        checked
-    }
-}
-
-impl Manager {
     /// Whether an idle connection may be handed out: open, young enough, outside a transaction,
     /// reset, and alive if it sat idle across a gap or a thaw.
     async fn check(&self, conn: &mut PgConn, metrics: &Metrics) -> RecycleResult<ConnectError> {
@@ -305,8 +313,10 @@ impl Manager {
                 "connection left inside a transaction",
             ));
         }
+        // The reset and the check below are boxed for the reason `create` is: most checkouts
+        // need neither.
         if conn.needs_reset() {
-            conn.reset()
+            Box::pin(conn.reset())
                 .await
                 .map_err(|e| RecycleError::Backend(e.into()))?;
         }
@@ -314,7 +324,7 @@ impl Manager {
         if conn.checked_epoch < epoch || conn.last_used.elapsed() > self.check_after_idle {
             // After an idle gap (on Lambda, a freeze) a socket the server or a NAT has closed can
             // still read as open; one empty query tells.
-            conn.check()
+            Box::pin(conn.check())
                 .await
                 .map_err(|e| RecycleError::Backend(e.into()))?;
         }

@@ -742,30 +742,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.send(&response).await
     }
 
-    /// Sends COMMIT on the transaction's connection, bounded by the deadline like any statement,
-    /// and says what became of the transaction. Never retried: a COMMIT whose outcome is
-    /// unknown must not run twice.
+    /// Sends COMMIT on the transaction's connection, bounded by the deadline like any statement
+    /// and by `WARMPOOL_COMMIT_TIMEOUT_MS`, and says what became of the transaction. Never
+    /// retried: a COMMIT whose outcome is unknown must not run twice.
     ///
-    /// Past the deadline the COMMIT is cancelled. An answer within the reset timeout is
+    /// Past either bound the COMMIT is cancelled. An answer within the reset timeout is
     /// definite: committed, or cancelled before it committed (PostgreSQL then rolls the
     /// transaction back). Without one, the outcome is unknown, and the client is told so with
     /// 08007, never that it committed.
     async fn send_commit(&mut self, mut conn: PooledConn) -> Response {
         let shared = self.shared.clone();
-        let guard = self.guard(&shared, conn.backend.cancel_token());
+        let limit = shared.config.commit_timeout;
+        let guard = self
+            .guard(&shared, conn.backend.cancel_token())
+            .limited(limit, "WARMPOOL_COMMIT_TIMEOUT_MS");
         let result = guard.run(conn.backend.batch_execute("COMMIT")).await;
         let result = match result {
             Ok(result) => result,
             Err(_) => {
                 shared.pool.discard(conn);
-                return Response::Error(errors::commit_unknown(shared.config.reset_timeout));
+                let budget = shared.config.reset_timeout;
+                return Response::Error(errors::commit_unknown(budget, guard.limit()));
             }
         };
         self.queue_notices(&conn);
         let response = match &result {
             Ok(()) => Response::Ok,
             Err(e) if guard.hit() && e.code() == Some(sqlstate::QUERY_CANCELED) => {
-                Response::Error(errors::deadline_cancelled())
+                Response::Error(match guard.limit() {
+                    Some(_) => errors::commit_timed_out(limit),
+                    None => errors::deadline_cancelled(),
+                })
             }
             Err(e) => Response::Error(errors::from_backend(e)),
         };
@@ -991,23 +998,44 @@ async fn stream_rows<S: AsyncRead + AsyncWrite + Unpin>(
     max_frame: usize,
     answer: Answer,
 ) -> Result<Result<u64, StmtError>, StmtError> {
-    // Rows are encoded into the frame straight from the backend's read buffer: one copy of
-    // each value, no allocation per row or value.
-    let mut frame: Option<RowsEncoder> = None;
+    // Rows are copied into the frame straight from the backend's read buffer: one copy of each
+    // row, no allocation per row or value. Rows already in the buffer are taken without a
+    // trip through the reader and its watch on the client, which a large result would
+    // otherwise pay once per row.
+    let mut out = RowsOut {
+        frame: None,
+        bytes: 0,
+        limit: max_frame.min(ROWS_CHUNK),
+        max_frame,
+    };
     let streamed = async {
-        let mut bytes = 0;
         loop {
-            let next = match answer {
-                Answer::Whole => watch(framed, guard, backend.read_row()).await?,
-                Answer::Step => watch(framed, guard, backend.read_step()).await?,
-            };
-            let row = match next {
-                Ok(Reply::Row(row)) => row,
-                Ok(Reply::Done(n)) => return Ok(Ok(n)),
+            let too_large = match backend.buffered_row() {
                 Err(e) => return Ok(Err(StmtError::from_backend(&e))),
+                Ok(Some(body)) => {
+                    let sent = out.push(framed, u16::from_be_bytes([body[0], body[1]]), &body[2..]);
+                    let sent = sent.await.map_err(StmtError::Client)?;
+                    if sent.is_ok() {
+                        backend.pop_row();
+                    }
+                    sent.err()
+                }
+                Ok(None) => {
+                    let next = match answer {
+                        Answer::Whole => watch(framed, guard, backend.read_row()).await?,
+                        Answer::Step => watch(framed, guard, backend.read_step()).await?,
+                    };
+                    let row = match next {
+                        Ok(Reply::Row(row)) => row,
+                        Ok(Reply::Done(n)) => return Ok(Ok(n)),
+                        Err(e) => return Ok(Err(StmtError::from_backend(&e))),
+                    };
+                    let count = backend::query::column_count(&row);
+                    let sent = out.push(framed, count, row.buffer()).await;
+                    sent.map_err(StmtError::Client)?.err()
+                }
             };
-            let len = RowsEncoder::row_len(backend::query::values(&row));
-            if len + 4 > max_frame {
+            if let Some(len) = too_large {
                 // The rest of the answer is read and dropped, so the connection stays usable.
                 let skipped = match answer {
                     Answer::Whole => watch(framed, guard, backend.finish_unit()).await?,
@@ -1020,26 +1048,54 @@ async fn stream_rows<S: AsyncRead + AsyncWrite + Unpin>(
                     len, max_frame,
                 ))));
             }
-            if bytes + len + 4 > max_frame.min(ROWS_CHUNK) {
-                if let Some(f) = frame.take() {
-                    f.finish(framed.write_buf());
-                    framed.flush().await.map_err(StmtError::Client)?;
-                    bytes = 0;
-                }
-            }
-            let f = frame.get_or_insert_with(|| RowsEncoder::begin(framed.write_buf()));
-            f.push(framed.write_buf(), backend::query::values(&row));
-            bytes += len;
         }
     }
     .await;
-    match (&streamed, frame) {
+    match (&streamed, out.frame) {
         (Ok(Ok(_)), Some(f)) => f.finish(framed.write_buf()),
         // An error follows instead of the rest: the frame in progress goes.
         (_, Some(f)) => f.abandon(framed.write_buf()),
         (_, None) => {}
     }
     streamed
+}
+
+/// The Rows frame being filled, and where it must be sent.
+struct RowsOut {
+    frame: Option<RowsEncoder>,
+    bytes: usize,
+    /// A frame is sent once it would pass this many bytes.
+    limit: usize,
+    max_frame: usize,
+}
+
+impl RowsOut {
+    /// Adds a row of `count` values to the frame, sending the frame first if the row would
+    /// take it past its limit; `Err(len)` for a row too large for any frame.
+    async fn push<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &mut Framed<S>,
+        count: u16,
+        values: &[u8],
+    ) -> io::Result<Result<(), usize>> {
+        let len = 2 + values.len();
+        if len + 4 > self.max_frame {
+            return Ok(Err(len));
+        }
+        if self.bytes + len + 4 > self.limit {
+            if let Some(f) = self.frame.take() {
+                f.finish(framed.write_buf());
+                framed.flush().await?;
+                self.bytes = 0;
+            }
+        }
+        let f = self
+            .frame
+            .get_or_insert_with(|| RowsEncoder::begin(framed.write_buf()));
+        f.push_raw(framed.write_buf(), count, values);
+        self.bytes += len;
+        Ok(Ok(()))
+    }
 }
 
 /// Runs `work` unless the client closes its socket first, in which case the statement `work`

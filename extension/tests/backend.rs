@@ -780,6 +780,12 @@ async fn resync_reads_past_the_answer_of_a_dropped_reader() {
 
 /// A "server" on 127.0.0.1 that reads the startup message and answers `reply`, then closes.
 async fn fake_server(reply: Vec<u8>) -> (u16, tokio::task::JoinHandle<()>) {
+    fake_server_then(reply, false).await
+}
+
+/// [`fake_server`]; with `linger`, the server reads whatever the client sends until the client
+/// closes, instead of closing first.
+async fn fake_server_then(reply: Vec<u8>, linger: bool) -> (u16, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind((LOOPBACK, 0)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let task = tokio::spawn(async move {
@@ -788,20 +794,119 @@ async fn fake_server(reply: Vec<u8>) -> (u16, tokio::task::JoinHandle<()>) {
         let mut startup = vec![0; len as usize - 4];
         socket.read_exact(&mut startup).await.unwrap();
         socket.write_all(&reply).await.unwrap();
+        if linger {
+            let mut rest = Vec::new();
+            let _ = socket.read_to_end(&mut rest).await;
+        }
         socket.shutdown().await.unwrap();
     });
     (port, task)
 }
 
-#[tokio::test]
-async fn a_server_that_breaks_the_framing_is_refused_without_waiting() {
-    let config = Config::from_lookup(|k| match k {
+fn plain_config() -> Config {
+    Config::from_lookup(|k| match k {
         "PGHOST" => Some("localhost".to_owned()),
         "PGUSER" => Some("app".to_owned()),
         "PGSSLMODE" => Some("disable".to_owned()),
         _ => None,
     })
-    .expect("configuration");
+    .expect("configuration")
+}
+
+fn fake_params(tls: &Connector, port: u16) -> Params<'_> {
+    Params {
+        target: Target::Tcp {
+            host: "localhost".to_owned(),
+            hostaddr: Some(LOOPBACK),
+            port,
+        },
+        user: "app",
+        password: Some(b"secret"),
+        database: None,
+        options: None,
+        application_name: None,
+        tls,
+        channel_binding: ChannelBinding::Prefer,
+        log_statements: false,
+    }
+}
+
+/// A message: its tag, its length, its body.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    [&[tag][..], &(body.len() as u32 + 4).to_be_bytes(), body].concat()
+}
+
+/// A DataRow whose lengths do not add up is refused, from the buffer or from the socket: the
+/// reader never hands out a row read some other way, and the connection is not used again.
+#[tokio::test]
+async fn a_row_whose_lengths_do_not_add_up_is_refused() {
+    let config = plain_config();
+    let tls = tls::connector(config.ssl_mode, &config.root_certs).expect("TLS connector");
+    let one_value =
+        |v: &[u8]| [&1u16.to_be_bytes()[..], &(v.len() as u32).to_be_bytes(), v].concat();
+    // Two columns declared, one sent.
+    let short = [&2u16.to_be_bytes()[..], &1u32.to_be_bytes(), b"2"].concat();
+    // A value longer than its row.
+    let long = [&1u16.to_be_bytes()[..], &9u32.to_be_bytes(), b"2"].concat();
+    // Bytes left over after the values.
+    let trailing = [&one_value(b"2")[..], b"x"].concat();
+    for (what, bad) in [("short", short), ("long", long), ("trailing", trailing)] {
+        let reply = [
+            message(b'R', &0u32.to_be_bytes()),
+            message(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]),
+            message(b'Z', b"I"),
+            message(b'T', &0u16.to_be_bytes()),
+            message(b'D', &one_value(b"1")),
+            message(b'D', &bad),
+            message(b'C', b"SELECT 2\0"),
+            message(b'Z', b"I"),
+        ]
+        .concat();
+        let (port, server) = fake_server_then(reply, true).await;
+        let mut b = bounded(what, connect(&fake_params(&tls, port)))
+            .await
+            .expect(what);
+        bounded(what, b.start_query(None, "SELECT")).await.unwrap();
+        assert!(matches!(
+            bounded(what, b.read_simple()).await,
+            Ok(Simple::Columns(_))
+        ));
+        match bounded(what, b.read_simple()).await {
+            Ok(Simple::Row(row)) => {
+                assert_eq!(
+                    values(&row).collect::<Vec<_>>(),
+                    [Some(&b"1"[..])],
+                    "{what}"
+                )
+            }
+            other => panic!("{what}: the good row: {other:?}"),
+        }
+        // The bad row is refused whether it is already buffered or still to be read.
+        let refused = match b.buffered_row() {
+            Ok(Some(row)) => panic!("{what}: a malformed row was handed out: {row:?}"),
+            Ok(None) => match bounded(what, b.read_simple()).await {
+                Ok(Simple::Row(row)) => panic!(
+                    "{what}: a malformed row was handed out: {:?}",
+                    values(&row).collect::<Vec<_>>()
+                ),
+                Ok(other) => panic!("{what}: {other:?}"),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        assert!(
+            matches!(&refused, Error::Protocol(m) if m.contains("DataRow")),
+            "{what}: {refused:?}"
+        );
+        assert!(b.is_broken(), "{what}: the connection would be used again");
+        drop(b);
+        bounded("the fake server", server).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_breaks_the_framing_is_refused_without_waiting() {
+    let config = plain_config();
     let tls = tls::connector(config.ssl_mode, &config.root_certs).expect("TLS connector");
     let too_large = [&b"R"[..], &0x7fff_fff0u32.to_be_bytes()].concat();
     let too_short = [&b"R"[..], &2u32.to_be_bytes()].concat();
@@ -821,22 +926,9 @@ async fn a_server_that_breaks_the_framing_is_refused_without_waiting() {
         ("a torn message", torn),
     ] {
         let (port, server) = fake_server(reply).await;
-        let params = Params {
-            target: Target::Tcp {
-                host: "localhost".to_owned(),
-                hostaddr: Some(LOOPBACK),
-                port,
-            },
-            user: "app",
-            password: Some(b"secret"),
-            database: None,
-            options: None,
-            application_name: None,
-            tls: &tls,
-            channel_binding: ChannelBinding::Prefer,
-            log_statements: false,
-        };
-        let e = bounded(what, connect(&params)).await.expect_err(what);
+        let e = bounded(what, connect(&fake_params(&tls, port)))
+            .await
+            .expect_err(what);
         match what {
             "an oversized length" => {
                 assert!(

@@ -283,3 +283,77 @@ async fn a_warm_up_read_that_goes_to_the_database_is_cancelled_at_the_deadline()
     assert_eq!(n, 1);
     assert!(!ext.logs().contains("panicked"));
 }
+
+/// A COMMIT is bounded even without a deadline: one that the database holds past
+/// `WARMPOOL_COMMIT_TIMEOUT_MS` (here, a deferred trigger that sleeps) is cancelled, the client
+/// is told it was rolled back, and nothing of the transaction is committed.
+#[tokio::test]
+async fn a_commit_past_the_commit_timeout_is_cancelled_and_rolled_back() {
+    let pg = PgServer::start();
+    let ext = Extension::start(
+        &pg,
+        &[
+            ("WARMPOOL_COMMIT_TIMEOUT_MS", "500"),
+            ("WARMPOOL_MAX_SIZE", "1"),
+        ],
+    );
+    let client = setup(&pg, &ext).await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION slow_check() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(600); RETURN NULL; END $$; \
+             CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED \
+             FOR EACH ROW EXECUTE FUNCTION slow_check()",
+        )
+        .await
+        .unwrap();
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO t VALUES (2, 0)", &[])
+        .await
+        .unwrap();
+    let err = tx
+        .commit()
+        .await
+        .expect_err("a COMMIT held past the commit timeout was reported committed");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    assert!(
+        err.to_string().contains("WARMPOOL_COMMIT_TIMEOUT_MS"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("rolled back"), "{err}");
+    let direct = direct(&pg).await;
+    let rows: i64 = direct
+        .query_one("SELECT count(*) FROM t WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "the cancelled COMMIT committed its row");
+    assert_eq!(sleeping_backends(&direct).await, 0);
+    let sleeping_triggers: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'COMMIT' AND state = 'active'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sleeping_triggers, 0, "the COMMIT still runs");
+    // The connection was settled and serves the next transaction, which commits.
+    client
+        .batch_execute("DROP TRIGGER slow ON t")
+        .await
+        .unwrap();
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO t VALUES (3, 0)", &[])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let rows: i64 = direct
+        .query_one("SELECT count(*) FROM t WHERE id = 3", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+    assert!(ext.logs().contains("WARMPOOL_COMMIT_TIMEOUT_MS"));
+    assert!(!ext.logs().contains("panicked"));
+}

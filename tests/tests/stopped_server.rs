@@ -182,6 +182,35 @@ async fn a_commit_the_stopped_server_never_answers_is_reported_unknown_never_com
     );
 }
 
+/// Without a deadline, `WARMPOOL_COMMIT_TIMEOUT_MS` bounds the COMMIT: the same answer, 08007.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_with_no_deadline_is_bounded_by_the_commit_timeout() {
+    let pg = PgServer::start();
+    let mut env = ENV.to_vec();
+    env.push(("WARMPOOL_COMMIT_TIMEOUT_MS", "1000"));
+    let ext = Extension::start(&pg, &env);
+    let client = setup(&ext).await;
+    let before = backend_pid(&client).await;
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
+    let paused = pg.pause();
+    let answered = tokio::time::timeout(STOPPED, tx.commit()).await;
+    drop(paused);
+    let err = answered
+        .expect("no answer while the server was stopped")
+        .expect_err("a COMMIT the database never answered was reported committed");
+    assert_eq!(code(&err), Some("08007"), "{err}");
+    assert!(
+        err.to_string().contains("WARMPOOL_COMMIT_TIMEOUT_MS"),
+        "{err}"
+    );
+    let after = backend_pid(&client).await;
+    assert_ne!(
+        after, before,
+        "the abandoned connection was handed out again"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_the_stopped_server_never_answers_is_reported_unknown_never_committed() {
     let pg = PgServer::start();

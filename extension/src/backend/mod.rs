@@ -314,6 +314,36 @@ impl Backend {
         Ok(message)
     }
 
+    /// The body of the whole DataRow at the front of the read buffer (its column count, then
+    /// its values), if one is there. Rows the socket has already delivered are relayed
+    /// straight from the buffer, with no message built and no future polled per row; the
+    /// socket protocol's row encoding is PostgreSQL's. A row whose lengths do not add up is a
+    /// broken server: an error, and the connection is not used again.
+    pub fn buffered_row(&mut self) -> Result<Option<&[u8]>, Error> {
+        let Some(header) = Header::parse(&self.read).map_err(|e| self.fail(e.into()))? else {
+            return Ok(None);
+        };
+        let total = header.len() as usize + 1;
+        if header.tag() != b'D' || self.read.len() < total {
+            return Ok(None);
+        }
+        if !query::row_is_well_formed(&self.read[5..total]) {
+            return Err(self.fail(query::malformed_row()));
+        }
+        Ok(Some(&self.read[5..total]))
+    }
+
+    /// Drops the row [`Backend::buffered_row`] returned.
+    pub fn pop_row(&mut self) {
+        if let Ok(Some(header)) = Header::parse(&self.read) {
+            let total = (header.len() as usize + 1).min(self.read.len());
+            bytes::Buf::advance(&mut self.read, total);
+        }
+        if self.read.is_empty() && self.read.capacity() > KEEP_BUFFER {
+            self.read = BytesMut::with_capacity(8 * 1024);
+        }
+    }
+
     /// A server that does not know a statement this connection prepared, or finds it with
     /// another statement's parameters, is not the server it was prepared on: a pooler in
     /// transaction mode moved the request. The error says so and names the two fixes.

@@ -320,7 +320,7 @@ impl Backend {
         loop {
             match self.recv_in_unit().await? {
                 Message::ParseComplete | Message::BindComplete | Message::CloseComplete => {}
-                Message::DataRow(row) => return Ok(Reply::Row(row)),
+                Message::DataRow(row) => return Ok(Reply::Row(self.checked(row)?)),
                 Message::CommandComplete(body) => {
                     let rows = affected(body.tag()?);
                     self.finish_unit().await?;
@@ -343,7 +343,7 @@ impl Backend {
         loop {
             match self.recv().await? {
                 Message::ParseComplete | Message::BindComplete | Message::CloseComplete => {}
-                Message::DataRow(row) => return Ok(Reply::Row(row)),
+                Message::DataRow(row) => return Ok(Reply::Row(self.checked(row)?)),
                 Message::CommandComplete(body) => return Ok(Reply::Done(affected(body.tag()?))),
                 Message::EmptyQueryResponse | Message::PortalSuspended => {
                     return Ok(Reply::Done(0))
@@ -383,7 +383,7 @@ impl Backend {
                         .collect::<Vec<_>>()?;
                     return Ok(Simple::Columns(names));
                 }
-                Message::DataRow(row) => return Ok(Simple::Row(row)),
+                Message::DataRow(row) => return Ok(Simple::Row(self.checked(row)?)),
                 Message::CommandComplete(body) => {
                     return Ok(Simple::Complete(affected(body.tag()?)))
                 }
@@ -448,6 +448,16 @@ impl Backend {
                 Err(Error::Db(db))
             }
             other => other,
+        }
+    }
+
+    /// A row whose lengths add up; any other is a broken server, and the connection is not
+    /// used again.
+    fn checked(&mut self, row: DataRowBody) -> Result<DataRowBody, Error> {
+        if values_well_formed(column_count(&row), row.buffer()) {
+            Ok(row)
+        } else {
+            Err(self.fail(malformed_row()))
         }
     }
 
@@ -524,6 +534,43 @@ fn affected(tag: &str) -> u64 {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// How many columns `row` has.
+pub fn column_count(row: &DataRowBody) -> u16 {
+    use fallible_iterator::FallibleIterator;
+    // The ranges' hint is the column count the row declares.
+    u16::try_from(row.ranges().size_hint().0).unwrap_or(u16::MAX)
+}
+
+/// Whether a DataRow body (its column count, then its values) is exactly as long as its
+/// values say.
+pub(crate) fn row_is_well_formed(body: &[u8]) -> bool {
+    match body.split_first_chunk::<2>() {
+        Some((count, values)) => values_well_formed(u16::from_be_bytes(*count), values),
+        None => false,
+    }
+}
+
+/// Whether `values` holds exactly `count` values, each a length (-1 for NULL) and its bytes.
+pub(crate) fn values_well_formed(count: u16, mut values: &[u8]) -> bool {
+    for _ in 0..count {
+        let Some((len, rest)) = values.split_first_chunk::<4>() else {
+            return false;
+        };
+        values = match i32::from_be_bytes(*len) {
+            -1 => rest,
+            n => match usize::try_from(n).ok().and_then(|n| rest.get(n..)) {
+                Some(rest) => rest,
+                None => return false,
+            },
+        };
+    }
+    values.is_empty()
+}
+
+pub(crate) fn malformed_row() -> Error {
+    Error::protocol("a DataRow whose value lengths do not match its size")
 }
 
 /// The values of a row, by column: `None` for NULL.

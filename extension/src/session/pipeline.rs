@@ -481,7 +481,7 @@ fn lost<S: AsyncRead + AsyncWrite + Unpin>(
         (false, _, _) => e,
         (true, Some(b), _) => b,
         (true, None, Some(i)) => rolled_back(i),
-        (true, None, None) => errors::commit_unknown(guard.budget()),
+        (true, None, None) => errors::commit_unknown(guard.budget(), guard.limit()),
     };
     Finish {
         last: Response::Error(last),

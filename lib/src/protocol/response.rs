@@ -141,6 +141,15 @@ impl RowsEncoder {
         self.rows += 1;
     }
 
+    /// Appends one row given as PostgreSQL's DataRow carries it: `count` values, each a
+    /// length (-1 for NULL) and its bytes, which is this protocol's encoding of a row too. The
+    /// caller has checked that `values` holds exactly `count` values.
+    pub fn push_raw(&mut self, buf: &mut BytesMut, count: u16, values: &[u8]) {
+        buf.put_u16(count);
+        buf.put_slice(values);
+        self.rows += 1;
+    }
+
     /// Rows appended so far.
     pub fn rows(&self) -> u32 {
         self.rows

@@ -2163,6 +2163,25 @@ fn rows_encoded_in_place_match_the_rows_frame() {
     assert_eq!(&buf[..13], b"queued before");
     assert_eq!(&buf[13..], &whole[..]);
 
+    // Rows given as PostgreSQL's DataRow carries them encode the same.
+    let mut raw = BytesMut::new();
+    let mut enc = RowsEncoder::begin(&mut raw);
+    for row in &rows {
+        let mut values = BytesMut::new();
+        for v in &row.values {
+            match v {
+                None => values.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    values.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    values.extend_from_slice(v);
+                }
+            }
+        }
+        enc.push_raw(&mut raw, row.values.len() as u16, &values);
+    }
+    enc.finish(&mut raw);
+    assert_eq!(&raw[..], &whole[..]);
+
     // Abandoned, the frame leaves nothing behind.
     let mut buf = BytesMut::from(&b"queued before"[..]);
     let mut enc = RowsEncoder::begin(&mut buf);
