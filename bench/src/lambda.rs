@@ -289,7 +289,10 @@ fn build_env(
                     .join(format!("env-{index}.sock"))
                     .display()
                     .to_string(),
-            );
+            )
+            // One directory, a port each, so environments do not meet on one socket.
+            .env("WARMPOOL_PG_SOCKET_DIR", ctx.sockets.display().to_string())
+            .env("WARMPOOL_PG_PORT", (20_000 + index).to_string());
     }
     b.build().map_err(|e| e.to_string())
 }

@@ -539,6 +539,10 @@ impl Ext {
             .envs(std::env::vars().filter(|(k, _)| k.starts_with("WARMPOOL_")))
             .env("WARMPOOL_LOG", "info")
             .env("WARMPOOL_SOCKET", &socket)
+            .env(
+                "WARMPOOL_PG_SOCKET_DIR",
+                socket.parent().expect("the socket's directory"),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -54,6 +54,10 @@ pub struct Config {
     pub channel_binding: ChannelBinding,
     /// `WARMPOOL_SOCKET`: the Unix socket path. Default `/tmp/warmpool.sock`.
     pub socket_path: PathBuf,
+    /// `WARMPOOL_PG_SOCKET_DIR` and `WARMPOOL_PG_PORT`: the PostgreSQL-protocol endpoint's
+    /// socket, `<dir>/.s.PGSQL.<port>`, where libpq looks for it with `host=<dir>`. Defaults
+    /// `/tmp` and `5432`, so `host=/tmp` finds it. An empty directory turns the endpoint off.
+    pub pg_socket: Option<PathBuf>,
     /// `WARMPOOL_MAX_SIZE`: most connections open at once. Default 4, or on Lambda Managed
     /// Instances `AWS_LAMBDA_MAX_CONCURRENCY`, so every concurrent invocation can hold one.
     pub max_size: usize,
@@ -201,6 +205,10 @@ pub struct Observability {
 pub mod defaults {
     /// `WARMPOOL_SOCKET`.
     pub const SOCKET: &str = "/tmp/warmpool.sock";
+    /// `WARMPOOL_PG_SOCKET_DIR`: `/tmp`, the one directory a function and its extensions share.
+    pub const PG_SOCKET_DIR: &str = "/tmp";
+    /// `WARMPOOL_PG_PORT`: PostgreSQL's own, so drivers need no port.
+    pub const PG_PORT: u16 = 5432;
     /// `WARMPOOL_MAX_SIZE`.
     pub const MAX_SIZE: usize = 4;
     /// `WARMPOOL_WARM_SIZE`.
@@ -431,6 +439,13 @@ impl Config {
             socket_path: get("WARMPOOL_SOCKET")
                 .unwrap_or_else(|| defaults::SOCKET.into())
                 .into(),
+            pg_socket: {
+                let dir =
+                    get("WARMPOOL_PG_SOCKET_DIR").unwrap_or_else(|| defaults::PG_SOCKET_DIR.into());
+                let port = parse(&get, "WARMPOOL_PG_PORT", defaults::PG_PORT)?;
+                (!dir.trim().is_empty())
+                    .then(|| crate::pgwire::socket_path(std::path::Path::new(dir.trim()), port))
+            },
             max_size: parse(&get, "WARMPOOL_MAX_SIZE", default_max_size)?,
             warm_size: parse(&get, "WARMPOOL_WARM_SIZE", defaults::WARM_SIZE)?,
             wait_timeout: ms("WARMPOOL_WAIT_TIMEOUT_MS", defaults::WAIT_TIMEOUT_MS)?,

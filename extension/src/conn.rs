@@ -85,6 +85,13 @@ impl PgConn {
         self.dirty = true;
     }
 
+    /// Forgets every cached statement without closing it: the server has dropped them all
+    /// (`DISCARD ALL`).
+    pub(crate) fn forget_all_statements(&mut self) {
+        self.statements.clear();
+        self.backend.forget_closes();
+    }
+
     /// Whether the connection must be reset before it is handed out again.
     pub(crate) fn needs_reset(&self) -> bool {
         self.dirty || self.in_transaction()
@@ -290,6 +297,12 @@ impl StatementCache {
 
     pub(crate) fn len(&self) -> usize {
         self.cache.as_ref().map_or(0, LruCache::len)
+    }
+
+    fn clear(&mut self) {
+        if let Some(c) = self.cache.as_mut() {
+            c.clear();
+        }
     }
 
     fn get(&mut self, sql: &str, types: &[u32]) -> Option<Statement> {

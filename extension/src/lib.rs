@@ -56,6 +56,7 @@ pub(crate) mod notices;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod pgconfig;
+pub(crate) mod pgwire;
 pub mod pool;
 pub mod pool_errors;
 pub(crate) mod retry;

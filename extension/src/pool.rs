@@ -529,6 +529,22 @@ impl Pool {
 
     /// Takes a connection out of the pool for good, counted as replaced; dropping it sends
     /// Terminate.
+    /// How many thaws the environment has seen: a connection last checked before the latest
+    /// one is checked again before it is used.
+    pub(crate) fn thaw_epoch(&self) -> u64 {
+        self.inner.manager().thaw_epoch.load(Ordering::Acquire)
+    }
+
+    /// The database the pool's connections are open on, if the settings name one.
+    pub(crate) fn database(&self) -> Option<&str> {
+        self.inner.manager().pg.get_dbname()
+    }
+
+    /// The user the pool's connections log in as, if the settings name one.
+    pub(crate) fn user(&self) -> Option<&str> {
+        self.inner.manager().pg.get_user()
+    }
+
     pub(crate) fn discard(&self, conn: PooledConn) {
         self.meter().add(Event::ConnectionReplaced);
         drop(Object::take(conn));

@@ -47,6 +47,20 @@ impl Service {
             )
         })?;
         tracing::info!(socket = %config.socket_path.display(), "listening");
+        let pg_listener = match &config.pg_socket {
+            Some(path) => {
+                let bound = socket::bind(path).await.map_err(|e| {
+                    format!(
+                        "cannot bind the PostgreSQL socket {} (WARMPOOL_PG_SOCKET_DIR, \
+                         WARMPOOL_PG_PORT): {e}",
+                        path.display()
+                    )
+                })?;
+                tracing::info!(socket = %path.display(), "listening for PostgreSQL clients");
+                Some(bound)
+            }
+            None => None,
+        };
         let telemetry = Arc::new(Telemetry::new(
             pool.meter().clone(),
             config.observability.clone(),
@@ -59,12 +73,34 @@ impl Service {
             telemetry,
         });
         let shutdown = CancellationToken::new();
+        let pg_server = pg_listener.map(|(listener, uid)| {
+            tokio::spawn(crate::pgwire::serve(
+                listener,
+                uid,
+                shared.clone(),
+                shutdown.clone(),
+            ))
+        });
         let server = tokio::spawn(server::serve(
             listener,
             uid,
             shared.clone(),
             shutdown.clone(),
         ));
+        let server = match pg_server {
+            // One handle for both: shutdown waits for, or aborts, the sessions of each.
+            Some(pg) => tokio::spawn(async move {
+                let (a, b) = tokio::join!(server, pg);
+                for r in [a, b] {
+                    if let Err(e) = r {
+                        if e.is_panic() {
+                            tracing::error!("a listener panicked");
+                        }
+                    }
+                }
+            }),
+            None => server,
+        };
         Ok(Service {
             shared,
             shutdown,
@@ -163,6 +199,9 @@ impl Service {
             );
         }
         socket::remove(&self.shared.config.socket_path);
+        if let Some(path) = &self.shared.config.pg_socket {
+            socket::remove(path);
+        }
         StopReport {
             closed,
             dropped,

@@ -121,6 +121,14 @@ impl Extension {
                 s
             }
         };
+        // The PostgreSQL endpoint's socket in the extension's own directory, so extensions run
+        // side by side do not meet in /tmp.
+        if !vars.iter().any(|(k, _)| k == "WARMPOOL_PG_SOCKET_DIR") {
+            vars.push((
+                "WARMPOOL_PG_SOCKET_DIR".into(),
+                dir.path().display().to_string(),
+            ));
+        }
         let mut cmd = Command::new(binary());
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -59,6 +59,10 @@ impl LambdaEnv {
 
         let mut vars = pg.env();
         vars.push(("WARMPOOL_SOCKET".into(), socket.display().to_string()));
+        vars.push((
+            "WARMPOOL_PG_SOCKET_DIR".into(),
+            dir.path().display().to_string(),
+        ));
         vars.push(("WARMPOOL_LOG".into(), "debug".into()));
         for (k, v) in env {
             vars.retain(|(name, _)| name != k);

@@ -493,6 +493,10 @@ fn unzipped_layer_serves_the_example_function_in_the_local_lambda() {
         "WARMPOOL_SOCKET".into(),
         tmp.path().join("warmpool.sock").display().to_string(),
     ));
+    env.push((
+        "WARMPOOL_PG_SOCKET_DIR".into(),
+        tmp.path().display().to_string(),
+    ));
     env.push(("WARMPOOL_LOG".into(), "debug".into()));
     for (k, v) in env {
         cmd.arg("--env").arg(format!("{k}={v}"));

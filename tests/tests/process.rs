@@ -28,6 +28,8 @@ fn run_to_exit(args: &[&str], env: &[(String, String)]) -> Output {
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        // These tests are about the extension's own socket: the PostgreSQL endpoint is off.
+        .env("WARMPOOL_PG_SOCKET_DIR", "")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -421,6 +423,7 @@ async fn sigterm_ends_startup_on_a_socket_path_that_never_accepts() {
         Command::new(ext::binary())
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("WARMPOOL_PG_SOCKET_DIR", "")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -16,6 +16,7 @@ mod cancel;
 pub mod connect;
 mod error;
 pub mod query;
+pub mod raw;
 mod stream;
 pub(crate) mod types;
 
@@ -179,6 +180,13 @@ impl Backend {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every run-time parameter the server has reported, as it last reported it.
+    pub fn parameters(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.parameters
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
     /// The notices the server sent, kept for the client the connection serves.
     pub fn notices(&self) -> &Notices {
         &self.notices
@@ -196,6 +204,11 @@ impl Backend {
     /// Closes `name` on the server with the next request, without a round trip of its own.
     pub(crate) fn close_later(&mut self, name: Arc<str>) {
         self.to_close.push(name);
+    }
+
+    /// Drops the Close messages not yet sent: their statements are gone already.
+    pub(crate) fn forget_closes(&mut self) {
+        self.to_close.clear();
     }
 
     /// Writes the Close messages of evicted statements ahead of a request; their CloseComplete
