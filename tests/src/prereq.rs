@@ -152,7 +152,11 @@ pub fn python_drivers(dir: &Path) -> PathBuf {
     run(Command::new(venv.join("bin/pip"))
         .args(["install", "--quiet", "--disable-pip-version-check"])
         .args(PYTHON_DRIVERS));
-    assert!(ready(), "`{PYTHON_MODULES}` still fails in {}", venv.display());
+    assert!(
+        ready(),
+        "`{PYTHON_MODULES}` still fails in {}",
+        venv.display()
+    );
     python
 }
 
@@ -182,10 +186,20 @@ pub fn node_drivers(dir: &Path) -> PathBuf {
     }
     create_dir(&prefix);
     run(Command::new("npm")
-        .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--prefix",
+        ])
         .arg(&prefix)
         .args(NODE_DRIVERS));
-    assert!(ready(), "{NODE_DRIVERS:?} still missing in {}", modules.display());
+    assert!(
+        ready(),
+        "{NODE_DRIVERS:?} still missing in {}",
+        modules.display()
+    );
     modules
 }
 

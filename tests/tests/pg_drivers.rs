@@ -111,7 +111,12 @@ struct Finished {
 
 /// Runs `cmd` against `target` with only the target's libpq variables (none inherited), killing
 /// it after [`SCRIPT_LIMIT`].
-fn run(mut cmd: Command, target: &Target) -> Finished {
+fn run(cmd: Command, target: &Target) -> Finished {
+    run_with(cmd, target, |_| {})
+}
+
+/// [`run`], calling `during` with the child's pid while it runs.
+fn run_with(mut cmd: Command, target: &Target, during: impl FnOnce(u32)) -> Finished {
     let inherited: Vec<_> = std::env::vars_os()
         .map(|(k, _)| k)
         .filter(|k| k.to_string_lossy().starts_with("PG"))
@@ -143,6 +148,7 @@ fn run(mut cmd: Command, target: &Target) -> Finished {
         let _ = done_tx.send(());
         (s, status)
     });
+    during(pid);
     let timed_out = done_rx.recv_timeout(SCRIPT_LIMIT).is_err();
     if timed_out {
         let _ = nix::sys::signal::kill(
@@ -166,7 +172,7 @@ fn run(mut cmd: Command, target: &Target) -> Finished {
 }
 
 /// Runs a driver script and asserts it passed all `checks` checks.
-fn run_checklist(cmd: Command, target: &Target, checks: usize) {
+fn run_checklist(cmd: Command, target: &Target, checks: usize) -> Finished {
     let finished = run(cmd, target);
     let passed = finished
         .stdout
@@ -189,6 +195,7 @@ fn run_checklist(cmd: Command, target: &Target, checks: usize) {
         "expected {checks} passed checks:\n{}{}",
         finished.stdout, finished.stderr
     );
+    finished
 }
 
 fn python(script_name: &str) -> Command {
@@ -241,9 +248,7 @@ fn pgjdbc_over_tcp() {
     let target = target(&pg, Transport::Tcp);
     let mut cmd = Command::new("java");
     // A single source file runs without a separate javac step or class files left behind.
-    cmd.arg("-cp")
-        .arg(jar)
-        .arg(script("PgJdbcCheck.java"));
+    cmd.arg("-cp").arg(jar).arg(script("PgJdbcCheck.java"));
     run_checklist(cmd, &target, 9);
 }
 
@@ -254,12 +259,57 @@ fn psql_script() {
     let mut cmd = Command::new("psql");
     cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f"])
         .arg(script("psql_check.sql"));
-    let finished = run(cmd, &target);
-    assert!(finished.success, "psql failed:\n{}", finished.stderr);
-    todo_psql_expectations(&finished.stdout);
+    let finished = run_checklist(cmd, &target, 7);
+    for payload in ["from self", "from self again"] {
+        let line = format!(" with payload \"{payload}\" received from server process with PID ");
+        assert!(
+            finished.stdout.contains(&line),
+            "psql printed no notification with payload {payload:?}:\n{}",
+            finished.stdout
+        );
+    }
 }
 
-fn todo_psql_expectations(_stdout: &str) {}
+/// psql's Ctrl-C: libpq sends a CancelRequest with the key the session was given, and the
+/// statement ends in 57014.
+#[test]
+fn psql_cancel() {
+    let pg = PgServer::start();
+    let target = target(&pg, Transport::UnixSocket);
+    let mut cmd = Command::new("psql");
+    cmd.args([
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-v",
+        "VERBOSITY=sqlstate",
+    ])
+    .args(["-c", "SELECT pg_sleep(30) AS cancel_probe"]);
+    let sleeping = "SELECT count(*) FROM pg_stat_activity \
+                    WHERE wait_event = 'PgSleep' AND query LIKE '%AS cancel_probe'";
+    let finished = run_with(cmd, &target, |pid| {
+        // The server's own view says when the statement runs; a Ctrl-C before that would
+        // only stop psql.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while pg.superuser_psql(sleeping) != "1" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "psql's statement never started"
+            );
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+    });
+    assert!(!finished.success, "psql succeeded despite the cancel");
+    assert!(
+        finished.stderr.contains("57014"),
+        "psql's statement did not end in 57014:\n{}",
+        finished.stderr
+    );
+}
 
 /// `pgbench -i`, then select-only runs in each query mode and a TPC-B-like run, none with a
 /// failed transaction.
