@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use warmpool_tests::{prereq, PgServer};
+use warmpool_tests::{prereq, Extension, PgServer};
 
 /// A script that takes longer than this is stuck (a lost cancel would sleep 30 s per check);
 /// it is killed and the test fails with what it printed.
@@ -45,6 +45,9 @@ struct Target {
     /// When set, the driver must use TLS and verify the server against this CA
     /// (`sslmode=verify-full`); otherwise it uses what the endpoint offers.
     tls_root_cert: Option<PathBuf>,
+    /// The process serving the endpoint, kept running as long as the target is used; `None`
+    /// when the endpoint is the test PostgreSQL itself.
+    _serving: Option<Extension>,
 }
 
 impl Target {
@@ -78,6 +81,7 @@ fn target(pg: &PgServer, transport: Transport) -> Target {
             dbname: pg.dbname().to_string(),
             password: None,
             tls_root_cert: None,
+            _serving: None,
         },
         Transport::Tcp => Target {
             host: pg.host().to_string(),
@@ -86,6 +90,7 @@ fn target(pg: &PgServer, transport: Transport) -> Target {
             dbname: pg.dbname().to_string(),
             password: Some(pg.password().to_string()),
             tls_root_cert: Some(pg.ca_path()),
+            _serving: None,
         },
     }
 }
