@@ -9,8 +9,8 @@
 //! - [`secrets_manager`]: a Secrets Manager stand-in on loopback.
 //! - [`logs`]: the extension's JSON log lines, read back.
 //! - [`emf`]: a checker for CloudWatch Embedded Metric Format records.
-//! - [`prereq`]: what the tests need from the machine (PostgreSQL, PgBouncer, `ss`), installed on
-//!   first use.
+//! - [`prereq`]: what the tests need from the machine (PostgreSQL, PgBouncer, `ss`, other
+//!   languages' drivers), installed on first use.
 
 pub mod certs;
 pub mod emf;

@@ -1,6 +1,7 @@
 //! What the tests and the demo need from the machine, installed on first use: PostgreSQL's server
-//! binaries and client, `runuser`, `ss`, and a PgBouncer recent enough for prepared statements in
-//! transaction mode. `cargo test --workspace` on a machine with only Rust (and Debian's apt) sets
+//! binaries and client, `runuser`, `ss`, a PgBouncer recent enough for prepared statements in
+//! transaction mode, and the drivers of other languages that the PostgreSQL-protocol tests run
+//! (psycopg and asyncpg in a Python venv, `pg` and `postgres` for Node.js, pgJDBC with a JDK). `cargo test --workspace` on a machine with only Rust (and Debian's apt) sets
 //! itself up; where it cannot (not root, no apt-get), the test fails with the command to run.
 //!
 //! Test binaries run in parallel and each may find the same thing missing: every install runs
@@ -98,6 +99,144 @@ pub fn debian_pgbouncer() -> PathBuf {
         present: || Path::new(PATH).exists(),
     }]);
     PathBuf::from(PATH)
+}
+
+/// Versions the driver scripts are written against: psycopg 3.2 brought `Connection.notifies`
+/// with a timeout and `cancel_safe`; `pg-copy-streams` is how `pg` does COPY.
+const PYTHON_DRIVERS: &[&str] = &["psycopg[binary]>=3.2,<4", "asyncpg>=0.29,<1"];
+const PYTHON_MODULES: &str = "import psycopg, psycopg_binary, asyncpg";
+const NODE_DRIVERS: &[&str] = &["pg@8", "postgres@3", "pg-copy-streams@6"];
+/// Where Debian's `libpostgresql-jdbc-java` puts pgJDBC.
+const PGJDBC_JAR: &str = "/usr/share/java/postgresql.jar";
+
+/// `pgbench`, from PostgreSQL's client package.
+pub fn pgbench() {
+    ensure(&[Package {
+        name: "postgresql-client",
+        present: || on_path("pgbench"),
+    }]);
+}
+
+/// A Python venv at `dir/venv` with psycopg (and its binary libpq) and asyncpg, created when
+/// it is missing or broken; returns its interpreter.
+pub fn python_drivers(dir: &Path) -> PathBuf {
+    let venv = dir.join("venv");
+    let python = venv.join("bin/python");
+    let ready = || {
+        Command::new(&python)
+            .args(["-c", PYTHON_MODULES])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready() {
+        return python;
+    }
+    ensure(&[Package {
+        name: "python3-venv",
+        present: || {
+            Command::new("python3")
+                .args(["-c", "import venv, ensurepip"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        },
+    }]);
+    let _lock = lock();
+    if ready() {
+        return python;
+    }
+    create_dir(dir);
+    // --clear: a venv left half made by an interrupted install is made again.
+    run(Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv));
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PYTHON_DRIVERS));
+    assert!(
+        ready(),
+        "`{PYTHON_MODULES}` still fails in {}",
+        venv.display()
+    );
+    python
+}
+
+/// A `node_modules` at `dir/node/node_modules` with `pg`, `pg-copy-streams` and `postgres`,
+/// installed when missing; returns that directory, for `NODE_PATH`. Also makes sure `node` is
+/// there.
+pub fn node_drivers(dir: &Path) -> PathBuf {
+    let prefix = dir.join("node");
+    let modules = prefix.join("node_modules");
+    let ready = || {
+        on_path("node")
+            && NODE_DRIVERS.iter().all(|spec| {
+                let name = spec.rsplit_once('@').map_or(*spec, |(n, _)| n);
+                modules.join(name).join("package.json").is_file()
+            })
+    };
+    if ready() {
+        return modules;
+    }
+    ensure(&[Package {
+        name: "nodejs npm",
+        present: || on_path("node") && on_path("npm"),
+    }]);
+    let _lock = lock();
+    if ready() {
+        return modules;
+    }
+    create_dir(&prefix);
+    run(Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--prefix",
+        ])
+        .arg(&prefix)
+        .args(NODE_DRIVERS));
+    assert!(
+        ready(),
+        "{NODE_DRIVERS:?} still missing in {}",
+        modules.display()
+    );
+    modules
+}
+
+/// pgJDBC from Debian's package, and a JDK to run the Java check (`java` launching a source
+/// file compiles it, so it needs `javac`'s compiler too); returns the jar.
+pub fn pgjdbc() -> PathBuf {
+    ensure(&[
+        Package {
+            name: "default-jdk-headless",
+            present: || on_path("java") && on_path("javac"),
+        },
+        Package {
+            name: "libpostgresql-jdbc-java",
+            present: || Path::new(PGJDBC_JAR).is_file(),
+        },
+    ]);
+    PathBuf::from(PGJDBC_JAR)
+}
+
+fn create_dir(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+}
+
+/// Runs an install step, failing with the command and its output.
+fn run(cmd: &mut Command) {
+    let shown = format!("{cmd:?}");
+    eprintln!("installing: {shown}");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}): run it by hand to see why\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn ensure(packages: &[Package]) {
