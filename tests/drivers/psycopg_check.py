@@ -165,9 +165,11 @@ def sync_checks():
             except Exception as e:
                 outcome["error"] = e
 
+        # The server's own pid: behind a pooler the key the driver holds is the pooler's.
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         th = threading.Thread(target=run)
         th.start()
-        sleeping(other, conn.info.backend_pid)
+        sleeping(other, pid)
         conn.cancel_safe()
         th.join()
         e = outcome["error"]
@@ -298,8 +300,8 @@ async def async_checks():
         expect(n == ROWS, f"server-side cursor gave {n} rows")
 
     async def cancel():
+        pid = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]
         task = asyncio.create_task(conn.execute("SELECT pg_sleep(30)"))
-        pid = conn.info.backend_pid
         for _ in range(2000):
             cur = await other.execute(
                 "SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)

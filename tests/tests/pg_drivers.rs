@@ -74,15 +74,20 @@ impl Target {
 /// local connections) or its TCP port (TLS with SCRAM only).
 fn target(pg: &PgServer, transport: Transport) -> Target {
     match transport {
-        Transport::UnixSocket => Target {
-            host: pg.socket_dir().display().to_string(),
-            port: pg.port(),
-            user: pg.user().to_string(),
-            dbname: pg.dbname().to_string(),
-            password: None,
-            tls_root_cert: None,
-            _serving: None,
-        },
+        // warmpool's endpoint, under a user name the database does not know: the extension
+        // logs in with its own credentials.
+        Transport::UnixSocket => {
+            let ext = Extension::start(pg, &[("WARMPOOL_MAX_SIZE", "8")]);
+            Target {
+                host: ext.dir().display().to_string(),
+                port: 5432,
+                user: "any_function".to_string(),
+                dbname: pg.dbname().to_string(),
+                password: None,
+                tls_root_cert: None,
+                _serving: Some(ext),
+            }
+        }
         Transport::Tcp => Target {
             host: pg.host().to_string(),
             port: pg.port(),
