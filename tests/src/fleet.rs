@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::ext::Extension;
 use crate::lambda_env::LambdaEnv;
 use crate::pg::PgServer;
 
@@ -108,6 +109,27 @@ impl LambdaEnv {
             .filter(|l| l.process.starts_with("extension:") && l.line.contains(needle))
             .map(|l| l.line)
             .collect()
+    }
+}
+
+impl Extension {
+    /// Stops the extension with SIGSTOP, as Lambda freezes an environment between invocations:
+    /// it answers nothing and runs no timer (in local mode its maintenance checks idle
+    /// connections, which keeps them from ever idling long). It resumes when the guard is
+    /// dropped, so a failing test leaves nothing stopped.
+    pub fn freeze(&self) -> FrozenExtension {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        FrozenExtension(pid)
+    }
+}
+
+/// See [`Extension::freeze`].
+pub struct FrozenExtension(nix::unistd::Pid);
+
+impl Drop for FrozenExtension {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
     }
 }
 

@@ -59,11 +59,15 @@ fn fleet_settings(fleet: &str, budget: u32) -> Vec<(String, String)> {
 
 /// An extension process in fleet `fleet`, opening no connection until asked, and willing to
 /// wait long for a slot so that a test sees waits end in success rather than in its timeout.
+///
+/// Outside Lambda the extension is never frozen, and its maintenance checks idle connections
+/// every `WARMPOOL_CHECK_AFTER_IDLE_MS`, so they never idle long enough to be taken; tests
+/// freeze a process ([`Extension::freeze`]) where Lambda would freeze its environment.
 fn fleet_extension(pg: &PgServer, fleet: &str, budget: u32) -> Extension {
     let mut vars = fleet_settings(fleet, budget);
     vars.push(("WARMPOOL_WARM_SIZE".into(), "0".into()));
-    vars.push(("WARMPOOL_WAIT_TIMEOUT_MS".into(), "20000".into()));
-    vars.push(("WARMPOOL_RETRY_BUDGET_MS".into(), "20000".into()));
+    vars.push(("WARMPOOL_WAIT_TIMEOUT_MS".into(), "10000".into()));
+    vars.push(("WARMPOOL_RETRY_BUDGET_MS".into(), "10000".into()));
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     Extension::start(pg, &vars)
 }
@@ -75,7 +79,7 @@ fn assert_ok_or_budget_refusal<T: std::fmt::Debug>(
     logs: &str,
 ) {
     if let Err(e) = result {
-        let db = e.as_db_error();
+        let db = e.fields();
         assert!(
             e.code() == Some(&SqlState::TOO_MANY_CONNECTIONS)
                 && db.is_some_and(|d| d.message().contains("WARMPOOL_FLEET_MAX_CONNECTIONS")),
@@ -207,6 +211,10 @@ async fn forty_environments_share_a_budget_of_ten() {
         taken > 0,
         "forty environments on a budget of ten took idle connections' slots"
     );
+    eprintln!(
+        "max {max_seen} fleet connections seen over {} samples; {taken} slots taken",
+        samples.len()
+    );
 
     // Frozen, every environment has at most its one connection, and together no more than the
     // budget once the terminated backends have exited.
@@ -253,7 +261,8 @@ async fn more_environments_than_slots_wait_for_one() {
         direct
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity \
-                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                 WHERE application_name = $1 AND wait_event_type = 'Lock' \
+                   AND query LIKE '%pg_advisory_xact_lock_shared(7)%'",
                 &[&name],
             )
             .await
@@ -272,21 +281,36 @@ async fn more_environments_than_slots_wait_for_one() {
         "four environments want a connection; the fleet holds its budget"
     );
 
-    // The busy ones finish; their connections go idle and can be taken.
+    let holders: Vec<usize> = (0..exts.len()).filter(|&i| refusals(&exts[i]) == 0).collect();
+    assert_eq!(holders.len(), BUDGET as usize);
+
+    // The busy ones finish and their environments freeze, as after an invocation: their
+    // connections go idle and can be taken.
     direct
         .batch_execute("SELECT pg_advisory_unlock(7)")
         .await
         .unwrap();
-    let mut succeeded = 0;
-    for (i, call) in calls.into_iter().enumerate() {
+    let mut results: Vec<_> = calls.into_iter().map(Some).collect();
+    let mut frozen = Vec::new();
+    for &i in &holders {
+        let pid = results[i].take().unwrap().await.unwrap();
+        assert!(pid.is_ok(), "environment {i}, which had a slot: {pid:?}");
+        frozen.push(exts[i].freeze());
+    }
+    let mut succeeded = holders.len();
+    for (i, call) in results.into_iter().enumerate() {
+        let Some(call) = call else { continue };
         let result = call.await.unwrap();
         assert_ok_or_budget_refusal(&format!("environment {i}"), &result, &exts[i].logs());
         succeeded += usize::from(result.is_ok());
     }
-    assert!(
-        succeeded >= BUDGET as usize,
-        "the statements that had a slot completed"
-    );
+    drop(frozen);
+    let mut waits = 0;
+    for ext in &exts {
+        waits += ext.client().await.stats().await.unwrap().fleet_waits;
+    }
+    assert_eq!(waits, 2, "the two refused requests counted their wait");
+    eprintln!("{succeeded} of 4 environments ran their statement; the others got 53300");
     assert!(connections_named(&direct, &name).await <= BUDGET as i64);
 }
 
@@ -329,7 +353,8 @@ async fn busy_connections_are_never_taken() {
         let row = direct
             .query_opt(
                 "SELECT pid FROM pg_stat_activity \
-                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                 WHERE application_name = $1 AND wait_event_type = 'Lock' \
+                   AND query LIKE '%pg_advisory_xact_lock(8)%'",
                 &[&name],
             )
             .await
@@ -374,6 +399,7 @@ async fn busy_connections_are_never_taken() {
         .get(0);
     assert_eq!(same, tx_pid, "the transaction kept its connection");
     tx.commit().await.unwrap();
+    drop(tx_client);
     // The statement completes.
     direct
         .batch_execute("SELECT pg_advisory_unlock(8)")
@@ -381,6 +407,9 @@ async fn busy_connections_are_never_taken() {
         .unwrap();
     assert_eq!(statement.await.unwrap().unwrap(), stmt_pid);
 
+    // Both environments freeze, as after an invocation; their idle connections can now be
+    // taken, and the newcomer gets its slot.
+    let _frozen = (in_tx.freeze(), running.freeze());
     let got = wants.await.unwrap();
     assert_ok_or_budget_refusal("the newcomer", &got, &newcomer.logs());
 }
@@ -415,7 +444,10 @@ async fn two_fleets_keep_to_their_own() {
     );
     assert_eq!(refusals(&y1), 0, "{}", y1.logs());
 
-    // Both idle past the threshold: either could be taken, if fleets were mixed up.
+    // Both environments freeze between invocations, and their connections idle past the
+    // threshold: either could be taken, if fleets were mixed up.
+    let x1_frozen = x1.freeze();
+    let _y1_frozen = y1.freeze();
     wait_in_state_longer_than(&direct, x_pid, "idle", STEAL_IDLE_MS).await;
     wait_in_state_longer_than(&direct, y1_pid, "idle", STEAL_IDLE_MS).await;
 
@@ -441,8 +473,11 @@ async fn two_fleets_keep_to_their_own() {
         Some(x_name.as_str()),
         "fleet x's connection is untouched"
     );
+    drop(x1_frozen);
     assert_eq!(pid_of(x1_client).await, x_pid, "and still serves fleet x");
     assert!(!x1.logs().contains(TOOK_A_SLOT));
+    let stats = y2.client().await.stats().await.unwrap();
+    assert_eq!(stats.fleet_slots_taken, 1, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
