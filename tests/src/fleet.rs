@@ -154,7 +154,8 @@ impl Running {
 
     /// Starts a window: the peak restarts from the count now.
     fn open_window(&self) {
-        self.peak.store(self.now.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.peak
+            .store(self.now.load(Ordering::SeqCst), Ordering::SeqCst);
         // An `enter` between the load and the store above raised the peak before the store
         // lowered it again; its count is in `now`, so take it back.
         self.peak
