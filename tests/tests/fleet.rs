@@ -239,7 +239,23 @@ async fn forty_environments_share_a_budget_of_ten() {
     })
     .await;
 
+    // Each slot taken is counted in the metrics too: each environment writes a record per
+    // Init and invocation, the last one at SHUTDOWN.
     join_all(envs.iter().map(|e| e.lambda.shutdown())).await;
+    let mut logged = 0;
+    let mut counted = 0.0;
+    for env in &envs {
+        logged += env.extension_lines(TOOK_A_SLOT).len();
+        let records = warmpool_tests::logs::metric_records(&env.extension_lines("_aws").join("\n"));
+        counted += records
+            .iter()
+            .filter_map(|r| r["FleetSlotsTaken"].as_f64())
+            .sum::<f64>();
+    }
+    assert_eq!(
+        counted, logged as f64,
+        "FleetSlotsTaken counts every slot taken"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
