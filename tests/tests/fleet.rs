@@ -528,6 +528,7 @@ async fn without_a_budget_nothing_changes() {
     // Every statement the server runs goes to its log, so the budget's lock would show there.
     pg.set_config("log_statement", "all");
     create_orders_table(&pg).await;
+    // The function has a name (the fleet's default name), but no budget is set.
     let env = LambdaEnv::classic(&pg, &[("WARMPOOL_WARM_SIZE", "1")]);
     let pid = env.call(json!({"action": "backend"})).await["pid"]
         .as_i64()
