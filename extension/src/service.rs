@@ -40,13 +40,8 @@ impl Service {
     pub async fn start(config: Config) -> Result<Service, Box<dyn std::error::Error>> {
         let config = Arc::new(config);
         let pool = pool::build(&config)?;
-        let (listener, uid) = socket::bind(&config.socket_path).await.map_err(|e| {
-            format!(
-                "cannot bind the socket {} (WARMPOOL_SOCKET): {e}",
-                config.socket_path.display()
-            )
-        })?;
-        tracing::info!(socket = %config.socket_path.display(), "listening");
+        // The PostgreSQL socket first: once the extension's own socket is there (what a
+        // watcher of the directory waits for), both are.
         let pg_listener = match &config.pg_socket {
             Some(path) => {
                 let bound = socket::bind(path).await.map_err(|e| {
@@ -61,6 +56,20 @@ impl Service {
             }
             None => None,
         };
+        let (listener, uid) = match socket::bind(&config.socket_path).await {
+            Ok(bound) => bound,
+            Err(e) => {
+                if let Some(path) = &config.pg_socket {
+                    socket::remove(path);
+                }
+                return Err(format!(
+                    "cannot bind the socket {} (WARMPOOL_SOCKET): {e}",
+                    config.socket_path.display()
+                )
+                .into());
+            }
+        };
+        tracing::info!(socket = %config.socket_path.display(), "listening");
         let telemetry = Arc::new(Telemetry::new(
             pool.meter().clone(),
             config.observability.clone(),

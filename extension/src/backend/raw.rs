@@ -131,11 +131,7 @@ impl Backend {
                     self.set_parameter(name, value);
                 }
             }
-            b'E' => {
-                if message.db_error().is_none_or(|db| db.is_fatal()) {
-                    self.broken = true;
-                }
-            }
+            b'E' if message.db_error().is_none_or(|db| db.is_fatal()) => self.broken = true,
             _ => {}
         }
         if self.read.is_empty() && self.read.capacity() > super::KEEP_BUFFER {

@@ -37,21 +37,20 @@ pub async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let timeout = shared.config.handshake_timeout;
-    let startup = match tokio::time::timeout(timeout, first_packets(&mut stream, &shared, &keys))
-        .await
-    {
-        Ok(Some(s)) => s,
-        Ok(None) => return,
-        Err(_) => {
-            let _ = refuse(
+    let startup =
+        match tokio::time::timeout(timeout, first_packets(&mut stream, &shared, &keys)).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(_) => {
+                let _ = refuse(
                 &mut stream,
                 PROTOCOL_VIOLATION,
                 "no startup packet within the handshake timeout (WARMPOOL_HANDSHAKE_TIMEOUT_MS)",
             )
             .await;
-            return;
-        }
-    };
+                return;
+            }
+        };
     let Some(mut session) = Session::start(stream, startup, shared, keys).await else {
         return;
     };
@@ -286,8 +285,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .await;
                     return End::Shutdown;
                 }
-                Woke::Server(m) => self.from_server(m).await,
-                Woke::Client(Ok(Some(m))) => self.from_client(m).await,
+                Woke::Server(m) => self.server_sent(m).await,
+                Woke::Client(Ok(Some(m))) => self.client_sent(m).await,
                 Woke::Client(Ok(None)) | Woke::Client(Err(ClientError::Io)) => {
                     return if self.outstanding() {
                         End::Gone
@@ -318,7 +317,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// A message from the client, relayed to the server; healed first if the session is idle
     /// and its server connection has died.
-    async fn from_client(&mut self, m: Bytes) -> Option<End> {
+    async fn client_sent(&mut self, m: Bytes) -> Option<End> {
         let tag = m[0];
         if tag == b'X' {
             return Some(if self.outstanding() {
@@ -452,7 +451,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// A message from the server, relayed to the client with whatever else has arrived whole.
-    async fn from_server(
+    async fn server_sent(
         &mut self,
         m: Result<backend::raw::RawMessage, backend::Error>,
     ) -> Option<End> {

@@ -1,0 +1,337 @@
+//! warmpool's PostgreSQL-protocol endpoint, driven by tokio-postgres and by hand-made packets:
+//! a session healed after its server connection died while the environment was frozen (its
+//! `SET` still in force, its prepared statement still there), a session whose open transaction
+//! cannot be healed (a clear 08006, nothing committed), a database other than the pool's, the
+//! reset of a connection a client left, and bad input of every kind, after which other sessions
+//! keep working.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio_postgres::NoTls;
+use warmpool_tests::{Extension, PgServer};
+
+/// A guard against a hung test, never a timing assertion.
+const GUARD: Duration = Duration::from_secs(30);
+
+fn socket(ext: &Extension) -> std::path::PathBuf {
+    ext.dir().join(".s.PGSQL.5432")
+}
+
+async fn connect(ext: &Extension, pg: &PgServer) -> tokio_postgres::Client {
+    connect_as(ext, "a_function", pg.dbname()).await.unwrap()
+}
+
+async fn connect_as(
+    ext: &Extension,
+    user: &str,
+    dbname: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let config = format!(
+        "host={} port=5432 user={user} dbname={dbname}",
+        ext.dir().display()
+    );
+    let (client, connection) = tokio_postgres::connect(&config, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Ends backend `pid` and waits until the server no longer lists it.
+async fn terminate(pg: &PgServer, pid: i32) {
+    pg.superuser_psql(&format!("SELECT pg_terminate_backend({pid})"));
+    let until = std::time::Instant::now() + GUARD;
+    while pg.superuser_psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
+    )) != "0"
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "backend {pid} never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn code(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|d| d.code().code())
+}
+
+#[tokio::test]
+async fn a_session_whose_connection_died_while_frozen_goes_on_with_its_settings_and_statements() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let client = connect(&ext, &pg).await;
+    client
+        .batch_execute(
+            "CREATE SCHEMA healing; CREATE TABLE healing.t (a int); \
+             INSERT INTO healing.t VALUES (42); SET search_path TO healing, public",
+        )
+        .await
+        .unwrap();
+    let stmt = client
+        .prepare("SELECT a, current_setting('search_path'), pg_backend_pid() FROM t")
+        .await
+        .unwrap();
+    let row = client.query_one(&stmt, &[]).await.unwrap();
+    let before: i32 = row.get(2);
+    {
+        // The environment frozen while its connection is ended, as a server's
+        // idle_session_timeout or a failover would end it.
+        let _frozen = ext.freeze();
+        terminate(&pg, before).await;
+    }
+    let row = tokio::time::timeout(GUARD, client.query_one(&stmt, &[]))
+        .await
+        .expect("no answer")
+        .unwrap_or_else(|e| panic!("the healed statement failed: {e}\n{}", ext.logs()));
+    let (a, path, after): (i32, String, i32) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(a, 42);
+    assert_eq!(path, "healing, public", "the session's SET was lost");
+    assert_ne!(after, before, "the statement ran on the ended connection");
+    assert!(
+        ext.logs().contains("restored the session on a new one"),
+        "{}",
+        ext.logs()
+    );
+}
+
+#[tokio::test]
+async fn a_transaction_open_when_the_connection_died_ends_the_session_with_08006_and_commits_nothing(
+) {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let client = connect(&ext, &pg).await;
+    client
+        .batch_execute("CREATE TABLE t (a int)")
+        .await
+        .unwrap();
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .execute("INSERT INTO t VALUES (1)", &[])
+        .await
+        .unwrap();
+    // Held, so that tokio-postgres does not close it (a request of its own) after the thaw.
+    let backend_pid = client.prepare("SELECT pg_backend_pid()").await.unwrap();
+    let pid: i32 = client.query_one(&backend_pid, &[]).await.unwrap().get(0);
+    {
+        let _frozen = ext.freeze();
+        terminate(&pg, pid).await;
+    }
+    let err = tokio::time::timeout(GUARD, client.batch_execute("COMMIT"))
+        .await
+        .expect("no answer")
+        .expect_err("a COMMIT on a connection that died was reported committed");
+    assert_eq!(code(&err), Some("08006"), "{err}\n{}", ext.logs());
+    let message = err.as_db_error().unwrap().message().to_owned();
+    assert!(message.contains("open transaction"), "{message}");
+    let other = connect(&ext, &pg).await;
+    let n: i64 = other
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the transaction's row was committed");
+}
+
+#[tokio::test]
+async fn temporary_tables_and_listen_are_named_when_they_block_a_heal() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let client = connect(&ext, &pg).await;
+    client
+        .batch_execute("CREATE TEMP TABLE scratch (a int); LISTEN jobs")
+        .await
+        .unwrap();
+    let backend_pid = client.prepare("SELECT pg_backend_pid()").await.unwrap();
+    let pid: i32 = client.query_one(&backend_pid, &[]).await.unwrap().get(0);
+    {
+        let _frozen = ext.freeze();
+        terminate(&pg, pid).await;
+    }
+    let err = client
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("a session that lost its temporary table went on");
+    assert_eq!(code(&err), Some("08006"), "{err}");
+    let message = err.as_db_error().unwrap().message().to_owned();
+    assert!(
+        message.contains("temporary tables") && message.contains("LISTEN"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_gives_its_connection_back_reset() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[("WARMPOOL_MAX_SIZE", "1")]);
+    let first = connect(&ext, &pg).await;
+    first
+        .batch_execute("SET work_mem = '7MB'; CREATE TEMP TABLE left_behind (a int)")
+        .await
+        .unwrap();
+    first.prepare("SELECT 1").await.unwrap();
+    let pid: i32 = first
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(first);
+    // The pool's only connection, once given back.
+    let second = tokio::time::timeout(GUARD, connect(&ext, &pg))
+        .await
+        .expect("the connection never came back");
+    let row = second
+        .query_one(
+            "SELECT pg_backend_pid(), current_setting('work_mem'), \
+             (SELECT count(*) FROM pg_prepared_statements WHERE statement = 'SELECT 1'), \
+             to_regclass('pg_temp.left_behind') IS NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (again, work_mem, prepared, no_temp): (i32, String, i64, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(again, pid, "the connection was not reused");
+    assert_ne!(
+        work_mem, "7MB",
+        "a setting of the last client is still in force"
+    );
+    assert_eq!(
+        prepared, 0,
+        "the last client's statements are still prepared"
+    );
+    assert!(no_temp, "the last client's temporary table is still there");
+}
+
+#[tokio::test]
+async fn a_database_other_than_the_pools_is_refused_by_name() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let Err(err) = connect_as(&ext, "x", "elsewhere").await else {
+        panic!("a session on another database was served");
+    };
+    assert_eq!(code(&err), Some("3D000"), "{err}");
+    let message = err.as_db_error().unwrap().message().to_owned();
+    assert!(
+        message.contains("elsewhere") && message.contains(pg.dbname()),
+        "{message}"
+    );
+}
+
+/// Sends `bytes` on a new connection to the endpoint and returns what comes back before the
+/// endpoint closes it.
+async fn exchange(path: &Path, bytes: &[u8], close_after: bool) -> Vec<u8> {
+    let mut s = UnixStream::connect(path).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    if close_after {
+        s.shutdown().await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(GUARD, s.read_to_end(&mut out))
+        .await
+        .expect("the endpoint neither answered nor closed")
+        .unwrap();
+    out
+}
+
+fn startup(user: &str, db: &str, version: i32) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in [("user", user), ("database", db)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut m = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    m.extend_from_slice(&body);
+    m
+}
+
+/// The messages in `bytes` (after the one-byte answer to an SSLRequest, if any): tag and body.
+fn messages(mut bytes: &[u8]) -> Vec<(u8, &[u8])> {
+    if bytes.first() == Some(&b'N') {
+        bytes = &bytes[1..];
+    }
+    let mut out = Vec::new();
+    while bytes.len() >= 5 {
+        let len = i32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        let Some(body) = bytes.get(5..1 + len) else {
+            break;
+        };
+        out.push((bytes[0], body));
+        bytes = &bytes[1 + len..];
+    }
+    out
+}
+
+/// The SQLSTATE of the first ErrorResponse in `bytes`.
+fn error_code(bytes: &[u8]) -> Option<String> {
+    let (_, body) = messages(bytes).into_iter().find(|(t, _)| *t == b'E')?;
+    let mut fields = body;
+    while let Some((&field, rest)) = fields.split_first() {
+        let end = rest.iter().position(|&b| b == 0)?;
+        if field == b'C' {
+            return Some(String::from_utf8_lossy(&rest[..end]).into_owned());
+        }
+        fields = &rest[end + 1..];
+    }
+    None
+}
+
+fn ready(bytes: &[u8]) -> bool {
+    messages(bytes).iter().any(|(t, _)| *t == b'Z')
+}
+
+#[tokio::test]
+async fn bad_input_gets_an_error_or_a_close_and_other_sessions_keep_working() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[("WARMPOOL_MAX_FRAME_BYTES", "65536")]);
+    let path = socket(&ext);
+    let bystander = connect(&ext, &pg).await;
+
+    // A length below the minimum, and one over PostgreSQL's startup limit.
+    for len in [3i32, 1_000_000] {
+        let out = exchange(&path, &len.to_be_bytes(), false).await;
+        assert_eq!(error_code(&out).as_deref(), Some("08P01"), "{len}: {out:?}");
+    }
+    // Protocol 2.0.
+    let out = exchange(&path, &startup("u", pg.dbname(), 2 << 16), false).await;
+    assert_eq!(error_code(&out).as_deref(), Some("0A000"), "{out:?}");
+    // A startup packet with no user.
+    let mut no_user = 196_608i32.to_be_bytes().to_vec();
+    no_user.extend_from_slice(b"database\0app\0\0");
+    let mut m = ((no_user.len() + 4) as i32).to_be_bytes().to_vec();
+    m.extend_from_slice(&no_user);
+    let out = exchange(&path, &m, false).await;
+    assert_eq!(error_code(&out).as_deref(), Some("08P01"), "{out:?}");
+    // Half a startup packet, then the client stops sending: the handshake timeout closes it
+    // (or the close of its write side does).
+    let out = exchange(&path, &startup("u", pg.dbname(), 196_608)[..9], true).await;
+    assert!(!ready(&out), "half a start-up was served: {out:?}");
+
+    // After a good start-up: a message longer than the limit, then a length below 4.
+    for bad in [
+        [&b"Q"[..], &1_000_000i32.to_be_bytes()].concat(),
+        [&b"Q"[..], &2i32.to_be_bytes()].concat(),
+    ] {
+        let mut bytes = startup("u", pg.dbname(), 196_608);
+        bytes.extend_from_slice(&bad);
+        let out = exchange(&path, &bytes, false).await;
+        assert!(ready(&out), "no ReadyForQuery after the start-up: {out:?}");
+        assert_eq!(error_code(&out).as_deref(), Some("08P01"), "{out:?}");
+    }
+    // SSLRequest is answered N, and the start-up goes on.
+    let mut bytes = [8i32.to_be_bytes(), 80_877_103i32.to_be_bytes()].concat();
+    bytes.extend_from_slice(&startup("u", pg.dbname(), 196_608));
+    bytes.extend_from_slice(b"X\0\0\0\x04");
+    let out = exchange(&path, &bytes, false).await;
+    assert_eq!(out.first(), Some(&b'N'), "{out:?}");
+    assert!(error_code(&out).is_none(), "{out:?}");
+
+    let n: i32 = bystander.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    assert!(!ext.logs().contains("panicked"));
+}
