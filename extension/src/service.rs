@@ -51,7 +51,7 @@ impl Service {
                         path.display()
                     )
                 })?;
-                tracing::info!(socket = %path.display(), "listening for PostgreSQL clients");
+                tracing::info!(socket = %path.display(), "accepting PostgreSQL clients");
                 Some(bound)
             }
             None => None,
