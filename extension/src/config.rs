@@ -58,6 +58,11 @@ pub struct Config {
     /// socket, `<dir>/.s.PGSQL.<port>`, where libpq looks for it with `host=<dir>`. Defaults
     /// `/tmp` and `5432`, so `host=/tmp` finds it. An empty directory turns the endpoint off.
     pub pg_socket: Option<PathBuf>,
+    /// `WARMPOOL_PG_TCP_PORT` and `WARMPOOL_PG_PASSWORD`: the same endpoint on
+    /// `127.0.0.1:<port>`, for drivers without Unix sockets (pgJDBC), where clients
+    /// authenticate with SCRAM-SHA-256 against the password, under any user name. Off by
+    /// default (no port); a port needs the password, and the password is refused without a port.
+    pub pg_tcp: Option<PgTcp>,
     /// `WARMPOOL_MAX_SIZE`: most connections open at once. Default 4, or on Lambda Managed
     /// Instances `AWS_LAMBDA_MAX_CONCURRENCY`, so every concurrent invocation can hold one.
     pub max_size: usize,
@@ -167,6 +172,15 @@ pub struct Config {
     pub runtime_threads: usize,
 }
 
+/// The PostgreSQL endpoint's TCP listener. `Debug` redacts the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgTcp {
+    /// The port on 127.0.0.1.
+    pub port: u16,
+    /// What clients must prove they know.
+    pub password: Secret,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -209,6 +223,8 @@ pub mod defaults {
     pub const PG_SOCKET_DIR: &str = "/tmp";
     /// `WARMPOOL_PG_PORT`: PostgreSQL's own, so drivers need no port.
     pub const PG_PORT: u16 = 5432;
+    /// `WARMPOOL_PG_TCP_PORT`: none, so no TCP listener; the Unix socket needs no password.
+    pub const PG_TCP_PORT: Option<u16> = None;
     /// `WARMPOOL_MAX_SIZE`.
     pub const MAX_SIZE: usize = 4;
     /// `WARMPOOL_WARM_SIZE`.
@@ -446,6 +462,7 @@ impl Config {
                 (!dir.trim().is_empty())
                     .then(|| crate::pgwire::socket_path(std::path::Path::new(dir.trim()), port))
             },
+            pg_tcp: pg_tcp(&get)?,
             max_size: parse(&get, "WARMPOOL_MAX_SIZE", default_max_size)?,
             warm_size: parse(&get, "WARMPOOL_WARM_SIZE", defaults::WARM_SIZE)?,
             wait_timeout: ms("WARMPOOL_WAIT_TIMEOUT_MS", defaults::WAIT_TIMEOUT_MS)?,
@@ -881,6 +898,38 @@ where
     }
 }
 
+/// `WARMPOOL_PG_TCP_PORT` with `WARMPOOL_PG_PASSWORD`: both, or neither. The reasons never
+/// show the password.
+fn pg_tcp(get: &impl Fn(&str) -> Option<String>) -> Result<Option<PgTcp>, ConfigError> {
+    let port = match get("WARMPOOL_PG_TCP_PORT") {
+        None => defaults::PG_TCP_PORT,
+        Some(_) => Some(parse(get, "WARMPOOL_PG_TCP_PORT", 0u16)?),
+    };
+    let password = get("WARMPOOL_PG_PASSWORD").map(Secret::new);
+    match (port, password) {
+        (None, None) => Ok(None),
+        (Some(0), _) => Err(ConfigError {
+            variable: "WARMPOOL_PG_TCP_PORT",
+            reason: "0: give a port from 1 to 65535, or leave it unset for no TCP listener".into(),
+        }),
+        (Some(port), Some(password)) => Ok(Some(PgTcp { port, password })),
+        (Some(port), None) => Err(ConfigError {
+            variable: "WARMPOOL_PG_PASSWORD",
+            reason: format!(
+                "is not set, but WARMPOOL_PG_TCP_PORT={port} turns on the PostgreSQL endpoint's \
+                 TCP listener, which any local process can reach: set WARMPOOL_PG_PASSWORD to \
+                 the password its clients must give, or unset WARMPOOL_PG_TCP_PORT"
+            ),
+        }),
+        (None, Some(_)) => Err(ConfigError {
+            variable: "WARMPOOL_PG_PASSWORD",
+            reason: "is set, but WARMPOOL_PG_TCP_PORT is not: the password is used by the TCP \
+                     listener only; set the port, or remove the password"
+                .into(),
+        }),
+    }
+}
+
 /// Takes `sslmode` and `sslrootcert` out of a connection string: tokio-postgres knows no
 /// `verify-ca`/`verify-full` and no `sslrootcert`, so they are handled here, as libpq does.
 fn take_tls_params(url: &str) -> (String, Option<String>, Option<String>) {
@@ -963,6 +1012,7 @@ mod tests {
         assert_eq!(c.ssl_mode, SslMode::VerifyFull);
         assert_eq!(c.root_certs, RootCerts::System);
         assert_eq!(c.socket_path, PathBuf::from("/tmp/warmpool.sock"));
+        assert_eq!(c.pg_tcp, None);
         assert_eq!(c.max_size, defaults::MAX_SIZE);
         assert_eq!(c.warm_size, defaults::WARM_SIZE);
         assert_eq!(c.max_frame, 16 * 1024 * 1024);
@@ -1475,6 +1525,44 @@ mod tests {
             all.extend_from_slice(vars);
             let e = config(&all).unwrap_err();
             assert_eq!(e.variable, *variable, "{vars:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_tcp_listener_needs_its_password_and_never_shows_it() {
+        let base = [("PGHOST", "db"), ("PGUSER", "app")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = base.to_vec();
+            vars.extend_from_slice(extra);
+            config(&vars)
+        };
+        let c = with(&[
+            ("WARMPOOL_PG_TCP_PORT", "6432"),
+            ("WARMPOOL_PG_PASSWORD", "tcp-secret"),
+        ])
+        .unwrap();
+        let tcp = c.pg_tcp.as_ref().unwrap();
+        assert_eq!(tcp.port, 6432);
+        assert_eq!(tcp.password.expose(), "tcp-secret");
+        assert!(!format!("{c:?}").contains("tcp-secret"));
+
+        let e = with(&[("WARMPOOL_PG_TCP_PORT", "6432")]).unwrap_err();
+        assert_eq!(e.variable, "WARMPOOL_PG_PASSWORD");
+        assert!(e.to_string().contains("WARMPOOL_PG_TCP_PORT"), "{e}");
+        for bad in [
+            &[("WARMPOOL_PG_PASSWORD", "tcp-secret")][..],
+            &[
+                ("WARMPOOL_PG_TCP_PORT", "0"),
+                ("WARMPOOL_PG_PASSWORD", "tcp-secret"),
+            ],
+            &[
+                ("WARMPOOL_PG_TCP_PORT", "65536"),
+                ("WARMPOOL_PG_PASSWORD", "tcp-secret"),
+            ],
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(e.to_string().contains("WARMPOOL_PG_"), "{e}");
+            assert!(!e.to_string().contains("tcp-secret"), "{e}");
         }
     }
 

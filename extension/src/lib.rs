@@ -18,6 +18,8 @@
 //! - `socket`: binding the Unix socket.
 //! - [`memory`]: giving memory back to the system once a burst of sessions is over.
 //! - `server`: the accept loop.
+//! - `pgwire`: PostgreSQL's own protocol for any driver, in session mode: on a Unix socket
+//!   (`.s.PGSQL.5432`), and on loopback TCP with SCRAM-SHA-256 for drivers without Unix sockets.
 //! - `slots`: the `WARMPOOL_MAX_SESSIONS` session slots; the longest-idle one goes to a new
 //!   session when all are in use.
 //! - `shared`: what every session shares.

@@ -1,6 +1,7 @@
 //! What local mode and Lambda mode share: the socket, the pool, the server task, and an orderly
 //! stop.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use crate::config::Config;
 use crate::lifecycle::now_ms;
 use crate::shared::Shared;
 use crate::telemetry::Telemetry;
-use crate::{pool, server, socket};
+use crate::{pgwire, pool, server, socket};
 
 /// A running extension: socket bound, server accepting, pool built.
 pub struct Service {
@@ -56,6 +57,26 @@ impl Service {
             }
             None => None,
         };
+        let pg_tcp = match &config.pg_tcp {
+            Some(tcp) => match tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, tcp.port)).await
+            {
+                Ok(listener) => {
+                    tracing::info!(address = %SocketAddr::from((Ipv4Addr::LOCALHOST, tcp.port)), "listening for PostgreSQL clients on TCP");
+                    Some((listener, pgwire::Verifier::new(tcp.password.expose())))
+                }
+                Err(e) => {
+                    if let Some(path) = &config.pg_socket {
+                        socket::remove(path);
+                    }
+                    return Err(format!(
+                        "cannot listen on 127.0.0.1:{} (WARMPOOL_PG_TCP_PORT): {e}",
+                        tcp.port
+                    )
+                    .into());
+                }
+            },
+            None => None,
+        };
         let (listener, uid) = match socket::bind(&config.socket_path).await {
             Ok(bound) => bound,
             Err(e) => {
@@ -82,10 +103,13 @@ impl Service {
             telemetry,
         });
         let shutdown = CancellationToken::new();
-        let pg_server = pg_listener.map(|(listener, uid)| {
-            tokio::spawn(crate::pgwire::serve(
-                listener,
-                uid,
+        let pg_listeners = pgwire::Listeners {
+            unix: pg_listener,
+            tcp: pg_tcp,
+        };
+        let pg_server = (pg_listeners.unix.is_some() || pg_listeners.tcp.is_some()).then(|| {
+            tokio::spawn(pgwire::serve(
+                pg_listeners,
                 shared.clone(),
                 shutdown.clone(),
             ))

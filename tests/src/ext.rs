@@ -96,6 +96,50 @@ impl Extension {
     /// Starts the extension against `pg` with verify-full TLS, plus `env` overrides, and waits
     /// until it is listening.
     pub fn start(pg: &PgServer, env: &[(&str, &str)]) -> Extension {
+        Extension::start_with_env(Extension::vars(pg, env))
+    }
+
+    /// Starts the extension with exactly `vars` (plus a private socket path unless given).
+    pub fn start_with_env(vars: Vec<(String, String)>) -> Extension {
+        let mut ext = Extension::spawn(vars);
+        ext.wait_for_log("listening", START_TIMEOUT);
+        ext
+    }
+
+    /// Starts the extension like [`Extension::start`], with the PostgreSQL endpoint's TCP
+    /// listener on a free port of 127.0.0.1 (`WARMPOOL_PG_TCP_PORT`) and `password`
+    /// (`WARMPOOL_PG_PASSWORD`); returns it with the port, once the listener is bound. The port
+    /// is free when picked but could be taken before the extension binds it; another is tried
+    /// then.
+    pub fn start_with_pg_tcp(
+        pg: &PgServer,
+        password: &str,
+        env: &[(&str, &str)],
+    ) -> (Extension, u16) {
+        const ATTEMPTS: usize = 5;
+        for attempt in 1..=ATTEMPTS {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("bind 127.0.0.1:0")
+                .port()
+                .to_string();
+            let mut vars: Vec<(&str, &str)> = vec![
+                ("WARMPOOL_PG_TCP_PORT", &port),
+                ("WARMPOOL_PG_PASSWORD", password),
+            ];
+            vars.extend_from_slice(env);
+            let mut ext = Extension::spawn(Extension::vars(pg, &vars));
+            match ext.log_or_exit("listening for PostgreSQL clients on TCP", START_TIMEOUT) {
+                Ok(_) => return (ext, port.parse().expect("a port")),
+                Err(_) if attempt < ATTEMPTS && ext.logs().contains("Address already in use") => {}
+                Err(why) => panic!("{why}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// `pg`'s settings for the extension, with `env` over them.
+    fn vars(pg: &PgServer, env: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut vars: Vec<(String, String)> = pg.env();
         vars.push(("WARMPOOL_LOG".into(), "debug".into()));
         // The format the extension logs in on Lambda, read back by the harness.
@@ -104,11 +148,12 @@ impl Extension {
             vars.retain(|(name, _)| name != k);
             vars.push((k.to_string(), v.to_string()));
         }
-        Extension::start_with_env(vars)
+        vars
     }
 
-    /// Starts the extension with exactly `vars` (plus a private socket path unless given).
-    pub fn start_with_env(mut vars: Vec<(String, String)>) -> Extension {
+    /// Runs the extension with exactly `vars` (plus a private socket path unless given), not
+    /// waiting for it to listen.
+    fn spawn(mut vars: Vec<(String, String)>) -> Extension {
         let dir = tempfile::Builder::new()
             .prefix("warmpool-ext-")
             .tempdir()
@@ -174,39 +219,43 @@ impl Extension {
             });
         }
         drop(tx);
-        let mut ext = Extension {
+        Extension {
             child: Some(child),
             dir,
             socket,
             logs,
             raw,
             lines,
-        };
-        ext.wait_for_log("listening", START_TIMEOUT);
-        ext
+        }
     }
 
     /// Waits until a log line containing `needle` appears; panics with the log on timeout or if
     /// the process exits first.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        self.log_or_exit(needle, timeout)
+            .unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// [`Extension::wait_for_log`], telling a timeout or an exit as an error.
+    fn log_or_exit(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
+                Ok(line) if line.contains(needle) => return Ok(line),
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!(
+                    return Err(format!(
                         "no log line with {needle:?} within {timeout:?}; log:\n{}",
                         self.logs()
-                    )
+                    ))
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = self.child.as_mut().and_then(|c| c.wait().ok());
-                    panic!(
+                    return Err(format!(
                         "the extension exited ({status:?}) before logging {needle:?}; log:\n{}",
                         self.logs()
-                    )
+                    ));
                 }
             }
         }

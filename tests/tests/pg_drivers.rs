@@ -30,7 +30,8 @@ enum Transport {
     /// The Unix socket `<dir>/.s.PGSQL.<port>`, which libpq-style drivers find from a
     /// directory in `PGHOST`.
     UnixSocket,
-    /// TCP on loopback, with a password: for drivers without Unix sockets (pgJDBC).
+    /// TCP on loopback, with the endpoint's password: for drivers without Unix sockets
+    /// (pgJDBC).
     Tcp,
 }
 
@@ -42,12 +43,8 @@ struct Target {
     user: String,
     dbname: String,
     password: Option<String>,
-    /// When set, the driver must use TLS and verify the server against this CA
-    /// (`sslmode=verify-full`); otherwise it uses what the endpoint offers.
-    tls_root_cert: Option<PathBuf>,
-    /// The process serving the endpoint, kept running as long as the target is used; `None`
-    /// when the endpoint is the test PostgreSQL itself.
-    _serving: Option<Extension>,
+    /// The process serving the endpoint, kept running as long as the target is used.
+    _serving: Extension,
 }
 
 impl Target {
@@ -62,41 +59,42 @@ impl Target {
         if let Some(password) = &self.password {
             env.push(("PGPASSWORD", password.clone()));
         }
-        if let Some(ca) = &self.tls_root_cert {
-            env.push(("PGSSLMODE", "verify-full".to_string()));
-            env.push(("PGSSLROOTCERT", ca.display().to_string()));
-        }
         env
     }
 }
 
-/// The endpoint under test: for now the test PostgreSQL itself, its Unix socket (which trusts
-/// local connections) or its TCP port (TLS with SCRAM only).
+/// The endpoint under test: warmpool's, on its Unix socket or on its TCP listener.
 fn target(pg: &PgServer, transport: Transport) -> Target {
+    // A user name the database does not know: the extension logs in with its own credentials.
+    let user = "any_function".to_string();
     match transport {
-        // warmpool's endpoint, under a user name the database does not know: the extension
-        // logs in with its own credentials.
         Transport::UnixSocket => {
             let ext = Extension::start(pg, &[("WARMPOOL_MAX_SIZE", "8")]);
             Target {
                 host: ext.dir().display().to_string(),
                 port: 5432,
-                user: "any_function".to_string(),
+                user,
                 dbname: pg.dbname().to_string(),
                 password: None,
-                tls_root_cert: None,
-                _serving: Some(ext),
+                _serving: ext,
             }
         }
-        Transport::Tcp => Target {
-            host: pg.host().to_string(),
-            port: pg.port(),
-            user: pg.user().to_string(),
-            dbname: pg.dbname().to_string(),
-            password: Some(pg.password().to_string()),
-            tls_root_cert: Some(pg.ca_path()),
-            _serving: None,
-        },
+        // Loopback without TLS (the driver's SSLRequest is answered N), the client
+        // authenticated with SCRAM-SHA-256 against the endpoint's own password, which is not
+        // the database's.
+        Transport::Tcp => {
+            let password = "endpoint-password-for-drivers";
+            let (ext, port) =
+                Extension::start_with_pg_tcp(pg, password, &[("WARMPOOL_MAX_SIZE", "8")]);
+            Target {
+                host: "127.0.0.1".to_string(),
+                port,
+                user,
+                dbname: pg.dbname().to_string(),
+                password: Some(password.to_string()),
+                _serving: ext,
+            }
+        }
     }
 }
 

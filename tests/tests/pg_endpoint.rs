@@ -3,15 +3,17 @@
 //! `SET` still in force, its prepared statement still there), a session whose open transaction
 //! cannot be healed (a clear 08006, nothing committed), a database other than the pool's, the
 //! reset of a connection a client left, and bad input of every kind, after which other sessions
-//! keep working.
+//! keep working. On the TCP listener: tokio-postgres with the endpoint's password, a wrong
+//! password refused with 28P01 before anything else is looked at, and the listener off by
+//! default and refused without its password.
 
 use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::NoTls;
-use warmpool_tests::{Extension, PgServer};
+use warmpool_tests::{ext, Extension, PgServer};
 
 /// A guard against a hung test, never a timing assertion.
 const GUARD: Duration = Duration::from_secs(30);
@@ -334,4 +336,192 @@ async fn bad_input_gets_an_error_or_a_close_and_other_sessions_keep_working() {
     let n: i32 = bystander.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(n, 1);
     assert!(!ext.logs().contains("panicked"));
+}
+
+/// The endpoint's password in the TCP tests; not the database's.
+const TCP_PASSWORD: &str = "endpoint-pw-4b1d";
+
+async fn connect_tcp(
+    port: u16,
+    user: &str,
+    password: &str,
+    dbname: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let config =
+        format!("host=127.0.0.1 port={port} user={user} password={password} dbname={dbname}");
+    let (client, connection) = tokio_postgres::connect(&config, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+#[tokio::test]
+async fn tokio_postgres_over_tcp_with_the_endpoints_password_is_served() {
+    let pg = PgServer::start();
+    let (ext, port) = Extension::start_with_pg_tcp(&pg, TCP_PASSWORD, &[]);
+    // tokio-postgres checks the server's SCRAM signature: a connect proves the endpoint knows
+    // the password too.
+    let client = connect_tcp(port, "a_jvm_function", TCP_PASSWORD, pg.dbname())
+        .await
+        .unwrap_or_else(|e| panic!("connect over TCP: {e}\n{}", ext.logs()));
+    let row = client
+        .query_one("SELECT current_user::text, $1::int + 1", &[&41i32])
+        .await
+        .unwrap();
+    let (user, n): (String, i32) = (row.get(0), row.get(1));
+    assert_eq!(user, pg.user(), "the session runs as the pool's user");
+    assert_eq!(n, 42);
+    // The Unix socket is served beside it, with no password.
+    let local = connect(&ext, &pg).await;
+    let n: i32 = local.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    // A cancel over TCP reaches the statement of a TCP session.
+    let token = client.cancel_token();
+    let sleeping = client.query_one("SELECT pg_sleep(30) AS tcp_cancel_probe", &[]);
+    let cancel = async {
+        let probe = "SELECT count(*) FROM pg_stat_activity \
+                     WHERE wait_event = 'PgSleep' AND query LIKE '%AS tcp_cancel_probe'";
+        while pg.superuser_psql(probe) != "1" {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        token.cancel_query(NoTls).await.unwrap();
+    };
+    let (slept, ()) = tokio::time::timeout(GUARD, async { tokio::join!(sleeping, cancel) })
+        .await
+        .expect("the cancel never landed");
+    let err = slept.expect_err("the statement was not cancelled");
+    assert_eq!(code(&err), Some("57014"), "{err}");
+    assert!(
+        !ext.stdout().contains(TCP_PASSWORD),
+        "the endpoint's password is in the log"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_over_tcp_is_refused_with_28p01_before_the_database_is_looked_at() {
+    let pg = PgServer::start();
+    let (ext, port) = Extension::start_with_pg_tcp(&pg, TCP_PASSWORD, &[]);
+    for dbname in [pg.dbname(), "no_such_database"] {
+        let Err(err) = connect_tcp(port, "someone", "not-the-password", dbname).await else {
+            panic!("a wrong password was accepted");
+        };
+        assert_eq!(code(&err), Some("28P01"), "{err}\n{}", ext.logs());
+        assert_eq!(
+            err.as_db_error().unwrap().message(),
+            "password authentication failed for user \"someone\""
+        );
+    }
+    // The database's own password is not the endpoint's either.
+    let Err(err) = connect_tcp(port, pg.user(), pg.password(), pg.dbname()).await else {
+        panic!("the database's password was accepted on the endpoint");
+    };
+    assert_eq!(code(&err), Some("28P01"), "{err}");
+
+    // By hand: an SSLRequest is answered N, the StartupMessage with AuthenticationSASL
+    // offering SCRAM-SHA-256 only, and a message other than a SASL response ends it with 08P01.
+    let mut bytes = [8i32.to_be_bytes(), 80_877_103i32.to_be_bytes()].concat();
+    bytes.extend_from_slice(&startup("u", pg.dbname(), 196_608));
+    bytes.extend_from_slice(b"Q\0\0\0\x0dSELECT 1\0");
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(&bytes).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(GUARD, s.read_to_end(&mut out))
+        .await
+        .expect("the endpoint neither answered nor closed")
+        .unwrap();
+    assert_eq!(out.first(), Some(&b'N'), "{out:?}");
+    let sasl = messages(&out);
+    assert_eq!(sasl[0].0, b'R', "{out:?}");
+    assert_eq!(sasl[0].1, b"\0\0\0\x0aSCRAM-SHA-256\0\0", "{out:?}");
+    assert_eq!(error_code(&out).as_deref(), Some("08P01"), "{out:?}");
+    assert!(
+        !ready(&out),
+        "a client that never authenticated was served: {out:?}"
+    );
+
+    let logs = ext.stdout();
+    assert!(!logs.contains(TCP_PASSWORD) && !logs.contains("not-the-password"));
+}
+
+/// The TCP listening sockets process `pid` holds, from its descriptors and the kernel's table.
+fn tcp_listeners(pid: u32) -> usize {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    ["tcp", "tcp6"]
+        .iter()
+        .flat_map(|t| {
+            std::fs::read_to_string(format!("/proc/{pid}/net/{t}"))
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // State 0A is LISTEN; the tenth field is the socket's inode.
+            f.get(3) == Some(&"0A") && f.get(9).is_some_and(|i| inodes.iter().any(|x| x == i))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn the_tcp_listener_is_off_by_default_and_refused_without_its_password() {
+    let pg = PgServer::start();
+    {
+        let ext = Extension::start(&pg, &[]);
+        let _ = connect(&ext, &pg).await;
+        assert_eq!(tcp_listeners(ext.pid()), 0, "a TCP listener by default");
+    }
+    {
+        let (ext, _) = Extension::start_with_pg_tcp(&pg, TCP_PASSWORD, &[]);
+        assert_eq!(
+            tcp_listeners(ext.pid()),
+            1,
+            "the check above cannot see a listener"
+        );
+    }
+    // A port without the password: the extension does not start, and says which settings.
+    let mut env = pg.env();
+    env.push(("WARMPOOL_PG_SOCKET_DIR".into(), String::new()));
+    env.push((
+        "WARMPOOL_SOCKET".into(),
+        pg.temp_dir().join("tcp-refused.sock").display().to_string(),
+    ));
+    env.push(("WARMPOOL_PG_TCP_PORT".into(), "6543".into()));
+    let child = std::process::Command::new(ext::binary())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(GUARD) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("the extension served with a TCP port and no password");
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("WARMPOOL_PG_TCP_PORT") && stderr.contains("WARMPOOL_PG_PASSWORD"),
+        "{stderr}"
+    );
 }

@@ -27,6 +27,46 @@ pub fn authentication_ok(buf: &mut BytesMut) {
     message(buf, b'R', |b| b.put_i32(0));
 }
 
+/// AuthenticationSASL: the mechanisms offered, in order of preference.
+pub fn authentication_sasl(buf: &mut BytesMut, mechanisms: &[&str]) {
+    message(buf, b'R', |b| {
+        b.put_i32(10);
+        for m in mechanisms {
+            cstr(b, m);
+        }
+        b.put_u8(0);
+    });
+}
+
+/// AuthenticationSASLContinue with the mechanism's challenge.
+pub fn authentication_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
+    message(buf, b'R', |b| {
+        b.put_i32(11);
+        b.put_slice(data);
+    });
+}
+
+/// AuthenticationSASLFinal with the mechanism's outcome.
+pub fn authentication_sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    message(buf, b'R', |b| {
+        b.put_i32(12);
+        b.put_slice(data);
+    });
+}
+
+/// The body of a SASLInitialResponse (`p`): the mechanism chosen and its first message
+/// (`None` when the client sent none, length -1).
+pub fn sasl_initial_response(body: &[u8]) -> Option<(&str, Option<&[u8]>)> {
+    let end = body.iter().position(|&b| b == 0)?;
+    let mechanism = std::str::from_utf8(&body[..end]).ok()?;
+    let (len, data) = body[end + 1..].split_first_chunk::<4>()?;
+    match i32::from_be_bytes(*len) {
+        -1 if data.is_empty() => Some((mechanism, None)),
+        n if usize::try_from(n).ok() == Some(data.len()) => Some((mechanism, Some(data))),
+        _ => None,
+    }
+}
+
 /// ParameterStatus.
 pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
     message(buf, b'S', |b| {
@@ -172,6 +212,27 @@ mod tests {
             &b[..],
             &b"E\0\0\0\x23SFATAL\0VFATAL\0C08006\0Mgone\0Hh\0\0"[..]
         );
+    }
+
+    #[test]
+    fn sasl_messages_are_framed_and_parsed_as_postgresql_does() {
+        let mut b = BytesMut::new();
+        authentication_sasl(&mut b, &["SCRAM-SHA-256"]);
+        assert_eq!(&b[..], b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0");
+        let mut b = BytesMut::new();
+        authentication_sasl_final(&mut b, b"v=x");
+        assert_eq!(&b[..], b"R\0\0\0\x0b\0\0\0\x0cv=x");
+        assert_eq!(
+            sasl_initial_response(b"SCRAM-SHA-256\0\0\0\0\x03n,,"),
+            Some(("SCRAM-SHA-256", Some(&b"n,,"[..])))
+        );
+        assert_eq!(
+            sasl_initial_response(b"M\0\xff\xff\xff\xff"),
+            Some(("M", None))
+        );
+        // A length that does not match the bytes, and no length at all.
+        assert_eq!(sasl_initial_response(b"M\0\0\0\0\x04n,,"), None);
+        assert_eq!(sasl_initial_response(b"M\0"), None);
     }
 
     #[test]

@@ -10,10 +10,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use warmpool::protocol::sqlstate;
 
+use super::auth;
 use super::keys::{Key, Keys};
 use super::messages::{self, Severity};
 use super::startup::{self, Packet, Startup};
 use super::track::Track;
+use super::ClientAuth;
 use crate::backend::{self, TxStatus};
 use crate::metrics::Event;
 use crate::pool::PooledConn;
@@ -27,9 +29,11 @@ const CONNECTION_FAILURE: &str = sqlstate::CONNECTION_FAILURE;
 /// 08P01 protocol_violation.
 const PROTOCOL_VIOLATION: &str = sqlstate::PROTOCOL_VIOLATION;
 
-/// Serves one client connection to its end.
+/// Serves one client connection to its end: a Unix socket's, whose peer was checked at accept,
+/// or a TCP connection's, which must prove the password first.
 pub async fn run<S>(
     mut stream: S,
+    auth: ClientAuth,
     shared: Arc<Shared>,
     keys: Arc<Keys>,
     shutdown: CancellationToken,
@@ -37,20 +41,32 @@ pub async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let timeout = shared.config.handshake_timeout;
-    let startup =
-        match tokio::time::timeout(timeout, first_packets(&mut stream, &shared, &keys)).await {
-            Ok(Some(s)) => s,
-            Ok(None) => return,
-            Err(_) => {
-                let _ = refuse(
+    // The password is checked before anything else is looked at, the database included, as
+    // PostgreSQL does: a client without it learns nothing of what is served.
+    let handshake = {
+        let (stream, shared, keys) = (&mut stream, &shared, &keys);
+        async move {
+            let startup = first_packets(stream, shared, keys).await?;
+            if let ClientAuth::Password(verifier) = &auth {
+                let user = startup.get("user").unwrap_or_default();
+                auth::scram(stream, verifier, user).await?;
+            }
+            Some(startup)
+        }
+    };
+    let startup = match tokio::time::timeout(timeout, handshake).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(_) => {
+            let _ = refuse(
                 &mut stream,
                 PROTOCOL_VIOLATION,
-                "no startup packet within the handshake timeout (WARMPOOL_HANDSHAKE_TIMEOUT_MS)",
+                "no start-up within the handshake timeout (WARMPOOL_HANDSHAKE_TIMEOUT_MS)",
             )
             .await;
-                return;
-            }
-        };
+            return;
+        }
+    };
     let Some(mut session) = Session::start(stream, startup, shared, keys).await else {
         return;
     };
@@ -59,7 +75,7 @@ pub async fn run<S>(
 }
 
 /// Reads first packets until a StartupMessage: SSLRequest and GSSENCRequest are answered `N`
-/// (the socket is local, and the server connection behind it has its own TLS), a
+/// (both listeners are local, and the server connection behind them has its own TLS), a
 /// CancelRequest is forwarded and ends the connection.
 async fn first_packets<S>(stream: &mut S, shared: &Shared, keys: &Keys) -> Option<Startup>
 where
@@ -106,7 +122,7 @@ where
 }
 
 /// Sends a FATAL error to a client that has not started, and ends its connection.
-async fn refuse<S: AsyncWrite + Unpin>(
+pub(super) async fn refuse<S: AsyncWrite + Unpin>(
     stream: &mut S,
     code: &str,
     text: &str,
