@@ -5,7 +5,8 @@
 //!   server sees one server connection for it throughout, the same one;
 //! - after the server ended that connection while the environment was frozen, the next
 //!   invocation succeeds: its prepared statement runs by name and the settings made at Init are
-//!   still in force, on a new server connection.
+//!   still in force, on a new server connection;
+//! - each README shows its handler as these tests run it.
 //!
 //! Each function runs from its own `bootstrap` (a Runtime API loop in its own language) with
 //! the drivers installed on first use under this build's `target/tmp/drivers` (see
@@ -232,4 +233,24 @@ async fn python_connection_ended_while_frozen_is_restored_with_its_settings_and_
 async fn node_connection_ended_while_frozen_is_restored_with_its_settings_and_statement() {
     a_connection_ended_while_frozen_is_restored_with_its_settings_and_statement(Language::Node)
         .await;
+}
+
+/// The READMEs show the handlers these tests run, whole, not a copy that drifted from them.
+#[test]
+fn the_readmes_show_the_handlers_as_tested() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for (readme, fence, handler) in [
+        ("python/README.md", "```python\n", "python/handler.py"),
+        ("node/README.md", "```js\n", "node/index.js"),
+    ] {
+        let read = |name: &str| {
+            std::fs::read_to_string(examples.join(name))
+                .unwrap_or_else(|e| panic!("examples/{name}: {e}"))
+        };
+        let code = read(handler);
+        assert!(
+            read(readme).contains(&format!("{fence}{code}```")),
+            "examples/{readme} does not show examples/{handler} as it is"
+        );
+    }
 }
