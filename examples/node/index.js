@@ -38,8 +38,9 @@ async function connect() {
     user: 'orders',
     ssl: false,
   });
-  // Without a listener, a connection ended by the server (the extension ends a session it
-  // cannot restore, for one frozen in the middle of a transaction) would crash the process.
+  // Without a listener, a connection ended while no query runs would crash the process. The
+  // extension ends a session that lost its server connection and cannot go on on a new one
+  // (one frozen in the middle of a transaction, or while the database refused connections).
   client.on('error', (err) => console.error('database connection lost:', err.message));
   try {
     await client.connect();

@@ -52,8 +52,9 @@ conn = connect()
 
 
 def db():
-    """The connection, opened again if it was closed (the extension ends a session it cannot
-    restore, for one frozen in the middle of a transaction)."""
+    """The connection, opened again if it was closed: the extension ends a session that lost
+    its server connection and cannot go on on a new one (one frozen in the middle of a
+    transaction, or while the database refused connections)."""
     global conn
     if conn.closed:
         conn = connect()

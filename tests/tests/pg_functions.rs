@@ -6,6 +6,9 @@
 //! - after the server ended that connection while the environment was frozen, the next
 //!   invocation succeeds: its prepared statement runs by name and the settings made at Init are
 //!   still in force, on a new server connection;
+//! - when the session could not go on (the database refused a new connection) and the
+//!   extension ended it, that invocation fails and the next one connects again, in the same
+//!   environment;
 //! - each README shows its handler as these tests run it.
 //!
 //! Each function runs from its own `bootstrap` (a Runtime API loop in its own language) with
@@ -14,6 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
+use local_lambda::Outcome;
 use serde_json::{json, Value};
 use warmpool_tests::lambda_env::Function;
 use warmpool_tests::{prereq, LambdaEnv, PgServer};
@@ -213,6 +217,55 @@ async fn a_connection_ended_while_frozen_is_restored_with_its_settings_and_state
     assert_eq!(env.lambda.init_count(), 1, "the environment was reset");
 }
 
+/// What the READMEs promise when a session cannot go on: here the connection ended while the
+/// environment was frozen and the database took no new one (as in a failover), so the
+/// extension ended the session with 08006. That invocation fails; the next one finds the
+/// connection closed and opens another, with the Init settings, in the same environment.
+async fn a_session_the_extension_ended_is_opened_again_by_the_next_invocation(language: Language) {
+    let pg = PgServer::start();
+    // A short retry budget, so that the refused connection fails the request soon, but ten
+    // times the longest backoff, so that once the database takes connections again the next
+    // request gets its attempt.
+    let env = LambdaEnv::classic_with(
+        &pg,
+        &[
+            ("WARMPOOL_RETRY_BUDGET_MS", "500"),
+            ("WARMPOOL_RETRY_MAX_MS", "50"),
+        ],
+        language.function(),
+    );
+    env.call(json!({"action": "setup"})).await;
+    let before = env.call(json!({"action": "backend"})).await;
+
+    assert!(env.lambda.is_frozen());
+    let role = pg.user();
+    pg.superuser_psql(&format!("ALTER ROLE {role} CONNECTION LIMIT 0"));
+    terminate(&pg, pid(&before));
+    let failed = env.invoke(json!({"action": "count"})).await;
+    match &failed.outcome {
+        Outcome::FunctionError(e) => assert!(
+            e.to_string().contains("no new one could be had"),
+            "not the extension's error: {e}"
+        ),
+        other => panic!(
+            "the session went on without a server connection: {other:?}\n{}",
+            env.output()
+        ),
+    }
+
+    pg.superuser_psql(&format!("ALTER ROLE {role} CONNECTION LIMIT -1"));
+    let after = env.call(json!({"action": "backend"})).await;
+    assert_ne!(pid(&after), pid(&before));
+    assert_eq!(after["application_name"], language.application_name());
+    assert_eq!(after["statement_timeout"], "5s");
+    assert_eq!(env.call(json!({"action": "count"})).await["orders"], 0);
+    assert_eq!(
+        env.lambda.init_count(),
+        1,
+        "the function was started again instead of reconnecting"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_twenty_frozen_invocations_on_one_server_connection() {
     twenty_frozen_invocations_on_one_server_connection(Language::Python).await;
@@ -233,6 +286,16 @@ async fn python_connection_ended_while_frozen_is_restored_with_its_settings_and_
 async fn node_connection_ended_while_frozen_is_restored_with_its_settings_and_statement() {
     a_connection_ended_while_frozen_is_restored_with_its_settings_and_statement(Language::Node)
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_session_the_extension_ended_is_opened_again_by_the_next_invocation() {
+    a_session_the_extension_ended_is_opened_again_by_the_next_invocation(Language::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_session_the_extension_ended_is_opened_again_by_the_next_invocation() {
+    a_session_the_extension_ended_is_opened_again_by_the_next_invocation(Language::Node).await;
 }
 
 /// The READMEs show the handlers these tests run, whole, not a copy that drifted from them.
