@@ -1,6 +1,7 @@
 //! An execution environment for end-to-end tests: the local Lambda running the real `warmpool`
-//! extension (as a layer's `extensions/warmpool`) and the example `orders` function, against a
-//! test database.
+//! extension (as a layer's `extensions/warmpool`) and a function, against a test database. The
+//! function is the example `orders` one (`examples/src/bin/orders.rs`) unless a [`Function`]
+//! names another, such as a Python or Node.js bootstrap.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,6 +12,46 @@ use tempfile::TempDir;
 
 use crate::ext;
 use crate::pg::PgServer;
+
+/// The function an environment runs: its `bootstrap`, the handler Lambda passes it in
+/// `_HANDLER`, and variables of its own (an interpreter first on `PATH`, drivers on
+/// `NODE_PATH`, ...), which the extension sees too, as on Lambda.
+#[derive(Clone, Debug)]
+pub struct Function {
+    bootstrap: PathBuf,
+    handler: Option<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Function {
+    /// The example `orders` function, built with the profile of the running test.
+    pub fn orders() -> Function {
+        Function::bootstrap(ext::orders_function())
+    }
+
+    /// The executable at `path`; its directory is the task root (`LAMBDA_TASK_ROOT` and the
+    /// working directory), as `/var/task` is for a deployed function.
+    pub fn bootstrap(path: impl Into<PathBuf>) -> Function {
+        Function {
+            bootstrap: path.into(),
+            handler: None,
+            env: Vec::new(),
+        }
+    }
+
+    /// `_HANDLER`, such as `handler.handler` or `index.handler`.
+    pub fn handler(mut self, handler: impl Into<String>) -> Function {
+        self.handler = Some(handler.into());
+        self
+    }
+
+    /// A variable of the function's configuration; it replaces the environment's own of that
+    /// name (`PATH` included).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Function {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+}
 
 /// A local Lambda environment with warmpool attached.
 pub struct LambdaEnv {
@@ -27,6 +68,11 @@ impl LambdaEnv {
         LambdaEnv::build(pg, env, 1)
     }
 
+    /// [`LambdaEnv::classic`] running `function` instead of the `orders` example.
+    pub fn classic_with(pg: &PgServer, env: &[(&str, &str)], function: Function) -> LambdaEnv {
+        LambdaEnv::build_with(pg, env, 1, function, |b| b)
+    }
+
     /// Lambda Managed Instances with `concurrency` invocations per environment.
     pub fn managed_instances(pg: &PgServer, env: &[(&str, &str)], concurrency: u32) -> LambdaEnv {
         LambdaEnv::build(pg, env, concurrency)
@@ -34,17 +80,18 @@ impl LambdaEnv {
 
     /// Classic Lambda as cargo-lambda emulates it: `deadlineMs` 0 in INVOKE and SHUTDOWN.
     pub fn classic_with_zero_deadlines(pg: &PgServer, env: &[(&str, &str)]) -> LambdaEnv {
-        LambdaEnv::build_with(pg, env, 1, |b| b.zero_deadlines(true))
+        LambdaEnv::build_with(pg, env, 1, Function::orders(), |b| b.zero_deadlines(true))
     }
 
     fn build(pg: &PgServer, env: &[(&str, &str)], concurrency: u32) -> LambdaEnv {
-        LambdaEnv::build_with(pg, env, concurrency, |b| b)
+        LambdaEnv::build_with(pg, env, concurrency, Function::orders(), |b| b)
     }
 
     fn build_with(
         pg: &PgServer,
         env: &[(&str, &str)],
         concurrency: u32,
+        function: Function,
         adjust: impl FnOnce(LocalLambdaBuilder) -> LocalLambdaBuilder,
     ) -> LambdaEnv {
         let dir = tempfile::Builder::new()
@@ -64,15 +111,22 @@ impl LambdaEnv {
             dir.path().display().to_string(),
         ));
         vars.push(("WARMPOOL_LOG".into(), "debug".into()));
-        for (k, v) in env {
-            vars.retain(|(name, _)| name != k);
-            vars.push((k.to_string(), v.to_string()));
+        let overrides = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain(function.env);
+        for (k, v) in overrides {
+            vars.retain(|(name, _)| *name != k);
+            vars.push((k, v));
         }
         let mut builder = LocalLambda::builder()
             .extensions_dir(&extensions)
-            .bootstrap(ext::orders_function())
+            .bootstrap(function.bootstrap)
             .timeout(Duration::from_secs(10))
             .concurrency(concurrency);
+        if let Some(handler) = function.handler {
+            builder = builder.handler(handler);
+        }
         for (k, v) in vars {
             builder = builder.env(k, v);
         }

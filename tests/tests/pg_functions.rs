@@ -1,0 +1,319 @@
+//! The Python (psycopg 3) and Node.js (`pg`) functions of `examples/python` and `examples/node`,
+//! as they ship, in the local Lambda with the real extension against a real TLS PostgreSQL,
+//! frozen with SIGSTOP between invocations:
+//! - 20 invocations all succeed on the one connection the function opened at Init, and the
+//!   server sees one server connection for it throughout, the same one;
+//! - after the server ended that connection while the environment was frozen, the next
+//!   invocation succeeds: its prepared statement runs by name and the settings made at Init are
+//!   still in force, on a new server connection;
+//! - when the session could not go on (the database refused a new connection) and the
+//!   extension ended it, that invocation fails and the next one connects again, in the same
+//!   environment;
+//! - each README shows its handler as these tests run it.
+//!
+//! Each function runs from its own `bootstrap` (a Runtime API loop in its own language) with
+//! the drivers installed on first use under this build's `target/tmp/drivers` (see
+//! `warmpool_tests::prereq`): the venv's interpreter first on `PATH`, `pg` on `NODE_PATH`.
+
+use std::path::{Path, PathBuf};
+
+use local_lambda::Outcome;
+use serde_json::{json, Value};
+use warmpool_tests::lambda_env::Function;
+use warmpool_tests::{prereq, LambdaEnv, PgServer};
+
+#[derive(Clone, Copy, Debug)]
+enum Language {
+    Python,
+    Node,
+}
+
+impl Language {
+    /// The `application_name` the function sets at Init.
+    fn application_name(self) -> &'static str {
+        match self {
+            Language::Python => "orders-python",
+            Language::Node => "orders-node",
+        }
+    }
+
+    /// The function as a deployment would hold it, with its driver where its runtime looks.
+    fn function(self) -> Function {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        match self {
+            Language::Python => {
+                let python = prereq::python_drivers(&drivers_dir());
+                let bin = python.parent().expect("the venv's bin directory");
+                Function::bootstrap(examples.join("python/bootstrap"))
+                    .handler("handler.handler")
+                    .env("PATH", search_path(bin))
+                    // The task root is the source tree: no __pycache__ left in it.
+                    .env("PYTHONDONTWRITEBYTECODE", "1")
+                    .env("PYTHONUNBUFFERED", "1")
+            }
+            Language::Node => {
+                let modules = prereq::node_drivers(&drivers_dir());
+                Function::bootstrap(examples.join("node/bootstrap"))
+                    .handler("index.handler")
+                    .env("NODE_PATH", modules.display().to_string())
+            }
+        }
+    }
+}
+
+/// Where the drivers are installed, shared with `pg_drivers.rs`.
+fn drivers_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("drivers")
+}
+
+/// `dir` ahead of this process's `PATH`.
+fn search_path(dir: &Path) -> String {
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    let all = std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&rest));
+    std::env::join_paths(all)
+        .expect("a PATH entry with a colon")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The pool's server connections as the server lists them: pid and `application_name` of every
+/// session of the pool's user (the test's own queries run as `postgres`).
+fn pool_connections(pg: &PgServer) -> Vec<(i32, String)> {
+    pg.superuser_psql(&format!(
+        "SELECT pid, application_name FROM pg_stat_activity \
+         WHERE usename = '{}' ORDER BY pid",
+        pg.user()
+    ))
+    .lines()
+    .map(|l| {
+        let (pid, name) = l.split_once('|').expect("pid|application_name");
+        (pid.parse().expect("a pid"), name.to_owned())
+    })
+    .collect()
+}
+
+/// Ends backend `pid` and waits until the server no longer lists it.
+fn terminate(pg: &PgServer, pid: i64) {
+    assert_eq!(
+        pg.superuser_psql(&format!("SELECT pg_terminate_backend({pid})")),
+        "t"
+    );
+    while pg.superuser_psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
+    )) != "0"
+    {
+        std::thread::yield_now();
+    }
+}
+
+fn pid(backend: &Value) -> i64 {
+    backend["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no pid in {backend}"))
+}
+
+async fn twenty_frozen_invocations_on_one_server_connection(language: Language) {
+    let pg = PgServer::start();
+    let env = LambdaEnv::classic_with(&pg, &[], language.function());
+    env.call(json!({"action": "setup"})).await;
+    let first = env.call(json!({"action": "backend"})).await;
+    let server = pid(&first);
+    assert_eq!(first["application_name"], language.application_name());
+    let mut created = Vec::new();
+    for i in 0..20 {
+        assert!(
+            env.lambda.is_frozen(),
+            "the environment is frozen between invocations"
+        );
+        match i % 4 {
+            0 => {
+                let item = format!("item-{i}");
+                let out = env
+                    .call(
+                        json!({"action": "create", "customer": "ada", "item": item, "qty": i + 1}),
+                    )
+                    .await;
+                created.push((out["id"].as_i64().expect("an id"), i));
+                assert_eq!(out["customer_orders"], created.len(), "{out}");
+            }
+            1 => {
+                let (id, n) = *created.last().expect("an order");
+                let out = env.call(json!({"action": "get", "id": id})).await;
+                assert_eq!(
+                    (&out["customer"], &out["item"], &out["qty"]),
+                    (&json!("ada"), &json!(format!("item-{n}")), &json!(n + 1)),
+                    "{out}"
+                );
+            }
+            2 => {
+                let out = env.call(json!({"action": "count"})).await;
+                assert_eq!(out["orders"], created.len(), "{out}");
+            }
+            _ => {
+                let out = env.call(json!({"action": "backend"})).await;
+                assert_eq!(pid(&out), server, "another server connection: {out}");
+            }
+        }
+        assert_eq!(
+            pool_connections(&pg),
+            vec![(server as i32, language.application_name().to_owned())],
+            "after invocation {i}, the pool should hold exactly the function's session's \
+             connection"
+        );
+    }
+    assert_eq!(env.lambda.init_count(), 1, "the environment was reset");
+}
+
+async fn a_connection_ended_while_frozen_is_restored_with_its_settings_and_statement(
+    language: Language,
+) {
+    let pg = PgServer::start();
+    let env = LambdaEnv::classic_with(&pg, &[], language.function());
+    env.call(json!({"action": "setup"})).await;
+    let id = env
+        .call(json!({"action": "create", "customer": "grace", "item": "cable", "qty": 3}))
+        .await["id"]
+        .as_i64()
+        .expect("an id");
+    // Prepares the statement on the server connection; later runs only bind it, by name.
+    env.call(json!({"action": "get", "id": id})).await;
+    let before = env.call(json!({"action": "backend"})).await;
+    let prepared = before["prepared"].as_array().expect("prepared");
+    assert!(!prepared.is_empty(), "nothing was prepared: {before}");
+
+    // As a server's idle_session_timeout or a failover would end it, while nothing runs.
+    assert!(env.lambda.is_frozen());
+    terminate(&pg, pid(&before));
+
+    let out = env.call(json!({"action": "get", "id": id})).await;
+    assert_eq!(
+        (&out["customer"], &out["item"], &out["qty"]),
+        (&json!("grace"), &json!("cable"), &json!(3)),
+        "{out}"
+    );
+    let after = env.call(json!({"action": "backend"})).await;
+    assert_ne!(pid(&after), pid(&before), "the ended connection answered");
+    assert_eq!(after["application_name"], language.application_name());
+    assert_eq!(after["statement_timeout"], "5s", "the Init SET was lost");
+    for name in prepared {
+        assert!(
+            after["prepared"]
+                .as_array()
+                .expect("prepared")
+                .contains(name),
+            "statement {name} is not prepared on the new connection: {after}"
+        );
+    }
+    assert!(
+        !env.extension_lines("restored the session on a new one")
+            .is_empty(),
+        "{}",
+        env.output()
+    );
+    assert_eq!(
+        pool_connections(&pg),
+        vec![(pid(&after) as i32, language.application_name().to_owned())]
+    );
+    assert_eq!(env.lambda.init_count(), 1, "the environment was reset");
+}
+
+/// What the READMEs promise when a session cannot go on: here the connection ended while the
+/// environment was frozen and the database took no new one (as in a failover), so the
+/// extension ended the session with 08006. That invocation fails; the next one finds the
+/// connection closed and opens another, with the Init settings, in the same environment.
+async fn a_session_the_extension_ended_is_opened_again_by_the_next_invocation(language: Language) {
+    let pg = PgServer::start();
+    // A short retry budget, so that the refused connection fails the request soon, but ten
+    // times the longest backoff, so that once the database takes connections again the next
+    // request gets its attempt.
+    let env = LambdaEnv::classic_with(
+        &pg,
+        &[
+            ("WARMPOOL_RETRY_BUDGET_MS", "500"),
+            ("WARMPOOL_RETRY_MAX_MS", "50"),
+        ],
+        language.function(),
+    );
+    env.call(json!({"action": "setup"})).await;
+    let before = env.call(json!({"action": "backend"})).await;
+
+    assert!(env.lambda.is_frozen());
+    let role = pg.user();
+    pg.superuser_psql(&format!("ALTER ROLE {role} CONNECTION LIMIT 0"));
+    terminate(&pg, pid(&before));
+    let failed = env.invoke(json!({"action": "count"})).await;
+    match &failed.outcome {
+        Outcome::FunctionError(e) => assert!(
+            e.to_string().contains("no new one could be had"),
+            "not the extension's error: {e}"
+        ),
+        other => panic!(
+            "the session went on without a server connection: {other:?}\n{}",
+            env.output()
+        ),
+    }
+
+    pg.superuser_psql(&format!("ALTER ROLE {role} CONNECTION LIMIT -1"));
+    let after = env.call(json!({"action": "backend"})).await;
+    assert_ne!(pid(&after), pid(&before));
+    assert_eq!(after["application_name"], language.application_name());
+    assert_eq!(after["statement_timeout"], "5s");
+    assert_eq!(env.call(json!({"action": "count"})).await["orders"], 0);
+    assert_eq!(
+        env.lambda.init_count(),
+        1,
+        "the function was started again instead of reconnecting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_twenty_frozen_invocations_on_one_server_connection() {
+    twenty_frozen_invocations_on_one_server_connection(Language::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_twenty_frozen_invocations_on_one_server_connection() {
+    twenty_frozen_invocations_on_one_server_connection(Language::Node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_connection_ended_while_frozen_is_restored_with_its_settings_and_statement() {
+    a_connection_ended_while_frozen_is_restored_with_its_settings_and_statement(Language::Python)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_connection_ended_while_frozen_is_restored_with_its_settings_and_statement() {
+    a_connection_ended_while_frozen_is_restored_with_its_settings_and_statement(Language::Node)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_session_the_extension_ended_is_opened_again_by_the_next_invocation() {
+    a_session_the_extension_ended_is_opened_again_by_the_next_invocation(Language::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_session_the_extension_ended_is_opened_again_by_the_next_invocation() {
+    a_session_the_extension_ended_is_opened_again_by_the_next_invocation(Language::Node).await;
+}
+
+/// The READMEs show the handlers these tests run, whole, not a copy that drifted from them.
+#[test]
+fn the_readmes_show_the_handlers_as_tested() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for (readme, fence, handler) in [
+        ("python/README.md", "```python\n", "python/handler.py"),
+        ("node/README.md", "```js\n", "node/index.js"),
+    ] {
+        let read = |name: &str| {
+            std::fs::read_to_string(examples.join(name))
+                .unwrap_or_else(|e| panic!("examples/{name}: {e}"))
+        };
+        let code = read(handler);
+        assert!(
+            read(readme).contains(&format!("{fence}{code}```")),
+            "examples/{readme} does not show examples/{handler} as it is"
+        );
+    }
+}
