@@ -525,3 +525,68 @@ async fn the_tcp_listener_is_off_by_default_and_refused_without_its_password() {
         "{stderr}"
     );
 }
+
+/// A message as a client frames it.
+fn frontend(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Reads from `s` until a message with `tag` has arrived; returns every message read.
+async fn read_until(s: &mut UnixStream, buf: &mut Vec<u8>, tag: u8) -> Vec<(u8, Vec<u8>)> {
+    loop {
+        let got: Vec<(u8, Vec<u8>)> = messages(buf)
+            .into_iter()
+            .map(|(t, b)| (t, b.to_vec()))
+            .collect();
+        if got.iter().any(|(t, _)| *t == tag) {
+            buf.clear();
+            return got;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(GUARD, s.read(&mut chunk))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert!(n > 0, "the endpoint closed the session: {got:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A cursor read in steps (Execute with a row limit, then Flush, no Sync: what postgres.js and
+/// pgJDBC do for large results) leaves the server in the middle of a pipeline. However long the
+/// client waits between steps, the endpoint must not check or heal the connection there: a
+/// check would end the pipeline's implicit transaction and its portal with it.
+#[tokio::test]
+async fn a_portal_read_in_steps_survives_a_pause_between_them() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[("WARMPOOL_CHECK_AFTER_IDLE_MS", "20")]);
+    let mut s = UnixStream::connect(socket(&ext)).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(&startup("u", pg.dbname(), 196_608))
+        .await
+        .unwrap();
+    read_until(&mut s, &mut buf, b'Z').await;
+    let mut first = frontend(b'P', b"\0SELECT generate_series(1, 3)\0\0\0");
+    first.extend(frontend(b'B', b"\0\0\0\0\0\0\0\0"));
+    first.extend(frontend(b'E', b"\0\0\0\0\x01"));
+    first.extend(frontend(b'H', b""));
+    s.write_all(&first).await.unwrap();
+    let got = read_until(&mut s, &mut buf, b's').await;
+    assert_eq!(got.iter().filter(|(t, _)| *t == b'D').count(), 1, "{got:?}");
+    // The pause is the input under test: longer than WARMPOOL_CHECK_AFTER_IDLE_MS.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut next = frontend(b'E', b"\0\0\0\0\x01");
+    next.extend(frontend(b'H', b""));
+    s.write_all(&next).await.unwrap();
+    let got = read_until(&mut s, &mut buf, b's').await;
+    assert!(
+        !got.iter().any(|(t, _)| *t == b'E'),
+        "the portal was lost in the pause: {got:?}"
+    );
+    assert_eq!(got.iter().filter(|(t, _)| *t == b'D').count(), 1, "{got:?}");
+    s.write_all(&frontend(b'S', b"")).await.unwrap();
+    read_until(&mut s, &mut buf, b'Z').await;
+}

@@ -161,6 +161,10 @@ struct Session<S> {
     key: Key,
     /// When the request being answered started, for the statements' database time.
     busy_since: Option<Instant>,
+    /// Extended-protocol messages have gone out since the last Sync: the server holds the
+    /// pipeline's implicit transaction and its portals (a cursor read with Execute and Flush,
+    /// a batch not yet synced), so the session is not idle, whatever has been answered.
+    open_pipeline: bool,
 }
 
 /// What woke the relay.
@@ -268,6 +272,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             track: Track::default(),
             key,
             busy_since: None,
+            open_pipeline: false,
         })
     }
 
@@ -328,7 +333,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Whether a request of the client's is still being answered.
     fn outstanding(&self) -> bool {
-        self.conn.as_ref().is_some_and(|c| !c.backend.is_synced())
+        self.open_pipeline || self.conn.as_ref().is_some_and(|c| !c.backend.is_synced())
     }
 
     /// A message from the client, relayed to the server; healed first if the session is idle
@@ -353,6 +358,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .as_mut()
             .expect("a live connection after ensure_alive");
         self.track.client_message(tag, &m[messages::HEADER..], &m);
+        match tag {
+            b'S' => self.open_pipeline = false,
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'F' => self.open_pipeline = true,
+            _ => {}
+        }
         conn.backend.write_raw(&m);
         conn.last_used = Instant::now();
         // Sync, Flush, Query and the end of a COPY ask for an answer; COPY data goes out in
