@@ -10,6 +10,7 @@
 //!
 //! See bench/README.md for the method. Results go to bench/results/.
 
+mod fleet;
 mod hop;
 mod lambda;
 mod memory;
@@ -73,6 +74,13 @@ warmpool-bench --memory [--quick] [--baseline PATH]
                           concurrent sessions and 5 s after, against the goal of being back
                           within 2x of rest (bench/results/memory.{json,md}, and its section
                           of bench/RESULTS.md); --baseline measures another build first
+
+warmpool-bench --fleet [--quick]
+                          the fleet connection budget: 40 classic environments invoked in
+                          waves of at most 8, warmpool without and with
+                          WARMPOOL_FLEET_MAX_CONNECTIONS=10 and connect-per-invocation; server
+                          connections at peak, failures, p50 and p99
+                          (bench/results/fleet.{json,md}, and its section of bench/RESULTS.md)
 
 warmpool-bench --render bench/results/latest.json
                           writes the chart and the tables (for a full run, in
@@ -278,6 +286,19 @@ fn main() {
             .build()
             .expect("tokio runtime");
         runtime.block_on(hop::run_alone(opts));
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("--fleet") {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let opts = fleet::parse(&args).unwrap_or_else(|e| {
+            eprintln!("warmpool-bench: {e}");
+            std::process::exit(2);
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(fleet::run_alone(opts));
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("--memory") {
