@@ -16,6 +16,7 @@ use crate::credentials::http::Endpoint;
 use crate::credentials::secrets_manager::{default_endpoint, SecretsManagerSettings};
 use crate::credentials::{Auth, AuthMode, AwsCredentials, AwsSettings, Secret};
 use crate::pgconfig::{ChannelBinding, Host, PgConfig};
+use crate::settings::fleet::FleetSettings;
 use crate::settings::warmup::{parse_prepare, parse_warmup, WarmQuery};
 
 /// A bad setting: the variable, and why.
@@ -120,6 +121,12 @@ pub struct Config {
     /// environment. Above 1 the environment is never frozen and extensions register for SHUTDOWN
     /// only. Default 1 (classic Lambda).
     pub max_concurrency: usize,
+    /// `WARMPOOL_FLEET_MAX_CONNECTIONS`, `WARMPOOL_FLEET_NAME`, `WARMPOOL_FLEET_STEAL_IDLE_MS`:
+    /// a budget of server connections for every environment of the fleet together, kept by
+    /// taking idle connections of frozen environments (see `fleet.rs`). Off by default
+    /// (`WARMPOOL_FLEET_MAX_CONNECTIONS` unset or `0`). The name defaults to
+    /// `AWS_LAMBDA_FUNCTION_NAME`; the idle threshold to 2000 ms.
+    pub fleet: Option<FleetSettings>,
     /// `WARMPOOL_AUTH`: where each new connection's credentials come from: `static` (the
     /// password in `DATABASE_URL` or `PGPASSWORD`), `secrets-manager` (`WARMPOOL_SECRET_ID`) or
     /// `rds-iam` (an IAM token per connection). Default `static`. The AWS modes read the role's
@@ -185,6 +192,9 @@ pub struct Observability {
     /// `AWS_LAMBDA_FUNCTION_NAME`, set by Lambda: the metrics' `FunctionName` dimension.
     /// Default `local`.
     pub function_name: String,
+    /// Whether the fleet budget is on (`WARMPOOL_FLEET_MAX_CONNECTIONS`): its metrics are in
+    /// the records only then, since each metric name is a CloudWatch metric the user pays for.
+    pub fleet_metrics: bool,
 }
 
 /// Defaults, in one place.
@@ -203,6 +213,12 @@ pub mod defaults {
     pub const IDLE_TIMEOUT_MS: u64 = 300_000;
     /// `WARMPOOL_CHECK_AFTER_IDLE_MS`.
     pub const CHECK_AFTER_IDLE_MS: u64 = 1_000;
+    /// `WARMPOOL_FLEET_MAX_CONNECTIONS`: no budget.
+    pub const FLEET_MAX_CONNECTIONS: u32 = 0;
+    /// `WARMPOOL_FLEET_STEAL_IDLE_MS`: twice the check after idle, so a connection idle long
+    /// enough to be taken is always checked before its environment uses it again, and the
+    /// pause between two statements of a running invocation is rarely this long.
+    pub const FLEET_STEAL_IDLE_MS: u64 = 2 * CHECK_AFTER_IDLE_MS;
     /// `WARMPOOL_RESET_TIMEOUT_MS`.
     pub const RESET_TIMEOUT_MS: u64 = 2_000;
     /// `WARMPOOL_COMMIT_TIMEOUT_MS`: long enough for a COMMIT that waits on synchronous
@@ -447,6 +463,7 @@ impl Config {
                 defaults::INIT_REQUIRE_DATABASE,
             )?,
             max_concurrency,
+            fleet: fleet(&get)?,
             max_sessions: parse(&get, "WARMPOOL_MAX_SESSIONS", defaults::MAX_SESSIONS)?,
             handshake_timeout: ms(
                 "WARMPOOL_HANDSHAKE_TIMEOUT_MS",
@@ -568,6 +585,16 @@ impl Config {
                     self.statement_cache_size
                 ),
             });
+        }
+        if let Some(fleet) = &self.fleet {
+            if fleet.steal_idle < self.check_after_idle {
+                // A connection taken while idle for less than the check would be handed out
+                // unchecked, and the statement sent on it would fail.
+                return fail(
+                    "WARMPOOL_FLEET_STEAL_IDLE_MS",
+                    "must not be below WARMPOOL_CHECK_AFTER_IDLE_MS",
+                );
+            }
         }
         if self.commit_timeout.is_zero() {
             return fail("WARMPOOL_COMMIT_TIMEOUT_MS", "must be greater than zero");
@@ -765,7 +792,61 @@ fn observability(get: &impl Fn(&str) -> Option<String>) -> Result<Observability,
         slow_pool_wait: ms("WARMPOOL_SLOW_POOL_WAIT_MS", defaults::SLOW_POOL_WAIT_MS)?,
         function_name: get("AWS_LAMBDA_FUNCTION_NAME")
             .unwrap_or_else(|| defaults::FUNCTION_NAME.into()),
+        fleet_metrics: get("WARMPOOL_FLEET_MAX_CONNECTIONS")
+            .is_some_and(|n| n.trim().parse::<u32>().is_ok_and(|n| n > 0)),
     })
+}
+
+/// The fleet budget's settings, if `WARMPOOL_FLEET_MAX_CONNECTIONS` turns it on.
+fn fleet(get: &impl Fn(&str) -> Option<String>) -> Result<Option<FleetSettings>, ConfigError> {
+    use crate::settings::fleet;
+    let max_connections = parse(
+        get,
+        "WARMPOOL_FLEET_MAX_CONNECTIONS",
+        defaults::FLEET_MAX_CONNECTIONS,
+    )?;
+    if max_connections == 0 {
+        return Ok(None);
+    }
+    let name = match get("WARMPOOL_FLEET_NAME") {
+        Some(name) => {
+            fleet::check_name(&name).map_err(|reason| ConfigError {
+                variable: "WARMPOOL_FLEET_NAME",
+                reason,
+            })?;
+            name
+        }
+        None => match get("AWS_LAMBDA_FUNCTION_NAME") {
+            Some(function) => {
+                let name = fleet::default_name(&function);
+                fleet::check_name(&name).map_err(|reason| ConfigError {
+                    variable: "WARMPOOL_FLEET_NAME",
+                    reason: format!(
+                        "not set, and the function's name cannot stand for it: {reason}"
+                    ),
+                })?;
+                name
+            }
+            None => {
+                return Err(ConfigError {
+                    variable: "WARMPOOL_FLEET_NAME",
+                    reason: "must be set with WARMPOOL_FLEET_MAX_CONNECTIONS outside Lambda \
+                             (there is no AWS_LAMBDA_FUNCTION_NAME to default to)"
+                        .into(),
+                })
+            }
+        },
+    };
+    let steal_idle = parse(
+        get,
+        "WARMPOOL_FLEET_STEAL_IDLE_MS",
+        defaults::FLEET_STEAL_IDLE_MS,
+    )?;
+    Ok(Some(FleetSettings {
+        name,
+        max_connections,
+        steal_idle: Duration::from_millis(steal_idle),
+    }))
 }
 
 fn parse<T: FromStr>(
@@ -893,6 +974,66 @@ mod tests {
                 "{url}: {e}"
             );
             assert!(!e.to_string().contains("s3cr"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_fleet_budget_is_off_by_default_and_checked_when_on() {
+        let base = [("PGHOST", "h"), ("PGUSER", "u")];
+        let c = config(&base).unwrap();
+        assert_eq!(c.fleet, None);
+        assert!(!c.observability.fleet_metrics);
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut all = base.to_vec();
+            all.extend_from_slice(extra);
+            config(&all)
+        };
+        let c = with(&[
+            ("WARMPOOL_FLEET_MAX_CONNECTIONS", "10"),
+            ("AWS_LAMBDA_FUNCTION_NAME", "orders"),
+        ])
+        .unwrap();
+        let fleet = c.fleet.unwrap();
+        assert_eq!(fleet.name, "orders");
+        assert_eq!(fleet.max_connections, 10);
+        assert_eq!(
+            fleet.steal_idle,
+            Duration::from_millis(defaults::FLEET_STEAL_IDLE_MS)
+        );
+        assert!(c.observability.fleet_metrics);
+        assert_eq!(
+            with(&[("WARMPOOL_FLEET_MAX_CONNECTIONS", "0")])
+                .unwrap()
+                .fleet,
+            None
+        );
+        for (vars, variable) in [
+            (
+                &[("WARMPOOL_FLEET_MAX_CONNECTIONS", "10")][..],
+                "WARMPOOL_FLEET_NAME",
+            ),
+            (
+                &[
+                    ("WARMPOOL_FLEET_MAX_CONNECTIONS", "10"),
+                    ("WARMPOOL_FLEET_NAME", "it's"),
+                ][..],
+                "WARMPOOL_FLEET_NAME",
+            ),
+            (
+                &[("WARMPOOL_FLEET_MAX_CONNECTIONS", "ten")][..],
+                "WARMPOOL_FLEET_MAX_CONNECTIONS",
+            ),
+            (
+                &[
+                    ("WARMPOOL_FLEET_MAX_CONNECTIONS", "10"),
+                    ("WARMPOOL_FLEET_NAME", "orders"),
+                    ("WARMPOOL_FLEET_STEAL_IDLE_MS", "500"),
+                ][..],
+                "WARMPOOL_FLEET_STEAL_IDLE_MS",
+            ),
+        ] {
+            let e = with(vars).unwrap_err();
+            assert_eq!(e.variable, variable, "{vars:?}: {e}");
         }
     }
 

@@ -21,6 +21,14 @@ const FIXED: &[(&str, &str)] = &[
     ("Errors", "Count"),
 ];
 
+/// The fleet budget's metrics, in records of environments that have one.
+const FLEET: &[(&str, &str)] = &[
+    ("FleetSlotsTaken", "Count"),
+    ("FleetWaits", "Count"),
+    ("FleetWaitTime", "Milliseconds"),
+    ("FleetRefusals", "Count"),
+];
+
 /// What a record covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -58,6 +66,8 @@ pub struct Record<'a> {
     pub phase: Phase,
     /// The invocation's request id, for an Invoke record.
     pub request_id: Option<&'a str>,
+    /// Whether the fleet budget's metrics are in the record.
+    pub fleet: bool,
     /// The invocation's X-Ray trace header, when traced.
     pub trace_id: Option<&'a str>,
 }
@@ -77,14 +87,21 @@ pub fn record(r: &Record<'_>, stats: &Stats) -> Value {
         stats.state_hits as f64,
         stats.total_errors() as f64,
     ];
+    let fleet = [
+        stats.fleet_slots_taken as f64,
+        stats.fleet_waits as f64,
+        ms(stats.fleet_wait_us),
+        stats.fleet_refusals as f64,
+    ];
     let mut metrics = Vec::new();
-    for ((name, unit), value) in FIXED.iter().zip(values) {
+    let fleet = FLEET.iter().zip(fleet).filter(|_| r.fleet);
+    for ((name, unit), value) in FIXED.iter().zip(values).chain(fleet) {
         metrics.push(json!({"Name": name, "Unit": unit}));
         top.insert((*name).into(), json!(value));
     }
     // There are far fewer SQLSTATE classes than the limit, but a record over it would be
     // rejected whole: the classes past it are left out (the Errors total still counts them).
-    for (class, n) in stats.errors.iter().take(MAX_METRICS - FIXED.len()) {
+    for (class, n) in stats.errors.iter().take(MAX_METRICS - metrics.len()) {
         let name = format!("Errors_{class}");
         metrics.push(json!({"Name": name, "Unit": "Count"}));
         top.insert(name, json!(*n as f64));
@@ -124,6 +141,7 @@ mod tests {
             phase: Phase::Invoke,
             request_id: Some("8476a536-e9f4-11e8-9739-2dfe598c3fcd"),
             trace_id: Some("Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"),
+            fleet: false,
         }
     }
 
@@ -140,14 +158,32 @@ mod tests {
             cache_hits: 0,
             state_hits: 0,
             errors: vec![("08".into(), 1), ("23".into(), 2)],
+            fleet_slots_taken: 2,
+            fleet_waits: 1,
+            fleet_wait_us: 3000,
+            fleet_refusals: 0,
         };
         let v = record(&context(), &stats);
+        validate(&v).unwrap_or_else(|e| panic!("{e}: {v}"));
+        assert!(
+            v.get("FleetSlotsTaken").is_none(),
+            "fleet metrics without a fleet budget"
+        );
+        let v = record(
+            &Record {
+                fleet: true,
+                ..context()
+            },
+            &stats,
+        );
         validate(&v).unwrap_or_else(|e| panic!("{e}: {v}"));
         assert_eq!(v["Queries"], 7.0);
         assert_eq!(v["DatabaseTime"], 1.5);
         assert_eq!(v["PoolWaitTime"], 0.25);
         assert_eq!(v["Errors"], 3.0);
         assert_eq!(v["Errors_23"], 2.0);
+        assert_eq!(v["FleetSlotsTaken"], 2.0);
+        assert_eq!(v["FleetWaitTime"], 3.0);
         assert_eq!(v["RequestId"], "8476a536-e9f4-11e8-9739-2dfe598c3fcd");
         assert_eq!(v["_aws"]["Timestamp"], 1_764_000_000_000u64);
         // One line, as CloudWatch Logs reads it.

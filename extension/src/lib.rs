@@ -45,6 +45,7 @@ pub mod credentials;
 pub(crate) mod deadline;
 pub(crate) mod emf;
 pub mod errors;
+pub(crate) mod fleet;
 pub mod lambda;
 pub mod lifecycle;
 pub mod local;

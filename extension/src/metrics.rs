@@ -25,6 +25,10 @@ pub struct Counters {
     connections_replaced: AtomicU64,
     cache_hits: AtomicU64,
     state_hits: AtomicU64,
+    fleet_slots_taken: AtomicU64,
+    fleet_waits: AtomicU64,
+    fleet_wait_us: AtomicU64,
+    fleet_refusals: AtomicU64,
     /// Touched only on errors, so a lock is cheap enough.
     errors: Mutex<BTreeMap<String, u64>>,
 }
@@ -58,6 +62,10 @@ impl Counters {
             cache_hits: get(&self.cache_hits),
             state_hits: get(&self.state_hits),
             errors: errors.into_iter().collect(),
+            fleet_slots_taken: get(&self.fleet_slots_taken),
+            fleet_waits: get(&self.fleet_waits),
+            fleet_wait_us: get(&self.fleet_wait_us),
+            fleet_refusals: get(&self.fleet_refusals),
         }
     }
 }
@@ -85,6 +93,12 @@ pub enum Event<'a> {
     StateHit,
     /// An error was answered with this SQLSTATE.
     Error(&'a str),
+    /// This many fleet connections were ended to make room under the fleet's budget.
+    FleetSlotsTaken(u64),
+    /// A request waited this long for a slot of the fleet's budget.
+    FleetWait(Duration),
+    /// A request was refused: the fleet's budget stayed full.
+    FleetRefusal,
 }
 
 impl Counters {
@@ -103,6 +117,12 @@ impl Counters {
             Event::ConnectionReplaced => add(&self.connections_replaced, 1),
             Event::CacheHit => add(&self.cache_hits, 1),
             Event::StateHit => add(&self.state_hits, 1),
+            Event::FleetSlotsTaken(n) => add(&self.fleet_slots_taken, n),
+            Event::FleetWait(d) => {
+                add(&self.fleet_waits, 1);
+                add(&self.fleet_wait_us, micros(d));
+            }
+            Event::FleetRefusal => add(&self.fleet_refusals, 1),
             Event::Error(code) => {
                 *self
                     .errors

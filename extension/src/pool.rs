@@ -17,10 +17,11 @@ use tokio::sync::watch;
 
 use warmpool::protocol::sqlstate;
 
-use crate::backend::{self, CancelToken};
+use crate::backend::{self, Backend, CancelToken};
 use crate::config::Config;
 use crate::conn::{PgConn, StatementMode};
 use crate::credentials::{CredentialsError, ErrorKind, Login, Origin, Provider};
+use crate::fleet::{Admission, Fleet};
 use crate::metrics::{Event, Meter};
 use crate::pgconfig::PgConfig;
 use crate::retry::Backoff;
@@ -67,6 +68,9 @@ pub struct Manager {
     backoff: Backoff,
     /// `WARMPOOL_LOG_STATEMENTS`: notices are logged with their text.
     log_statements: bool,
+    /// `WARMPOOL_FLEET_MAX_CONNECTIONS`: every new connection is admitted into the fleet's
+    /// budget before it is used.
+    fleet: Option<Fleet>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -106,6 +110,22 @@ pub enum ConnectError {
     /// refusal.
     #[error("{0} (no new attempt within WARMPOOL_RETRY_BUDGET_MS while the database refuses connections)")]
     Unavailable(String),
+    /// The fleet's connection budget is full, and none of its connections has been idle long
+    /// enough to take. Not a failure of the database: it does not hold back other connection
+    /// attempts, and the request waits for a slot on its own.
+    #[error(
+        "the fleet's connection budget is full: {connections} connections of fleet {fleet:?} \
+         for WARMPOOL_FLEET_MAX_CONNECTIONS={max}, none of them idle longer than \
+         WARMPOOL_FLEET_STEAL_IDLE_MS"
+    )]
+    FleetFull {
+        /// The fleet's name.
+        fleet: String,
+        /// The budget.
+        max: u32,
+        /// The fleet's connections counted, the refused one included.
+        connections: u64,
+    },
     /// Obtaining credentials or connecting took longer than `WARMPOOL_CONNECT_TIMEOUT_MS`.
     #[error("{phase} took longer than {} ms (WARMPOOL_CONNECT_TIMEOUT_MS)", .after.as_millis())]
     Timeout {
@@ -154,6 +174,10 @@ impl Manager {
             })??;
         let mut backend = backend;
         check_session_attrs(&mut backend, pg.get_target_session_attrs()).await?;
+        if let Some(fleet) = &self.fleet {
+            // Dropping the connection on a refusal closes it (Terminate) in the background.
+            self.admit(fleet, &mut backend).await?;
+        }
         tracing::debug!(
             user = pg.get_user().unwrap_or_default(),
             secret_version = login.version.as_deref(),
@@ -167,6 +191,52 @@ impl Manager {
                 .await;
         }
         Ok(conn)
+    }
+
+    /// Admits a new connection into the fleet's budget, bounded by the connect timeout; a
+    /// refusal, or a wait for the fleet's lock that ran out, is [`ConnectError::FleetFull`].
+    async fn admit(&self, fleet: &Fleet, backend: &mut Backend) -> Result<(), ConnectError> {
+        let budget = self.connect_timeout;
+        let full = |connections| ConnectError::FleetFull {
+            fleet: fleet.settings().name.clone(),
+            max: fleet.settings().max_connections,
+            connections,
+        };
+        let admitted = tokio::time::timeout(budget, fleet.admit(backend, budget))
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                phase: "admitting the connection into the fleet's budget",
+                after: budget,
+            })?;
+        match admitted {
+            Ok(Admission::Admitted { taken }) => {
+                for t in &taken {
+                    tracing::info!(
+                        pid = t.pid,
+                        idle_ms = t.idle_ms,
+                        fleet = %fleet.settings().name,
+                        "took a connection slot from an idle fleet connection"
+                    );
+                }
+                if !taken.is_empty() {
+                    self.meter.add(Event::FleetSlotsTaken(taken.len() as u64));
+                }
+                Ok(())
+            }
+            Ok(Admission::Full { connections }) => {
+                tracing::info!(
+                    fleet_connections = connections,
+                    max = fleet.settings().max_connections,
+                    "the fleet's connection budget is full; waiting for a slot"
+                );
+                Err(full(connections))
+            }
+            Err(e) if crate::fleet::is_lock_timeout(&e) => {
+                tracing::info!("the fleet's lock stayed taken; waiting for a slot");
+                Err(full(0))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Credentials from the provider, bounded by the connect timeout: a request waiting on
@@ -370,17 +440,52 @@ impl Pool {
     /// runs from then, so requests a client pipelined together share one budget rather than
     /// spend one each in turn.
     pub async fn get_for(&self, arrived: std::time::Instant) -> Result<PooledConn, GetError> {
+        let mut waited_from = None;
+        let got = self.get_waiting(arrived, &mut waited_from).await;
+        if let Some(from) = waited_from {
+            let meter = self.meter();
+            meter.add(Event::FleetWait(from.elapsed()));
+            if matches!(
+                &got,
+                Err(PoolError::Backend(ConnectError::FleetFull { .. }))
+            ) {
+                meter.add(Event::FleetRefusal);
+            }
+        }
+        got
+    }
+
+    /// [`Pool::get_for`]; `waited_from` is set when the fleet's budget first made it wait.
+    async fn get_waiting(
+        &self,
+        arrived: std::time::Instant,
+        waited_from: &mut Option<Instant>,
+    ) -> Result<PooledConn, GetError> {
         if *self.checking.borrow() > 0 && self.inner.status().available == 0 {
             let mut done = self.checking.subscribe();
             let _ = tokio::time::timeout(self.wait_timeout, done.wait_for(|n| *n == 0)).await;
         }
         // Not a timeout around the whole get: waiting for a busy pool is bounded by
         // WARMPOOL_WAIT_TIMEOUT_MS alone, and each attempt's wait for its turn by the budget.
-        let budget = self.inner.manager().backoff.policy().budget;
+        let policy = self.inner.manager().backoff.policy();
+        let budget = policy.budget;
         let arrived = tokio::time::Instant::from_std(arrived);
         let until = arrived + budget;
+        // A full fleet is waited out for as long as a busy pool would be.
+        let fleet_until = arrived + budget.max(self.wait_timeout);
+        let mut fleet_refusals = 0;
         loop {
             match BUDGET.scope((arrived, until), self.inner.get()).await {
+                Err(PoolError::Backend(ConnectError::FleetFull { .. }))
+                    if tokio::time::Instant::now() < fleet_until =>
+                {
+                    waited_from.get_or_insert_with(Instant::now);
+                    fleet_refusals += 1;
+                    let pause = crate::retry::delay(policy, fleet_refusals, crate::retry::jitter());
+                    let wake = (tokio::time::Instant::now() + pause).min(fleet_until);
+                    // The last try comes at the end of the wait; its refusal is the answer.
+                    tokio::time::sleep_until(wake).await;
+                }
                 Err(PoolError::Backend(e))
                     if transient(&e)
                         && !budget.is_zero()
@@ -491,7 +596,12 @@ pub fn build(config: &Config) -> Result<Pool, BuildError> {
 /// Builds the pool with the given credentials provider (tests inject one with a fixed clock).
 pub fn build_with(config: &Config, credentials: Provider) -> Result<Pool, BuildError> {
     let tls = tls::connector(config.ssl_mode, &config.root_certs)?;
-    let pg = config.pg.clone();
+    let mut pg = config.pg.clone();
+    if let Some(fleet) = &config.fleet {
+        // The mark the fleet counts its connections by, in place of any name the connection
+        // string gave.
+        pg.application_name(fleet.application_name());
+    }
     tracing::debug!(credentials = %credentials.origin(), "credentials provider");
     let manager = Manager {
         pg,
@@ -509,6 +619,7 @@ pub fn build_with(config: &Config, credentials: Provider) -> Result<Pool, BuildE
         meter: Arc::new(Meter::new(config.max_concurrency.saturating_mul(4).max(64))),
         backoff: Backoff::new(config.retry),
         log_statements: config.log_statements,
+        fleet: config.fleet.clone().map(Fleet::new),
     };
     let inner = managed::Pool::builder(manager)
         .max_size(config.max_size)
@@ -535,13 +646,24 @@ pub async fn warm(pool: &Pool, n: usize) -> Result<usize, GetError> {
     let results = join_all((0..n).map(|_| pool.inner.get())).await;
     let mut opened = 0;
     let mut first_error = None;
+    let mut fleet_full = 0;
     for r in results {
         match r {
             Ok(_) => opened += 1,
+            // The reserve shrinks to what the fleet's budget allows: an environment at Init
+            // does not fail for a full fleet, and later requests wait for a slot.
+            Err(PoolError::Backend(ConnectError::FleetFull { .. })) => fleet_full += 1,
             Err(e) => {
                 first_error.get_or_insert(e);
             }
         }
+    }
+    if fleet_full > 0 {
+        tracing::info!(
+            opened,
+            refused = fleet_full,
+            "the fleet's connection budget allowed fewer warm connections than WARMPOOL_WARM_SIZE"
+        );
     }
     tracing::info!(
         opened,
@@ -687,9 +809,11 @@ pub fn transient(e: &ConnectError) -> bool {
                     )
             }
         },
-        ConnectError::Auth { .. } | ConnectError::Credentials(_) | ConnectError::Unavailable(_) => {
-            false
-        }
+        ConnectError::Auth { .. }
+        | ConnectError::Credentials(_)
+        | ConnectError::Unavailable(_)
+        // Waited for apart from the backoff: see `Pool::get_for`.
+        | ConnectError::FleetFull { .. } => false,
     }
 }
 

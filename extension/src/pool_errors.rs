@@ -100,6 +100,13 @@ pub fn from_connect(e: &ConnectError) -> WireError {
         ConnectError::Timeout { .. } => {
             WireError::extension(sqlstate::CONNECTION_TIMEOUT, e.to_string())
         }
+        ConnectError::FleetFull { .. } => WireError::extension(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "{e}; waited for a slot up to WARMPOOL_WAIT_TIMEOUT_MS (or WARMPOOL_RETRY_BUDGET_MS \
+                 if longer)"
+            ),
+        ),
         ConnectError::Unavailable(_) => {
             WireError::extension(sqlstate::CONNECTION_FAILURE, e.to_string())
         }

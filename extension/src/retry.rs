@@ -200,7 +200,7 @@ pub fn delay(policy: Policy, failures: u32, jitter: f64) -> Duration {
 }
 
 /// A number in [0, 1), from the standard library's per-process random hash keys.
-fn jitter() -> f64 {
+pub fn jitter() -> f64 {
     let bits = RandomState::new().hash_one(std::time::SystemTime::now());
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }

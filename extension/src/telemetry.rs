@@ -183,6 +183,7 @@ impl Telemetry {
                 },
                 request_id: ids.map(|i| i.request_id.as_str()),
                 trace_id: ids.map(|i| i.trace_id.as_str()),
+                fleet: self.settings.fleet_metrics,
             },
             &stats,
         );
@@ -208,6 +209,7 @@ mod tests {
             metrics_interval: Duration::from_secs(60),
             slow_pool_wait: Duration::from_millis(100),
             function_name: "orders".into(),
+            fleet_metrics: false,
         }
     }
 

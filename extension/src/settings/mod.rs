@@ -2,6 +2,7 @@
 //! them needs the whole configuration: TLS modes, where root certificates come from, how
 //! statements are prepared. `config` reads them from the environment.
 
+pub mod fleet;
 pub mod warmup;
 
 use std::path::PathBuf;

@@ -151,6 +151,11 @@ impl Reader {
         Ok(n)
     }
 
+    /// Whether the whole body has been read.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+
     /// Fails unless the whole body was read.
     pub(crate) fn finish(self, tag: u8) -> Result<(), FrameError> {
         if self.body.is_empty() {

@@ -63,8 +63,11 @@ pub mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     /// A frame exceeded the frame size limit.
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
-    /// No pooled connection became free within the wait timeout.
+    /// No pooled connection became free within the wait timeout, or the fleet's connection
+    /// budget stayed full.
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    /// A lock was not granted within `lock_timeout`.
+    pub const LOCK_NOT_AVAILABLE: &str = "55P03";
     /// The extension is shutting down.
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     /// The database could not be reached.

@@ -74,6 +74,15 @@ pub struct Stats {
     pub state_hits: u64,
     /// Errors answered, by SQLSTATE class (the code's first two characters), sorted by class.
     pub errors: Vec<(String, u64)>,
+    /// Fleet connections ended to make room under the fleet's budget
+    /// (`WARMPOOL_FLEET_MAX_CONNECTIONS`).
+    pub fleet_slots_taken: u64,
+    /// Requests that waited for a slot of the fleet's budget.
+    pub fleet_waits: u64,
+    /// Time requests waited for a slot of the fleet's budget, in microseconds.
+    pub fleet_wait_us: u64,
+    /// Requests refused because the fleet's budget stayed full (53300).
+    pub fleet_refusals: u64,
 }
 
 impl Stats {
@@ -114,6 +123,15 @@ pub(super) fn put_stats(b: &mut BytesMut, s: &Stats) {
         put_str(b, class);
         b.put_u64(*n);
     }
+    // After the errors, so a reader that predates them finds the fields it knows in place.
+    for n in [
+        s.fleet_slots_taken,
+        s.fleet_waits,
+        s.fleet_wait_us,
+        s.fleet_refusals,
+    ] {
+        b.put_u64(n);
+    }
 }
 
 pub(super) fn read_stats(r: &mut Reader) -> Result<Stats, FrameError> {
@@ -127,8 +145,16 @@ pub(super) fn read_stats(r: &mut Reader) -> Result<Stats, FrameError> {
     let errors = (0..n)
         .map(|_| Ok((r.string("error class")?, r.u64("error count")?)))
         .collect::<Result<_, FrameError>>()?;
+    // An extension that predates the fleet's counters ends the frame after the errors.
+    let mut fleet = [0u64; 4];
+    if !r.is_empty() {
+        for c in &mut fleet {
+            *c = r.u64("fleet counter")?;
+        }
+    }
     let [queries, rows, database_time_us, pool_wait_us, connections_created, connections_replaced, cache_hits, state_hits] =
         counters;
+    let [fleet_slots_taken, fleet_waits, fleet_wait_us, fleet_refusals] = fleet;
     Ok(Stats {
         request_id,
         queries,
@@ -140,5 +166,9 @@ pub(super) fn read_stats(r: &mut Reader) -> Result<Stats, FrameError> {
         cache_hits,
         state_hits,
         errors,
+        fleet_slots_taken,
+        fleet_waits,
+        fleet_wait_us,
+        fleet_refusals,
     })
 }

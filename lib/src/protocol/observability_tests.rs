@@ -46,6 +46,10 @@ fn stats_layout_and_round_trip() {
         cache_hits: 7,
         state_hits: 8,
         errors: vec![("23".into(), 9)],
+        fleet_slots_taken: 10,
+        fleet_waits: 11,
+        fleet_wait_us: 12,
+        fleet_refusals: 13,
     };
     let mut buf = BytesMut::new();
     Response::Stats(s.clone()).encode(&mut buf);
@@ -55,6 +59,9 @@ fn stats_layout_and_round_trip() {
     }
     body.extend_from_slice(&[0, 1, 0, 0, 0, 2, b'2', b'3']);
     body.extend_from_slice(&9u64.to_be_bytes());
+    for n in 10..=13u64 {
+        body.extend_from_slice(&n.to_be_bytes());
+    }
     assert_eq!(&buf[..], &frame(b't', &body)[..]);
     assert_eq!(
         Response::decode(&mut buf, MAX),

@@ -463,6 +463,10 @@ fn all_responses() -> Vec<Response> {
             cache_hits: 6,
             state_hits: 7,
             errors: vec![("08".into(), 1), ("23".into(), 2)],
+            fleet_slots_taken: 8,
+            fleet_waits: 9,
+            fleet_wait_us: 10,
+            fleet_refusals: 11,
         }),
     ]
 }
@@ -2021,6 +2025,10 @@ fn arb_response() -> impl Strategy<Value = Response> {
                 cache_hits: c[6],
                 state_hits: c[7],
                 errors,
+                fleet_slots_taken: c[0] ^ 1,
+                fleet_waits: c[1] ^ 2,
+                fleet_wait_us: c[2] ^ 3,
+                fleet_refusals: c[3] ^ 4,
             })),
     ]
 }
