@@ -33,6 +33,10 @@ use crate::stats::{fmt_ratio, fmt_us, ratio, Summary};
 
 /// The goal on time: the p50 with the budget at most this many times the p50 without.
 const GOAL_P50_RATIO: f64 = 1.5;
+/// The start of the statements a new fleet connection runs to be admitted
+/// (`extension/src/fleet.rs`): a connection whose last statement is this one has not been used
+/// past its admission.
+const ADMISSION: &str = "BEGIN; SET LOCAL lock_timeout%";
 /// How often the sampler reads `pg_stat_activity`.
 const SAMPLE_EVERY: Duration = Duration::from_millis(2);
 /// The steal threshold the extension uses when `WARMPOOL_FLEET_STEAL_IDLE_MS` is not set.
@@ -177,6 +181,8 @@ pub struct Measured {
     pub sample_interval_ms: f64,
     /// Samples that counted more backends than the budget.
     pub samples_over_budget: usize,
+    /// The most backends at once past their admission (see [`Sample::admitted`]).
+    pub peak_admitted: u32,
     /// Server connections the role opened (the server's connection log).
     pub connections_opened: u32,
     /// Environments whose Init failed.
@@ -184,6 +190,8 @@ pub struct Measured {
     pub invocations: usize,
     pub failed: usize,
     pub failure_samples: Vec<String>,
+    /// The extensions' fleet metrics, summed over their EMF records.
+    pub fleet: FleetCounts,
     /// Database time per invocation, as the handler measured it (connect included).
     pub db: Summary,
     /// The first call of each environment in each wave: thawed after the other waves ran.
@@ -192,6 +200,60 @@ pub struct Measured {
     pub later_in_wave: Summary,
     pub init_s: f64,
     pub invoke_s: f64,
+}
+
+/// What the extensions of a configuration report about the budget: the sums of their EMF
+/// metrics over every record (one per Init and per invocation on classic Lambda).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct FleetCounts {
+    /// `FleetSlotsTaken`: connections of other environments ended to make room.
+    pub slots_taken: u64,
+    /// `FleetWaits`: requests that waited for a slot.
+    pub waits: u64,
+    /// `FleetWaitTime`, ms.
+    pub wait_ms: f64,
+    /// `FleetRefusals`: requests answered 53300 for want of a slot.
+    pub refusals: u64,
+    /// `ConnectionsCreated`.
+    pub connections_created: u64,
+}
+
+impl FleetCounts {
+    fn add(&mut self, record: &serde_json::Value) {
+        let n = |name: &str| record.get(name).and_then(serde_json::Value::as_f64);
+        let count = |name: &str| n(name).unwrap_or(0.0) as u64;
+        self.slots_taken += count("FleetSlotsTaken");
+        self.waits += count("FleetWaits");
+        self.wait_ms += n("FleetWaitTime").unwrap_or(0.0);
+        self.refusals += count("FleetRefusals");
+        self.connections_created += count("ConnectionsCreated");
+    }
+}
+
+/// Shuts the environments down (the extensions write their last metrics record at SHUTDOWN),
+/// then reads the metrics records their extensions wrote, and lets them go.
+async fn shut_down_counting(envs: Vec<Arc<LocalLambda>>) -> FleetCounts {
+    futures_util::future::join_all(envs.iter().map(|e| {
+        let e = e.clone();
+        async move { e.shutdown().await }
+    }))
+    .await;
+    let mut counts = FleetCounts::default();
+    for env in &envs {
+        for line in env.output() {
+            if !line.process.starts_with("extension:") {
+                continue;
+            }
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line.line.trim()) {
+                if v.get("_aws").is_some() {
+                    counts.add(&v);
+                }
+            }
+        }
+    }
+    // Drop blocks (bounded) while it reaps the processes: off the async workers.
+    let _ = tokio::task::spawn_blocking(move || drop(envs)).await;
+    counts
 }
 
 /// A goal line and whether the run met it.
@@ -362,15 +424,27 @@ fn describe(kind: Kind, budget: u32) -> String {
 /// role without `pg_read_all_stats` sees other roles' rows without their backend type).
 const SAMPLER_ROLE: &str = "bench_fleet_sampler";
 
+/// One reading of `pg_stat_activity`.
+#[derive(Clone, Copy)]
+struct Sample {
+    /// When, since the configuration started.
+    at: Duration,
+    /// The role's client backends.
+    backends: u32,
+    /// Those of them past their admission into the fleet's budget: not counting connections
+    /// that have run nothing yet, or nothing but the admission (waiting for the fleet's lock,
+    /// counting, or refused and about to close).
+    admitted: u32,
+}
+
 /// Counts the role's client backends in `pg_stat_activity` until told to stop, on a connection
-/// of its own (as [`SAMPLER_ROLE`], none of the counted roles). Returns each sample: when, since
-/// `origin`, and how many.
+/// of its own (as [`SAMPLER_ROLE`], none of the counted roles), from `origin` on.
 async fn sample(
     pg: &PgServer,
     role: String,
     origin: Instant,
     mut stop: watch::Receiver<bool>,
-) -> Vec<(Duration, u32)> {
+) -> Vec<Sample> {
     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(pg.rustls_config());
     let (client, connection) = pg
         .tokio_config()
@@ -381,8 +455,8 @@ async fn sample(
     let driver = tokio::spawn(connection);
     let query = client
         .prepare(
-            "SELECT count(*)::int FROM pg_stat_activity \
-             WHERE usename = $1 AND backend_type = 'client backend'",
+            "SELECT count(*)::int, count(*) FILTER (WHERE query <> '' AND query NOT LIKE $2)::int \
+             FROM pg_stat_activity WHERE usename = $1 AND backend_type = 'client backend'",
         )
         .await
         .expect("prepare the sampler's query");
@@ -395,8 +469,12 @@ async fn sample(
             _ = every.tick() => {}
         }
         let at = origin.elapsed();
-        match client.query_one(&query, &[&role]).await {
-            Ok(row) => samples.push((at, row.get::<_, i32>(0).max(0) as u32)),
+        match client.query_one(&query, &[&role, &ADMISSION]).await {
+            Ok(row) => samples.push(Sample {
+                at,
+                backends: row.get::<_, i32>(0).max(0) as u32,
+                admitted: row.get::<_, i32>(1).max(0) as u32,
+            }),
             Err(e) => {
                 eprintln!("  fleet sampler: {e}");
                 break;
@@ -520,15 +598,15 @@ async fn measure(ctx: &Ctx<'_>, kind: Kind, opts: &FleetOpts, rounds: usize) -> 
     };
     let (samples, (envs, init_failures, mut failures, calls, init_end, invoke_end)) =
         tokio::join!(sampler, waves);
-    lambda::shut_down(envs).await;
+    let fleet = shut_down_counting(envs).await;
     setup::wait_app_connections_closed(ctx.pg, Duration::from_secs(10));
     let connections = setup::connections_since(ctx.pg, offset, &role);
 
-    let peak = |from: Duration, to: Duration| {
+    let peak = |from: Duration, to: Duration, n: fn(&Sample) -> u32| {
         samples
             .iter()
-            .filter(|(at, _)| (from..to).contains(at))
-            .map(|&(_, n)| n)
+            .filter(|s| (from..to).contains(&s.at))
+            .map(n)
             .max()
             .unwrap_or(0)
     };
@@ -551,24 +629,26 @@ async fn measure(ctx: &Ctx<'_>, kind: Kind, opts: &FleetOpts, rounds: usize) -> 
             }
         }
     }
-    let span = samples.last().map_or(Duration::ZERO, |s| s.0)
-        - samples.first().map_or(Duration::ZERO, |s| s.0);
+    let span = samples.last().map_or(Duration::ZERO, |s| s.at)
+        - samples.first().map_or(Duration::ZERO, |s| s.at);
     Measured {
         configuration: kind.key().into(),
         description: describe(kind, opts.budget),
         role,
         budget: (kind == Kind::Budget).then_some(opts.budget),
-        peak_init: peak(Duration::ZERO, init_end),
-        peak_invocations: peak(init_end, invoke_end + Duration::from_secs(1)),
+        peak_init: peak(Duration::ZERO, init_end, |s| s.backends),
+        peak_invocations: peak(init_end, Duration::MAX, |s| s.backends),
         samples: samples.len(),
         sample_interval_ms: span.as_secs_f64() * 1e3
             / samples.len().saturating_sub(1).max(1) as f64,
-        samples_over_budget: samples.iter().filter(|s| s.1 > opts.budget).count(),
+        samples_over_budget: samples.iter().filter(|s| s.backends > opts.budget).count(),
+        peak_admitted: peak(Duration::ZERO, Duration::MAX, |s| s.admitted),
         connections_opened: connections.opened,
         init_failures,
         invocations: calls.len(),
         failed,
         failure_samples: failures,
+        fleet,
         db: Summary::of(&db, failed),
         first_in_wave: Summary::of(&first, 0),
         later_in_wave: Summary::of(&later, 0),
@@ -684,6 +764,27 @@ pub fn markdown(r: &Results, title: bool) -> String {
         );
     }
     let _ = writeln!(s);
+    for m in r.configurations.iter().filter(|m| m.budget.is_some()) {
+        let f = &m.fleet;
+        let _ = writeln!(
+            s,
+            "With the budget, the extensions' metrics: {} connection slots taken from idle \
+             environments (`FleetSlotsTaken`), {} waits for a slot (`FleetWaits`, {:.1} s in all, \
+             {} per wait on average), {} requests refused (`FleetRefusals`), {} connections \
+             created (`ConnectionsCreated`, against {} opened in the server's log: the rest were \
+             refused at admission and closed). Not counting connections that had run nothing \
+             yet or nothing but their admission (new, waiting for the fleet's lock, or refused \
+             and closing), the most at once was {}.\n",
+            f.slots_taken,
+            f.waits,
+            f.wait_ms / 1e3,
+            fmt_us(f.wait_ms * 1e3 / f.waits.max(1) as f64),
+            f.refusals,
+            f.connections_created,
+            m.connections_opened,
+            m.peak_admitted
+        );
+    }
     for g in &r.goals {
         let _ = writeln!(
             s,
@@ -768,11 +869,13 @@ mod tests {
             samples: 10,
             sample_interval_ms: 2.0,
             samples_over_budget: 0,
+            peak_admitted: peak,
             connections_opened: 0,
             init_failures: 0,
             invocations: 100,
             failed,
             failure_samples: Vec::new(),
+            fleet: FleetCounts::default(),
             db: Summary {
                 n: 100,
                 p50_us: p50,

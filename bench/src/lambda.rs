@@ -310,7 +310,7 @@ pub(crate) fn build_env_as(
     b.build().map_err(|e| e.to_string())
 }
 
-pub(crate) async fn shut_down(envs: Vec<Arc<LocalLambda>>) {
+async fn shut_down(envs: Vec<Arc<LocalLambda>>) {
     let reports: Vec<_> = envs
         .iter()
         .map(|e| {
