@@ -76,6 +76,19 @@ usage: warmpool-bench --fleet [--quick] [--budget N] [--envs N] [--wave N] [--ca
   --out DIR          results directory (default bench/results; quick target/warmpool-bench);
                      writes fleet.{json,md}";
 
+impl FleetOpts {
+    /// The part as the default full run runs it: its own defaults, results in `out`, and the
+    /// section of bench/RESULTS.md when `out` is bench/results.
+    pub fn in_full_run(extension: &Path, out: &Path, full: bool, args: &[String]) -> FleetOpts {
+        let mut o = parse(&[]).expect("the defaults parse");
+        o.extension = Some(extension.to_owned());
+        o.out = out.to_owned();
+        o.full = full;
+        o.args = args.to_vec();
+        o
+    }
+}
+
 /// Parses the arguments after `--fleet`.
 pub fn parse(args: &[String]) -> Result<FleetOpts, String> {
     let quick = args.iter().any(|a| a == "--quick");
@@ -286,8 +299,6 @@ pub struct Results {
 
 /// Runs the part on a PostgreSQL of its own and writes its results.
 pub async fn run_alone(opts: FleetOpts) {
-    let started = Instant::now();
-    let loadavg_start = crate::report::loadavg();
     eprintln!("fleet: building the extension and the bench function ...");
     let extension = match &opts.extension {
         Some(p) => p.canonicalize().unwrap_or_else(|e| {
@@ -302,18 +313,38 @@ pub async fn run_alone(opts: FleetOpts) {
         opts.rows
     );
     let pg = setup::start_postgres();
-    let roles: Vec<String> = Kind::ALL.iter().map(|k| k.role()).collect();
-    setup::seed(&pg, opts.rows, &roles);
+    setup::seed(&pg, opts.rows, &[]);
+    create_roles(&pg);
+    let results = run(&pg, &extension, &function, &opts).await;
+    for path in write(&results, &opts) {
+        eprintln!("wrote {}", path.display());
+    }
+}
+
+/// Creates the roles the part connects as, on a server the benchmark seeded.
+pub fn create_roles(pg: &PgServer) {
+    for kind in Kind::ALL {
+        pg.superuser_psql(&format!(
+            "CREATE ROLE {} LOGIN PASSWORD '{}' IN ROLE app",
+            kind.role(),
+            pg.password()
+        ));
+    }
     pg.superuser_psql(&format!(
         "CREATE ROLE {SAMPLER_ROLE} LOGIN PASSWORD '{}' IN ROLE pg_read_all_stats",
         pg.password()
     ));
+}
 
+/// Runs the three configurations on `pg` (seeded, with [`create_roles`]).
+pub async fn run(pg: &PgServer, extension: &Path, function: &Path, opts: &FleetOpts) -> Results {
+    let started = Instant::now();
+    let loadavg_start = crate::report::loadavg();
     let layer = tempfile::Builder::new()
         .prefix("warmpool-bench-layer-")
         .tempdir_in("/tmp")
         .expect("tempdir");
-    std::os::unix::fs::symlink(&extension, layer.path().join("warmpool"))
+    std::os::unix::fs::symlink(extension, layer.path().join("warmpool"))
         .expect("symlink the extension");
     let sockets = tempfile::Builder::new()
         .prefix("warmpool-bench-sock-")
@@ -325,10 +356,10 @@ pub async fn run_alone(opts: FleetOpts) {
             .expect("start the delay relay")
     });
     let ctx = Ctx {
-        pg: &pg,
+        pg,
         pg_port: relay.as_ref().map_or(pg.port(), Relay::port),
         rtt,
-        function,
+        function: function.to_owned(),
         layer: layer.path().to_owned(),
         sockets: sockets.path().to_owned(),
         pgbouncer: None,
@@ -351,7 +382,7 @@ pub async fn run_alone(opts: FleetOpts) {
             rounds,
             opts.calls
         );
-        let m = measure(&ctx, kind, &opts, rounds).await;
+        let m = measure(&ctx, kind, opts, rounds).await;
         eprintln!(
             "  peak connections {} at Init, {} invoked; {} invocations, {} failed; db p50 {}, p99 {}",
             m.peak_init,
@@ -368,7 +399,9 @@ pub async fn run_alone(opts: FleetOpts) {
 
     let goals = goals(&configurations, opts.budget);
     let results = Results {
-        command: format!("warmpool-bench {}", opts.args.join(" ")),
+        command: format!("warmpool-bench {}", opts.args.join(" "))
+            .trim_end()
+            .to_owned(),
         profile: if setup::is_release() {
             "release"
         } else {
@@ -407,9 +440,7 @@ pub async fn run_alone(opts: FleetOpts) {
             g.measured
         );
     }
-    for path in write(&results, &opts) {
-        eprintln!("wrote {}", path.display());
-    }
+    results
 }
 
 fn describe(kind: Kind, budget: u32) -> String {

@@ -54,7 +54,8 @@ cold starts, server connections, and a server-side kill during a freeze.
   --pgbouncer-pool N      PgBouncer default_pool_size (default 10)
   --micro-seconds S       seconds per micro-benchmark load (default 2; quick 0.3)
   --micro-concurrency L   concurrency levels of the micro-benchmark (default 1,4)
-  --no-micro, --no-lambda, --no-kill   skip a part
+  --no-micro, --no-lambda, --no-kill, --no-fleet   skip a part (the fleet part runs in
+                          full runs only; see --fleet below)
   --extension PATH        the extension binary to measure (default: build it)
   --out DIR               results directory (default bench/results; quick
                           target/warmpool-bench)
@@ -104,6 +105,8 @@ pub struct Opts {
     pub micro: bool,
     pub lambda: bool,
     pub kill: bool,
+    /// The fleet connection budget part (bench/src/fleet.rs), in full runs only.
+    pub fleet: bool,
     pub extension: Option<PathBuf>,
     pub out: PathBuf,
     pub out_given: bool,
@@ -170,6 +173,7 @@ fn parse_args() -> Result<Opts, String> {
         micro: true,
         lambda: true,
         kill: true,
+        fleet: !quick,
         extension: None,
         // Quick and smoke results stay out of the repository: target/ is ignored, and a smoke
         // run's directory is a temporary one (see `run`).
@@ -237,6 +241,7 @@ fn parse_args() -> Result<Opts, String> {
             "--no-micro" => o.micro = false,
             "--no-lambda" => o.lambda = false,
             "--no-kill" => o.kill = false,
+            "--no-fleet" => o.fleet = false,
             "--extension" => o.extension = Some(PathBuf::from(v()?)),
             "--out" => {
                 o.out = PathBuf::from(v()?);
@@ -401,6 +406,9 @@ async fn run(mut opts: Opts) -> Vec<String> {
     let pg = setup::start_postgres();
     let roles: Vec<String> = Scenario::ALL.iter().map(|&s| lambda::role(s)).collect();
     setup::seed(&pg, opts.rows, &roles);
+    if opts.fleet {
+        fleet::create_roles(&pg);
+    }
 
     let mut results = report::Results::new(&opts, &pg, &extension);
 
@@ -547,6 +555,23 @@ async fn run(mut opts: Opts) -> Vec<String> {
         }
         drop(ctx);
         drop(relay);
+    }
+
+    if opts.fleet {
+        progress!(
+            started,
+            "the fleet connection budget: 40 environments in waves of 8, three configurations ..."
+        );
+        let f = fleet::FleetOpts::in_full_run(
+            &extension,
+            &opts.out,
+            !opts.out_given && opts.name == "latest",
+            &opts.args,
+        );
+        let r = fleet::run(&pg, &extension, &function, &f).await;
+        for path in fleet::write(&r, &f) {
+            eprintln!("wrote {}", path.display());
+        }
     }
 
     // The memory part runs on its own (`--memory`); a smoke run checks that it runs.
