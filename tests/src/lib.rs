@@ -4,6 +4,8 @@
 //!   `hostssl` only.
 //! - [`certs`]: a test CA and server certificate.
 //! - [`ext`]: [`ext::Extension`], the `warmpool` binary as a child process.
+//! - [`fleet`]: many environments sharing a fleet's connection budget, and a sampler of the
+//!   fleet's connections.
 //! - [`pgbouncer`]: [`pgbouncer::PgBouncer`], a transaction-mode PgBouncer in front of a
 //!   [`pg::PgServer`].
 //! - [`secrets_manager`]: a Secrets Manager stand-in on loopback.
@@ -15,6 +17,7 @@
 pub mod certs;
 pub mod emf;
 pub mod ext;
+pub mod fleet;
 pub mod lambda_env;
 pub mod logs;
 pub mod pg;
