@@ -89,6 +89,40 @@ impl FleetOpts {
     }
 }
 
+impl FleetOpts {
+    /// What a smoke run measures: a fleet of 4 in waves of 2 with a budget of 2, to check that
+    /// the part runs.
+    pub fn smoke(extension: &Path, out: &Path) -> FleetOpts {
+        let mut o = FleetOpts::in_full_run(extension, out, false, &["--smoke".into()]);
+        o.envs = 4;
+        o.wave = 2;
+        o.calls = 2;
+        o.invocations = 8;
+        o.budget = 2;
+        o.pause = Duration::from_millis(100);
+        o
+    }
+}
+
+/// What makes a smoke run fail: an Init or an invocation that failed. Neither connections nor
+/// times are judged.
+pub fn failures(r: &Results) -> Vec<String> {
+    r.configurations
+        .iter()
+        .filter(|m| m.failed > 0 || m.init_failures > 0 || m.db.n == 0)
+        .map(|m| {
+            format!(
+                "fleet, {}: {} of {} invocations and {} Init(s) failed ({})",
+                m.configuration,
+                m.failed,
+                m.invocations,
+                m.init_failures,
+                m.failure_samples.join("; ")
+            )
+        })
+        .collect()
+}
+
 /// Parses the arguments after `--fleet`.
 pub fn parse(args: &[String]) -> Result<FleetOpts, String> {
     let quick = args.iter().any(|a| a == "--quick");
@@ -933,5 +967,32 @@ mod tests {
         let g = goals(&bad, 10);
         assert_eq!(g.len(), 3);
         assert!(g.iter().all(|g| !g.met));
+    }
+
+    #[test]
+    fn a_smoke_run_fails_on_a_failed_invocation_only() {
+        let results = |configurations| Results {
+            command: String::new(),
+            profile: String::new(),
+            machine: String::new(),
+            rtt_ms: 0.5,
+            envs: 4,
+            wave: 2,
+            calls: 2,
+            rounds: 1,
+            pause_ms: 100,
+            budget: 2,
+            steal_idle_ms: String::new(),
+            loadavg_start: String::new(),
+            loadavg_end: String::new(),
+            elapsed_s: 0.0,
+            configurations,
+            goals: Vec::new(),
+        };
+        // Over the budget and slower: not a smoke failure.
+        let slow = results(vec![measured("warmpool-budget", 9e6, 40, 0)]);
+        assert!(failures(&slow).is_empty());
+        let failed = results(vec![measured("warmpool-budget", 200.0, 2, 1)]);
+        assert_eq!(failures(&failed).len(), 1);
     }
 }

@@ -406,7 +406,7 @@ async fn run(mut opts: Opts) -> Vec<String> {
     let pg = setup::start_postgres();
     let roles: Vec<String> = Scenario::ALL.iter().map(|&s| lambda::role(s)).collect();
     setup::seed(&pg, opts.rows, &roles);
-    if opts.fleet {
+    if opts.fleet || opts.smoke {
         fleet::create_roles(&pg);
     }
 
@@ -573,6 +573,17 @@ async fn run(mut opts: Opts) -> Vec<String> {
             eprintln!("wrote {}", path.display());
         }
     }
+    let mut fleet_failures = Vec::new();
+    if opts.smoke {
+        progress!(
+            started,
+            "the fleet connection budget (4 environments in waves of 2, a budget of 2) ..."
+        );
+        let f = fleet::FleetOpts::smoke(&extension, &opts.out);
+        let r = fleet::run(&pg, &extension, &function, &f).await;
+        fleet::write(&r, &f);
+        fleet_failures = fleet::failures(&r);
+    }
 
     // The memory part runs on its own (`--memory`); a smoke run checks that it runs.
     let mut memory_failures = Vec::new();
@@ -596,6 +607,7 @@ async fn run(mut opts: Opts) -> Vec<String> {
     let failures = if opts.smoke {
         let mut f = smoke_failures(&results);
         f.extend(memory_failures);
+        f.extend(fleet_failures);
         f
     } else {
         Vec::new()
