@@ -13,8 +13,9 @@
 //! environment has had the same number of invocations. Every wave but the first wants
 //! connections that the waves before it hold, which is what a budget smaller than the fleet has
 //! to deal with. A sampler reads `pg_stat_activity` every few milliseconds on a connection of
-//! its own and counts the configuration's client backends. Results: `fleet.{json,md}`, and for
-//! a full run into the repository, the fleet section of bench/RESULTS.md.
+//! its own and counts the configuration's client backends, and those of them past their
+//! admission into the budget. Results: `fleet.{json,md}`, and for a full run into the
+//! repository, the fleet section of bench/RESULTS.md.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use local_lambda::LocalLambda;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use warmpool_tests::PgServer;
 
 use crate::lambda::{self, Ctx, Plan, Rng, Scenario, Workload};
@@ -508,6 +509,7 @@ async fn sample(
     pg: &PgServer,
     role: String,
     origin: Instant,
+    ready: oneshot::Sender<()>,
     mut stop: watch::Receiver<bool>,
 ) -> Vec<Sample> {
     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(pg.rustls_config());
@@ -525,6 +527,7 @@ async fn sample(
         )
         .await
         .expect("prepare the sampler's query");
+    let _ = ready.send(());
     let mut every = tokio::time::interval(SAMPLE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut samples = Vec::with_capacity(1 << 16);
@@ -603,12 +606,15 @@ async fn measure(ctx: &Ctx<'_>, kind: Kind, opts: &FleetOpts, rounds: usize) -> 
     };
     let origin = Instant::now();
     let (stop, stopped) = watch::channel(false);
+    let (ready, sampling) = oneshot::channel();
     let sampler = {
         let (pg, role) = (ctx.pg, role.clone());
         // The sampler borrows the server, so it runs beside the waves rather than as a task.
-        async move { sample(pg, role, origin, stopped).await }
+        async move { sample(pg, role, origin, ready, stopped).await }
     };
     let waves = async {
+        // Nothing starts before the sampler is connected, so no connection goes uncounted.
+        sampling.await.expect("the sampler connected to PostgreSQL");
         let mut failures = Vec::new();
         let mut envs = Vec::new();
         for i in 0..opts.envs {
