@@ -169,16 +169,16 @@ pub struct RunResult {
     pub idle_gap: Summary,
 }
 
-struct Plan {
-    rows: u32,
-    w2_selects: usize,
+pub(crate) struct Plan {
+    pub(crate) rows: u32,
+    pub(crate) w2_selects: usize,
 }
 
 /// A small PRNG for the payloads (xorshift64*).
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn seeded(a: u64, b: u64) -> Rng {
+    pub(crate) fn seeded(a: u64, b: u64) -> Rng {
         let mut r = Rng(0x9E37_79B9_7F4A_7C15 ^ a.wrapping_mul(0x1000_0000_01B3) ^ (b << 32) ^ 1);
         r.next();
         r
@@ -196,7 +196,7 @@ impl Rng {
     }
 }
 
-fn payload(w: Workload, rng: &mut Rng, plan: &Plan) -> Value {
+pub(crate) fn payload(w: Workload, rng: &mut Rng, plan: &Plan) -> Value {
     match w {
         Workload::W1 => json!({"w": 1, "ids": [rng.id(plan.rows)]}),
         Workload::W2 => {
@@ -206,7 +206,7 @@ fn payload(w: Workload, rng: &mut Rng, plan: &Plan) -> Value {
     }
 }
 
-fn us(d: Duration) -> f64 {
+pub(crate) fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
@@ -223,7 +223,7 @@ fn steps_us(outcome: &Outcome) -> Vec<f64> {
 }
 
 /// The handler's answer, or why the invocation failed.
-fn db_us(outcome: &Outcome) -> Result<f64, String> {
+pub(crate) fn db_us(outcome: &Outcome) -> Result<f64, String> {
     match outcome {
         Outcome::Ok(v) => v
             .get("db_us")
@@ -250,6 +250,19 @@ fn build_env(
     index: usize,
     pg_port: u16,
 ) -> Result<LocalLambda, String> {
+    build_env_as(ctx, scenario, index, pg_port, &role(scenario), &[])
+}
+
+/// An environment of `scenario` that connects as `role`, with `extra` settings for the function
+/// and its extension applied last (over the benchmark's own `WARMPOOL_*` variables).
+pub(crate) fn build_env_as(
+    ctx: &Ctx,
+    scenario: Scenario,
+    index: usize,
+    pg_port: u16,
+    role: &str,
+    extra: &[(&str, &str)],
+) -> Result<LocalLambda, String> {
     let mut b = LocalLambda::builder()
         .bootstrap(&ctx.function)
         .function_name(format!("bench-{}", scenario.name()))
@@ -258,7 +271,7 @@ fn build_env(
     for (k, v) in ctx.pg.env() {
         let v = match k.as_str() {
             "PGPORT" => pg_port.to_string(),
-            "PGUSER" => role(scenario),
+            "PGUSER" => role.to_owned(),
             _ => v,
         };
         b = b.env(k, v);
@@ -293,6 +306,9 @@ fn build_env(
             // One directory, a port each, so environments do not meet on one socket.
             .env("WARMPOOL_PG_SOCKET_DIR", ctx.sockets.display().to_string())
             .env("WARMPOOL_PG_PORT", (20_000 + index).to_string());
+    }
+    for (k, v) in extra {
+        b = b.env(*k, *v);
     }
     b.build().map_err(|e| e.to_string())
 }

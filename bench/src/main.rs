@@ -10,6 +10,7 @@
 //!
 //! See bench/README.md for the method. Results go to bench/results/.
 
+mod fleet;
 mod hop;
 mod lambda;
 mod memory;
@@ -53,7 +54,8 @@ cold starts, server connections, and a server-side kill during a freeze.
   --pgbouncer-pool N      PgBouncer default_pool_size (default 10)
   --micro-seconds S       seconds per micro-benchmark load (default 2; quick 0.3)
   --micro-concurrency L   concurrency levels of the micro-benchmark (default 1,4)
-  --no-micro, --no-lambda, --no-kill   skip a part
+  --no-micro, --no-lambda, --no-kill, --no-fleet   skip a part (the fleet part runs in
+                          full runs only; see --fleet below)
   --extension PATH        the extension binary to measure (default: build it)
   --out DIR               results directory (default bench/results; quick
                           target/warmpool-bench)
@@ -73,6 +75,13 @@ warmpool-bench --memory [--quick] [--baseline PATH]
                           concurrent sessions and 5 s after, against the goal of being back
                           within 2x of rest (bench/results/memory.{json,md}, and its section
                           of bench/RESULTS.md); --baseline measures another build first
+
+warmpool-bench --fleet [--quick]
+                          the fleet connection budget: 40 classic environments invoked in
+                          waves of at most 8, warmpool without and with
+                          WARMPOOL_FLEET_MAX_CONNECTIONS=10 and connect-per-invocation; server
+                          connections at peak, failures, p50 and p99
+                          (bench/results/fleet.{json,md}, and its section of bench/RESULTS.md)
 
 warmpool-bench --render bench/results/latest.json
                           writes the chart and the tables (for a full run, in
@@ -96,6 +105,8 @@ pub struct Opts {
     pub micro: bool,
     pub lambda: bool,
     pub kill: bool,
+    /// The fleet connection budget part (bench/src/fleet.rs), in full runs only.
+    pub fleet: bool,
     pub extension: Option<PathBuf>,
     pub out: PathBuf,
     pub out_given: bool,
@@ -162,6 +173,7 @@ fn parse_args() -> Result<Opts, String> {
         micro: true,
         lambda: true,
         kill: true,
+        fleet: !quick,
         extension: None,
         // Quick and smoke results stay out of the repository: target/ is ignored, and a smoke
         // run's directory is a temporary one (see `run`).
@@ -229,6 +241,7 @@ fn parse_args() -> Result<Opts, String> {
             "--no-micro" => o.micro = false,
             "--no-lambda" => o.lambda = false,
             "--no-kill" => o.kill = false,
+            "--no-fleet" => o.fleet = false,
             "--extension" => o.extension = Some(PathBuf::from(v()?)),
             "--out" => {
                 o.out = PathBuf::from(v()?);
@@ -278,6 +291,19 @@ fn main() {
             .build()
             .expect("tokio runtime");
         runtime.block_on(hop::run_alone(opts));
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("--fleet") {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let opts = fleet::parse(&args).unwrap_or_else(|e| {
+            eprintln!("warmpool-bench: {e}");
+            std::process::exit(2);
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(fleet::run_alone(opts));
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("--memory") {
@@ -380,6 +406,9 @@ async fn run(mut opts: Opts) -> Vec<String> {
     let pg = setup::start_postgres();
     let roles: Vec<String> = Scenario::ALL.iter().map(|&s| lambda::role(s)).collect();
     setup::seed(&pg, opts.rows, &roles);
+    if opts.fleet || opts.smoke {
+        fleet::create_roles(&pg);
+    }
 
     let mut results = report::Results::new(&opts, &pg, &extension);
 
@@ -528,6 +557,34 @@ async fn run(mut opts: Opts) -> Vec<String> {
         drop(relay);
     }
 
+    if opts.fleet {
+        progress!(
+            started,
+            "the fleet connection budget: 40 environments in waves of 8, three configurations ..."
+        );
+        let f = fleet::FleetOpts::in_full_run(
+            &extension,
+            &opts.out,
+            !opts.out_given && opts.name == "latest",
+            &opts.args,
+        );
+        let r = fleet::run(&pg, &extension, &function, &f).await;
+        for path in fleet::write(&r, &f) {
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    let mut fleet_failures = Vec::new();
+    if opts.smoke {
+        progress!(
+            started,
+            "the fleet connection budget (4 environments in waves of 2, a budget of 2) ..."
+        );
+        let f = fleet::FleetOpts::smoke(&extension, &opts.out);
+        let r = fleet::run(&pg, &extension, &function, &f).await;
+        fleet::write(&r, &f);
+        fleet_failures = fleet::failures(&r);
+    }
+
     // The memory part runs on its own (`--memory`); a smoke run checks that it runs.
     let mut memory_failures = Vec::new();
     if opts.smoke {
@@ -550,6 +607,7 @@ async fn run(mut opts: Opts) -> Vec<String> {
     let failures = if opts.smoke {
         let mut f = smoke_failures(&results);
         f.extend(memory_failures);
+        f.extend(fleet_failures);
         f
     } else {
         Vec::new()
