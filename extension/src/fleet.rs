@@ -54,15 +54,18 @@ pub struct Taken {
 pub struct Fleet {
     settings: FleetSettings,
     admit_sql: String,
+    /// The same, for PostgreSQL 14 and later, where `pg_terminate_backend` can wait for the
+    /// connection it ends to be gone, so that the slot is free when the new connection is used.
+    admit_sql_waiting: String,
 }
 
 impl Fleet {
     /// The budget `settings` describe.
     pub fn new(settings: FleetSettings) -> Fleet {
-        let admit_sql = admit_sql(&settings);
         Fleet {
+            admit_sql: admit_sql(&settings, None),
+            admit_sql_waiting: admit_sql(&settings, Some(TERMINATE_WAIT)),
             settings,
-            admit_sql,
         }
     }
 
@@ -81,10 +84,19 @@ impl Fleet {
         // The lock wait is bounded by PostgreSQL too, so a waiter gives up even if this task
         // is dropped; and a holder whose environment froze mid-admission (it never commits)
         // loses its session, and with it the lock, after the same time.
+        let major = backend
+            .parameter("server_version")
+            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0);
         let sql = format!(
             "BEGIN; SET LOCAL lock_timeout = {ms}; \
              SET LOCAL idle_in_transaction_session_timeout = {ms}; {}",
-            self.admit_sql,
+            if major >= 14 {
+                &self.admit_sql_waiting
+            } else {
+                &self.admit_sql
+            },
             ms = wait.as_millis().max(1),
         );
         backend.start_query(None, &sql).await?;
@@ -134,7 +146,16 @@ pub fn is_lock_timeout(e: &backend::Error) -> bool {
 /// counts the fleet, ends the longest-idle connections it must (all it needs, or none), and
 /// returns the count and what it ended. `pg_stat_activity` is read once per transaction, and
 /// only after the lock is held: <https://www.postgresql.org/docs/current/monitoring-stats.html#MONITORING-STATS-VIEWS>.
-fn admit_sql(s: &FleetSettings) -> String {
+/// How long the admission waits for each connection it ends to be gone. An idle backend exits
+/// at once when told to; past this it is counted as gone anyway.
+/// <https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-ADMIN-SIGNAL-TABLE>
+const TERMINATE_WAIT: Duration = Duration::from_millis(1000);
+
+fn admit_sql(s: &FleetSettings, wait: Option<Duration>) -> String {
+    let terminate = match wait {
+        Some(w) => format!("pg_terminate_backend(pid, {})", w.as_millis()),
+        None => "pg_terminate_backend(pid)".to_owned(),
+    };
     // The name was checked to hold only letters, digits, '-', '_' and '.': it is safe to quote.
     let mark = s.application_name();
     format!(
@@ -153,7 +174,7 @@ fn admit_sql(s: &FleetSettings) -> String {
                                 THEN n ELSE 0 END FROM need)) \
          SELECT (SELECT count(*) FROM fleet), pid, \
                 (extract(epoch FROM clock_timestamp() - state_change) * 1000)::bigint, \
-                pg_terminate_backend(pid) \
+                {terminate} \
          FROM taken \
          UNION ALL SELECT (SELECT count(*) FROM fleet), NULL, NULL, NULL; \
          COMMIT",
@@ -173,7 +194,11 @@ mod tests {
             max_connections: 10,
             steal_idle: Duration::from_millis(2000),
         });
+        assert!(f
+            .admit_sql_waiting
+            .contains("pg_terminate_backend(pid, 1000)"));
         let sql = &f.admit_sql;
+        assert!(sql.contains("pg_terminate_backend(pid) "), "{sql}");
         assert!(
             sql.contains("application_name = 'warmpool:orders'"),
             "{sql}"
