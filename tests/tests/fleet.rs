@@ -586,3 +586,33 @@ async fn without_a_budget_nothing_changes() {
         "the budget's lock shows in the server log"
     );
 }
+
+/// An environment whose Init finds the fleet full, with nothing to take, starts anyway, even
+/// with `WARMPOOL_INIT_REQUIRE_DATABASE`: its warm connections shrink to what the budget allows
+/// (none here), and its invocations run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_fleet_does_not_fail_an_environments_init() {
+    const FLEET: &str = "full-at-init";
+    let pg = PgServer::start();
+    // The budget's one slot, held inside a transaction: never taken.
+    let holder = fleet_extension(&pg, FLEET, 1);
+    let client = holder.client().await;
+    let tx = client.transaction().await.unwrap();
+    tx.query_one("SELECT 1", &[]).await.unwrap();
+
+    let mut vars = fleet_settings(FLEET, 1);
+    vars.push(("WARMPOOL_WARM_SIZE".into(), "1".into()));
+    vars.push(("WARMPOOL_INIT_REQUIRE_DATABASE".into(), "true".into()));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let env = LambdaEnv::classic(&pg, &vars);
+    // Init runs with the first invocation; one that failed would fail the invocation too.
+    env.call(json!({"action": "noop"})).await;
+    let shrunk = env.extension_lines("allowed fewer warm connections than WARMPOOL_WARM_SIZE");
+    assert_eq!(shrunk.len(), 1, "{}", env.output());
+    assert!(
+        env.extension_lines("Init: warm connections open").len() == 1,
+        "{}",
+        env.output()
+    );
+    tx.rollback().await.unwrap();
+}
