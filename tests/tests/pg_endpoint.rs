@@ -590,3 +590,36 @@ async fn a_portal_read_in_steps_survives_a_pause_between_them() {
     s.write_all(&frontend(b'S', b"")).await.unwrap();
     read_until(&mut s, &mut buf, b'Z').await;
 }
+
+/// Sessions are bounded as on the extension's own socket: past `WARMPOOL_MAX_SESSIONS`, a client
+/// waits up to the wait timeout for one to end, then gets 53300 naming the setting.
+#[tokio::test]
+async fn sessions_past_the_limit_are_refused_by_name_once_the_wait_runs_out() {
+    let pg = PgServer::start();
+    let ext = Extension::start(
+        &pg,
+        &[
+            ("WARMPOOL_MAX_SESSIONS", "1"),
+            ("WARMPOOL_WAIT_TIMEOUT_MS", "300"),
+        ],
+    );
+    let first = connect(&ext, &pg).await;
+    let Err(err) = connect_as(&ext, "x", pg.dbname()).await else {
+        panic!("a session past WARMPOOL_MAX_SESSIONS was served");
+    };
+    assert_eq!(code(&err), Some("53300"), "{err}");
+    let message = err.as_db_error().unwrap().message().to_owned();
+    assert!(message.contains("WARMPOOL_MAX_SESSIONS"), "{message}");
+    drop(first);
+    // The place is free once the first session has ended; connecting is retried until then.
+    let until = std::time::Instant::now() + GUARD;
+    let second = loop {
+        match connect_as(&ext, "x", pg.dbname()).await {
+            Ok(c) => break c,
+            Err(e) if code(&e) == Some("53300") && std::time::Instant::now() < until => {}
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let n: i32 = second.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+}

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +70,10 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>, shutdown: Cancella
     let tcp = tcp.map(|(l, v)| (l, Arc::new(v)));
     let keys = Arc::new(Keys::default());
     let mut sessions = JoinSet::new();
+    // As many sessions as the extension's own socket serves, each waiting for its turn at
+    // most the wait timeout: a client past that is told why, as PostgreSQL tells one past
+    // max_connections, rather than left waiting.
+    let permits = Arc::new(Semaphore::new(shared.config.max_sessions));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -86,7 +91,10 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>, shutdown: Cancella
                             continue;
                         }
                     }
-                    sessions.spawn(session::run(stream, ClientAuth::Peer, shared.clone(), keys.clone(), shutdown.clone()));
+                    let (shared, keys, shutdown) = (shared.clone(), keys.clone(), shutdown.clone());
+                    sessions.spawn(admitted(permits.clone(), shared.clone(), stream, move |stream| {
+                        session::run(stream, ClientAuth::Peer, shared, keys, shutdown)
+                    }));
                 }
                 Err(e) => accept_failed(e).await,
             },
@@ -95,7 +103,10 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>, shutdown: Cancella
                     // Small messages both ways: Nagle's delay would hold each behind the last.
                     let _ = stream.set_nodelay(true);
                     let auth = ClientAuth::Password(verifier);
-                    sessions.spawn(session::run(stream, auth, shared.clone(), keys.clone(), shutdown.clone()));
+                    let (shared, keys, shutdown) = (shared.clone(), keys.clone(), shutdown.clone());
+                    sessions.spawn(admitted(permits.clone(), shared.clone(), stream, move |stream| {
+                        session::run(stream, auth, shared, keys, shutdown)
+                    }));
                 }
                 Err(e) => accept_failed(e).await,
             },
@@ -103,6 +114,50 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>, shutdown: Cancella
     }
     drop((unix, tcp));
     while sessions.join_next().await.is_some() {}
+}
+
+/// Serves a client once one of `WARMPOOL_MAX_SESSIONS` places is free, waiting at most the wait
+/// timeout; past it the client gets FATAL 53300 and is closed.
+async fn admitted<S, F>(
+    permits: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    mut stream: S,
+    serve: impl FnOnce(S) -> F,
+) where
+    S: tokio::io::AsyncWrite + Unpin,
+    F: std::future::Future<Output = ()>,
+{
+    let wait = shared.config.wait_timeout;
+    match tokio::time::timeout(wait, permits.acquire_owned()).await {
+        Ok(Ok(permit)) => {
+            serve(stream).await;
+            drop(permit);
+        }
+        _ => {
+            let max = shared.config.max_sessions;
+            tracing::warn!(
+                max_sessions = max,
+                "refused a PostgreSQL client: too many sessions"
+            );
+            let text = format!(
+                "too many sessions: all {max} (WARMPOOL_MAX_SESSIONS) are open, and none ended \
+                 within {} ms (WARMPOOL_WAIT_TIMEOUT_MS)",
+                wait.as_millis()
+            );
+            let mut buf = bytes::BytesMut::new();
+            messages::error(
+                &mut buf,
+                messages::Severity::Fatal,
+                warmpool::protocol::sqlstate::TOO_MANY_CONNECTIONS,
+                &text,
+                None,
+                None,
+            );
+            use tokio::io::AsyncWriteExt;
+            let _ = stream.write_all(&buf).await;
+            let _ = stream.shutdown().await;
+        }
+    }
 }
 
 /// The next client of the Unix socket, with the uid it must run as; pending forever without
