@@ -204,11 +204,12 @@ async fn a_connection_ended_while_frozen_is_restored_with_its_settings_and_state
             "statement {name} is not prepared on the new connection: {after}"
         );
     }
+    let restored = env.extension_lines("restored the session on a new one");
+    assert!(!restored.is_empty(), "{}", env.output());
+    // Logged for the invocation it happened in.
     assert!(
-        !env.extension_lines("restored the session on a new one")
-            .is_empty(),
-        "{}",
-        env.output()
+        restored.iter().all(|l| l.contains("\"requestId\"")),
+        "{restored:?}"
     );
     assert_eq!(
         pool_connections(&pg),

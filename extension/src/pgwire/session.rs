@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use warmpool::protocol::sqlstate;
 
 use super::auth;
@@ -306,8 +307,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .await;
                     return End::Shutdown;
                 }
-                Woke::Server(m) => self.server_sent(m).await,
-                Woke::Client(Ok(Some(m))) => self.client_sent(m).await,
+                // Logged for the invocation in progress, as the extension's own socket does.
+                Woke::Server(m) => {
+                    let span = self.invocation_span();
+                    self.server_sent(m).instrument(span).await
+                }
+                Woke::Client(Ok(Some(m))) => {
+                    let span = self.invocation_span();
+                    self.client_sent(m).instrument(span).await
+                }
                 Woke::Client(Ok(None)) | Woke::Client(Err(ClientError::Io)) => {
                     return if self.outstanding() {
                         End::Gone
@@ -328,6 +336,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if let Some(end) = step {
                 return end;
             }
+        }
+    }
+
+    /// The span of the classic invocation in progress, if any: what is logged for the session
+    /// carries its request id.
+    fn invocation_span(&self) -> tracing::Span {
+        match self.shared.telemetry.current() {
+            Some((_, span)) => span,
+            None => tracing::Span::none(),
         }
     }
 
