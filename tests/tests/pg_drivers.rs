@@ -367,3 +367,85 @@ fn pgbench_modes() {
         );
     }
 }
+
+/// Runs a heal script against the endpoint: each time it prints `PID <n>`, the extension is
+/// frozen, server process `n` is ended and waited for, the extension thawed, and the script
+/// told `GO`. Passes when the script exits 0 with `oks` ok lines and no FAIL line.
+fn run_heal(mut cmd: Command, pg: &PgServer, target: &Target, oks: usize) {
+    use std::io::{BufRead, BufReader, Write};
+    let ext = &target._serving;
+    for (k, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("PG")) {
+        cmd.env_remove(k);
+    }
+    let mut child = cmd
+        .envs(target.env())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run the heal script");
+    let pid = child.id();
+    // The script is killed if it hangs, so the test fails instead.
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(SCRIPT_LIMIT).is_err() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    });
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut out = String::new();
+    for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines() {
+        let line = line.expect("the script's output");
+        out.push_str(&line);
+        out.push('\n');
+        if let Some(n) = line.strip_prefix("PID ") {
+            let n: i32 = n.trim().parse().expect("a pid");
+            {
+                let _frozen = ext.freeze();
+                pg.superuser_psql(&format!("SELECT pg_terminate_backend({n})"));
+                let until = std::time::Instant::now() + SCRIPT_LIMIT;
+                while pg.superuser_psql(&format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = {n}"
+                )) != "0"
+                {
+                    assert!(std::time::Instant::now() < until, "backend {n} never ended");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            writeln!(stdin, "GO").expect("tell the script to go on");
+        }
+    }
+    let status = child.wait().expect("wait for the script");
+    let _ = done_tx.send(());
+    watchdog.join().expect("watchdog");
+    eprintln!("{out}");
+    assert!(
+        status.success() && !out.contains("FAIL") && out.matches("ok   ").count() == oks,
+        "the heal script failed ({status}):\n{out}\nextension log:\n{}",
+        ext.logs()
+    );
+    // What the driver may show only as a closed connection, the extension said by name.
+    assert!(
+        ext.logs()
+            .contains("its state cannot be restored lost=an open transaction"),
+        "{}",
+        ext.logs()
+    );
+}
+
+#[test]
+fn asyncpg_session_healed_after_a_freeze() {
+    let pg = PgServer::start();
+    let target = target(&pg, Transport::UnixSocket);
+    run_heal(python("asyncpg_heal.py"), &pg, &target, 2);
+}
+
+#[test]
+fn node_postgres_session_healed_after_a_freeze() {
+    let pg = PgServer::start();
+    let target = target(&pg, Transport::UnixSocket);
+    run_heal(node("postgres_heal.js"), &pg, &target, 2);
+}
