@@ -449,3 +449,13 @@ fn node_postgres_session_healed_after_a_freeze() {
     let target = target(&pg, Transport::UnixSocket);
     run_heal(node("postgres_heal.js"), &pg, &target, 2);
 }
+
+#[test]
+fn pgjdbc_session_healed_after_a_freeze() {
+    let jar = prereq::pgjdbc();
+    let pg = PgServer::start();
+    let target = target(&pg, Transport::Tcp);
+    let mut cmd = Command::new("java");
+    cmd.arg("-cp").arg(jar).arg(script("PgJdbcHeal.java"));
+    run_heal(cmd, &pg, &target, 2);
+}

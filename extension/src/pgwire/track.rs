@@ -368,8 +368,14 @@ impl Track {
         }
     }
 
+    /// The SQL of the client's statement `name`: one the server has, or one whose Parse went
+    /// out in the same pipeline and is not answered yet (a driver sends Parse, Bind and
+    /// Execute together).
     fn statement_sql(&self, name: &str) -> Option<String> {
-        let (_, parse) = self.statements.iter().find(|(n, _)| n == name)?;
+        let pending = self.parses.iter().rev().flatten();
+        let (_, parse) = pending
+            .chain(self.statements.iter().rev())
+            .find(|(n, _)| n == name)?;
         let f = super::messages::cstrs(&parse[5..], 2)?;
         Some(f[1].to_owned())
     }
@@ -691,6 +697,23 @@ mod tests {
         m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
         m.extend_from_slice(&body);
         Bytes::from(m)
+    }
+
+    #[test]
+    fn a_set_run_through_a_named_statement_in_one_pipeline_is_kept() {
+        let mut t = Track::default();
+        let p = parse_message("S_2", "SET search_path TO app, public");
+        t.client_message(b'P', &p[5..], &p);
+        t.client_message(b'B', b"\0S_2\0\0\0\0\0\0\0", &Bytes::new());
+        t.client_message(b'E', b"\0\0\0\0\0", &Bytes::new());
+        t.server_message(b'1', None, None);
+        t.server_message(b'2', None, None);
+        t.server_message(b'C', Some("SET"), None);
+        t.server_message(b'Z', None, Some(b'I'));
+        assert_eq!(
+            t.replay_sql().collect::<Vec<_>>(),
+            ["SET search_path TO app, public"]
+        );
     }
 
     #[test]
