@@ -56,10 +56,10 @@ const USAGE: &str = "\
 usage: warmpool-bench --pg [--quick] [--rounds N] [--seconds S] [--no-python]
                       [--py-invocations N] [--extension PATH] [--out DIR]
 
-  --rounds N           pgbench rounds, endpoint and direct alternating (default 5; quick 2)
-  --seconds S          pgbench -T of each run, whole seconds (default 2; quick 1)
-  --py-invocations N   Python W1 invocations per scenario and round (default 200; quick 30),
-                       in --rounds rounds
+  --rounds N           rounds, endpoint and direct alternating (default 10 of pgbench and 5
+                       of Python; quick 2)
+  --seconds S          pgbench -T of each run, whole seconds (default 1)
+  --py-invocations N   Python W1 invocations per scenario and round (default 200; quick 30)
   --no-python          pgbench only
   --extension PATH     the extension binary to measure (default: build it)
   --out DIR            results directory (default bench/results; quick target/warmpool-bench);
@@ -70,8 +70,8 @@ pub fn parse(args: &[String]) -> Result<PgOpts, String> {
     let quick = args.iter().any(|a| a == "--quick");
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut o = PgOpts {
-        rounds: if quick { 2 } else { 5 },
-        seconds: if quick { 1 } else { 2 },
+        rounds: if quick { 2 } else { 10 },
+        seconds: 1,
         py_invocations: if quick { 30 } else { 200 },
         py_rounds: if quick { 2 } else { 5 },
         python: true,
@@ -129,9 +129,9 @@ pub struct PgbenchRun {
 /// One target at one client count, over all rounds.
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {
-    /// The mean of the rounds' `latency average`, µs.
+    /// The median of the rounds' `latency average`, µs.
     pub latency_avg_us: f64,
-    /// The mean of the rounds' tps.
+    /// The median of the rounds' tps.
     pub tps: f64,
     pub transactions: u64,
     pub failed: u64,
@@ -142,7 +142,8 @@ pub struct Level {
     pub clients: usize,
     pub endpoint: Target,
     pub direct: Target,
-    /// Endpoint minus direct latency average, µs per statement.
+    /// Endpoint minus direct latency average, µs per statement: the median over the rounds of
+    /// the difference within each round.
     pub added_us: f64,
     /// `added_us` over the floor's mean (pgbench's latency average is a mean too); the goal is
     /// judged on this.
@@ -368,21 +369,27 @@ pub async fn run(pg: &PgServer, extension: &Path, python: Option<&Path>, opts: &
     let levels = CLIENTS
         .iter()
         .map(|&clients| {
-            let agg = |target: &str| {
-                let rs: Vec<&PgbenchRun> = runs
-                    .iter()
+            let of = |target: &str| -> Vec<&PgbenchRun> {
+                runs.iter()
                     .filter(|r| r.clients == clients && r.target == target)
-                    .collect();
-                let n = rs.len().max(1) as f64;
-                Target {
-                    latency_avg_us: rs.iter().map(|r| r.latency_avg_us).sum::<f64>() / n,
-                    tps: rs.iter().map(|r| r.tps).sum::<f64>() / n,
-                    transactions: rs.iter().map(|r| r.transactions).sum(),
-                    failed: rs.iter().map(|r| r.failed).sum(),
-                }
+                    .collect()
             };
-            let (endpoint, direct) = (agg("endpoint"), agg("direct"));
-            let added_us = endpoint.latency_avg_us - direct.latency_avg_us;
+            let agg = |rs: &[&PgbenchRun]| Target {
+                latency_avg_us: median(rs.iter().map(|r| r.latency_avg_us).collect()),
+                tps: median(rs.iter().map(|r| r.tps).collect()),
+                transactions: rs.iter().map(|r| r.transactions).sum(),
+                failed: rs.iter().map(|r| r.failed).sum(),
+            };
+            let (e, d) = (of("endpoint"), of("direct"));
+            // Paired by round: the two runs of a round saw the same machine, so bursts of other
+            // work cancel out of their difference.
+            let added_us = median(
+                e.iter()
+                    .zip(&d)
+                    .map(|(e, d)| e.latency_avg_us - d.latency_avg_us)
+                    .collect(),
+            );
+            let (endpoint, direct) = (agg(&e), agg(&d));
             let added_floors = added_us / floor.mean_us;
             Level {
                 clients,
@@ -411,6 +418,16 @@ pub async fn run(pg: &PgServer, extension: &Path, python: Option<&Path>, opts: &
         levels,
         runs,
         python,
+    }
+}
+
+/// The median, NaN for none.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
@@ -473,7 +490,7 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(
         md,
         "`pgbench -S -M prepared` (scale 1), {} rounds alternating endpoint and direct, `-T {}` \
-         each; {}. Load average {} at the start, {} at the end. Floor (Unix-socket ping-pong \
+         each, medians over the rounds (the added time: of the differences within a round); {}. Load average {} at the start, {} at the end. Floor (Unix-socket ping-pong \
          between two processes, same run): mean {:.1} µs, p50 {:.1} µs.\n",
         r.rounds,
         r.seconds_per_run,
