@@ -15,6 +15,7 @@ mod hop;
 mod lambda;
 mod memory;
 mod micro;
+mod pg;
 mod pgbouncer;
 mod relay;
 mod report;
@@ -82,6 +83,13 @@ warmpool-bench --fleet [--quick]
                           WARMPOOL_FLEET_MAX_CONNECTIONS=10 and connect-per-invocation; server
                           connections at peak, failures, p50 and p99
                           (bench/results/fleet.{json,md}, and its section of bench/RESULTS.md)
+
+warmpool-bench --pg [--quick]
+                          the PostgreSQL-protocol endpoint: pgbench -S -M prepared through it
+                          against straight to PostgreSQL over TLS at 1 and 8 clients, the added
+                          time per statement against the floor, and W1 from Python (psycopg)
+                          against connecting per invocation (bench/results/pg.{json,md}, and
+                          its section of bench/RESULTS.md); see bench/src/pg.rs
 
 warmpool-bench --render bench/results/latest.json
                           writes the chart and the tables (for a full run, in
@@ -291,6 +299,19 @@ fn main() {
             .build()
             .expect("tokio runtime");
         runtime.block_on(hop::run_alone(opts));
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("--pg") {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let opts = pg::parse(&args).unwrap_or_else(|e| {
+            eprintln!("warmpool-bench: {e}");
+            std::process::exit(2);
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(pg::run_alone(opts));
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("--fleet") {

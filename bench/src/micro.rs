@@ -619,14 +619,14 @@ impl Drop for Ext {
 /// costs a few microseconds when both processes share a core and tens when another core must
 /// be woken, and where the scheduler keeps a process depends on how long it has run beside
 /// the other.
-struct Floor {
+pub(crate) struct Floor {
     stream: tokio::net::UnixStream,
     child: std::process::Child,
     _dir: tempfile::TempDir,
 }
 
 impl Floor {
-    async fn start() -> Floor {
+    pub(crate) async fn start() -> Floor {
         let dir = tempfile::Builder::new()
             .prefix("warmpool-bench-floor-")
             .tempdir_in("/tmp")
@@ -652,7 +652,7 @@ impl Floor {
     }
 
     /// `iters` round trips after a warm-up; their times in microseconds, and the errors.
-    async fn round(&mut self, iters: usize) -> (Vec<f64>, usize) {
+    pub(crate) async fn round(&mut self, iters: usize) -> (Vec<f64>, usize) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let msg = [7u8; PING_BYTES];
         let mut buf = [0u8; PING_BYTES];
@@ -677,7 +677,7 @@ impl Floor {
     }
 
     /// Hangs up; the child exits once it reads the end of the stream.
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let Floor {
             stream, mut child, ..
         } = self;

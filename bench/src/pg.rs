@@ -1,0 +1,609 @@
+//! The PostgreSQL-protocol endpoint: what the session-mode relay adds to a statement, seen by
+//! PostgreSQL's own drivers.
+//!
+//! ```text
+//! cargo run --release -p warmpool-bench -- --pg [--quick] [--extension PATH] [--out DIR]
+//! ```
+//!
+//! 1. `pgbench -S -M prepared` (select-only on `pgbench -i` tables) through the endpoint against
+//!    pgbench straight to PostgreSQL over TLS on loopback, at 1 and 8 clients, in alternating
+//!    rounds. The added time per statement is the endpoint's `latency average` minus the direct
+//!    one; the goal is at most 1.5× the floor (a raw Unix-socket ping-pong between two processes,
+//!    measured in each round), the least any hop costs on the machine.
+//! 2. W1 from Python (psycopg, `bench/pg_w1.py`): a module-level connection to the endpoint
+//!    against connecting straight to PostgreSQL in every invocation (TLS + SCRAM each time) and
+//!    against a module-level direct connection; the goal is the endpoint at least 20× faster than
+//!    connecting per invocation, at p50.
+//!
+//! Results: `pg.{json,md}`, and for a full run into the repository, the pg section of
+//! bench/RESULTS.md.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde::Serialize;
+use warmpool_tests::PgServer;
+
+use crate::micro::{Ext, Floor};
+use crate::stats::Summary;
+
+/// The relay's goal: a statement through the endpoint costs at most this many floors more than
+/// the same statement straight to PostgreSQL.
+const GOAL_FLOORS: f64 = 1.5;
+/// The Python goal: connecting per invocation at least this many times the endpoint's time.
+const GOAL_PY_RATIO: f64 = 20.0;
+const CLIENTS: [usize; 2] = [1, 8];
+/// Rows of the table W1 reads.
+const W1_ROWS: u32 = 10_000;
+/// Ping-pongs of the floor per round.
+const FLOOR_ITERS: usize = 2_000;
+
+/// Options of the pg part.
+pub struct PgOpts {
+    rounds: u32,
+    seconds: u32,
+    py_invocations: u32,
+    py_rounds: u32,
+    python: bool,
+    extension: Option<PathBuf>,
+    out: PathBuf,
+    full: bool,
+}
+
+const USAGE: &str = "\
+usage: warmpool-bench --pg [--quick] [--rounds N] [--seconds S] [--no-python]
+                      [--py-invocations N] [--extension PATH] [--out DIR]
+
+  --rounds N           rounds, endpoint and direct alternating (default 10 of pgbench and 5
+                       of Python; quick 2)
+  --seconds S          pgbench -T of each run, whole seconds (default 1)
+  --py-invocations N   Python W1 invocations per scenario and round (default 200; quick 30)
+  --no-python          pgbench only
+  --extension PATH     the extension binary to measure (default: build it)
+  --out DIR            results directory (default bench/results; quick target/warmpool-bench);
+                       writes pg.{json,md}";
+
+/// Parses the arguments after `--pg`.
+pub fn parse(args: &[String]) -> Result<PgOpts, String> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut o = PgOpts {
+        rounds: if quick { 2 } else { 10 },
+        seconds: 1,
+        py_invocations: if quick { 30 } else { 200 },
+        py_rounds: if quick { 2 } else { 5 },
+        python: true,
+        extension: None,
+        out: if quick {
+            manifest.join("../target/warmpool-bench")
+        } else {
+            manifest.join("results")
+        },
+        full: !quick,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut v = || it.next().cloned().ok_or(format!("{a} needs a value"));
+        let num = |s: String, max: u32| {
+            s.parse::<u32>()
+                .map(|n| n.clamp(1, max))
+                .map_err(|_| format!("{a}: not a number: {s}"))
+        };
+        match a.as_str() {
+            "--pg" | "--quick" => {}
+            "--rounds" => {
+                o.rounds = num(v()?, 100)?;
+                o.py_rounds = o.rounds;
+            }
+            "--seconds" => o.seconds = num(v()?, 600)?,
+            "--py-invocations" => o.py_invocations = num(v()?, 100_000)?,
+            "--no-python" => o.python = false,
+            "--extension" => o.extension = Some(PathBuf::from(v()?)),
+            "--out" => {
+                o.out = PathBuf::from(v()?);
+                o.full = false;
+            }
+            "--help" | "-h" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
+        }
+    }
+    Ok(o)
+}
+
+/// One pgbench run.
+#[derive(Clone, Debug, Serialize)]
+pub struct PgbenchRun {
+    pub target: &'static str,
+    pub clients: usize,
+    pub round: u32,
+    /// pgbench's `latency average`, µs.
+    pub latency_avg_us: f64,
+    /// pgbench's `tps` (without the initial connection time).
+    pub tps: f64,
+    pub transactions: u64,
+    pub failed: u64,
+}
+
+/// One target at one client count, over all rounds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    /// The median of the rounds' `latency average`, µs.
+    pub latency_avg_us: f64,
+    /// The median of the rounds' tps.
+    pub tps: f64,
+    pub transactions: u64,
+    pub failed: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Level {
+    pub clients: usize,
+    pub endpoint: Target,
+    pub direct: Target,
+    /// Endpoint minus direct latency average, µs per statement: the median over the rounds of
+    /// the difference within each round.
+    pub added_us: f64,
+    /// `added_us` over the floor's mean (pgbench's latency average is a mean too); the goal is
+    /// judged on this.
+    pub added_floors: f64,
+    /// Endpoint tps over direct tps.
+    pub tps_ratio: f64,
+    pub goal_met: bool,
+}
+
+/// W1 from Python, µs per invocation.
+#[derive(Clone, Debug, Serialize)]
+pub struct Python {
+    pub psycopg: String,
+    pub libpq: String,
+    pub rounds: u32,
+    pub invocations_per_round: u32,
+    pub endpoint: Summary,
+    pub connect: Summary,
+    pub static_direct: Summary,
+    /// Connect-per-invocation p50 over the endpoint's p50.
+    pub connect_over_endpoint: f64,
+    /// The endpoint's p50 over the module-level direct connection's p50.
+    pub endpoint_over_static: f64,
+    pub goal_met: bool,
+}
+
+#[derive(Serialize)]
+pub struct Results {
+    pub rounds: u32,
+    pub seconds_per_run: u32,
+    pub loadavg_start: String,
+    pub loadavg_end: String,
+    pub pgbench: String,
+    /// The floor, a Unix-socket ping-pong between two processes, µs per round trip.
+    pub floor: Summary,
+    pub levels: Vec<Level>,
+    pub runs: Vec<PgbenchRun>,
+    pub python: Option<Python>,
+}
+
+/// Runs the part on a PostgreSQL of its own and writes its results.
+pub async fn run_alone(opts: PgOpts) {
+    warmpool_tests::prereq::pgbench();
+    let python = opts.python.then(|| {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/warmpool-bench");
+        warmpool_tests::prereq::python_drivers(&dir.join("drivers"))
+    });
+    eprintln!("pg: starting PostgreSQL ...");
+    let pg = PgServer::start();
+    crate::setup::seed(&pg, W1_ROWS, &[]);
+    let init = pgbench_cmd(&direct_env(&pg))
+        .args(["-i", "-q", "-s", "1"])
+        .output()
+        .expect("run pgbench -i");
+    assert!(
+        init.status.success(),
+        "pgbench -i failed:\n{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let extension = match &opts.extension {
+        Some(p) => p.clone(),
+        None => warmpool_tests::ext::binary().to_path_buf(),
+    };
+    let results = run(&pg, &extension, python.as_deref(), &opts).await;
+    for path in write(&results, &opts) {
+        eprintln!("wrote {}", path.display());
+    }
+}
+
+/// libpq's variables for pgbench straight to PostgreSQL: TLS on loopback, verify-full, SCRAM.
+fn direct_env(pg: &PgServer) -> Vec<(String, String)> {
+    pg.env()
+}
+
+/// libpq's variables for the endpoint: its socket directory, a user name the database does not
+/// know (the extension logs in with its own credentials) and no password.
+fn endpoint_env(pg: &PgServer, dir: &Path) -> Vec<(String, String)> {
+    [
+        ("PGHOST", dir.display().to_string()),
+        ("PGPORT", "5432".to_owned()),
+        ("PGUSER", "any_function".to_owned()),
+        ("PGDATABASE", pg.dbname().to_owned()),
+        ("PGSSLMODE", "disable".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// A command with libpq's variables from `env` only, none from this process.
+fn with_env(program: &Path, env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(program);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PG") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn pgbench_cmd(env: &[(String, String)]) -> Command {
+    with_env(Path::new("pgbench"), env)
+}
+
+/// One `pgbench -n -S -M prepared` run of `seconds` at `clients` clients (as many threads).
+fn pgbench(
+    env: &[(String, String)],
+    clients: usize,
+    seconds: u32,
+) -> Result<(f64, f64, u64, u64), String> {
+    let c = clients.to_string();
+    let out = pgbench_cmd(env)
+        .args(["-n", "-S", "-M", "prepared", "-c", &c, "-j", &c, "-T"])
+        .arg(seconds.to_string())
+        .output()
+        .map_err(|e| format!("run pgbench: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "pgbench failed:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    parse_pgbench(&stdout).ok_or_else(|| format!("unexpected pgbench output:\n{stdout}"))
+}
+
+/// pgbench's latency average (µs), tps, transactions processed and failed.
+fn parse_pgbench(out: &str) -> Option<(f64, f64, u64, u64)> {
+    let after = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+    };
+    let latency_ms: f64 = after("latency average = ")?.parse().ok()?;
+    let tps: f64 = after("tps = ")?.parse().ok()?;
+    let processed: u64 = after("number of transactions actually processed: ")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()?;
+    let failed: u64 =
+        after("number of failed transactions: ").map_or(Some(0), |s| s.parse().ok())?;
+    Some((latency_ms * 1000.0, tps, processed, failed))
+}
+
+/// Measures both parts with `extension` serving the endpoint.
+pub async fn run(pg: &PgServer, extension: &Path, python: Option<&Path>, opts: &PgOpts) -> Results {
+    let loadavg_start = crate::report::loadavg();
+    let version = Command::new("pgbench")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let max = CLIENTS.iter().max().copied().unwrap_or(1).to_string();
+    let ext = Ext::start(
+        pg,
+        extension,
+        &[("WARMPOOL_MAX_SIZE", &max), ("WARMPOOL_WARM_SIZE", &max)],
+    );
+    ext.wait_for("pool warmed", Duration::from_secs(30))
+        .expect("the extension opened its warm connections");
+    let dir = ext.socket.parent().expect("socket directory").to_owned();
+    let envs = [
+        ("endpoint", endpoint_env(pg, &dir)),
+        ("direct", direct_env(pg)),
+    ];
+
+    let mut floor_peer = Floor::start().await;
+    let mut floor_samples = Vec::new();
+    let mut floor_errors = 0;
+    let mut runs = Vec::new();
+    for round in 0..opts.rounds {
+        eprintln!("pg: pgbench round {} of {}", round + 1, opts.rounds);
+        // As micro.rs does: on a worker thread, as the client side of a hop runs.
+        let (peer, (samples, errors)) = tokio::spawn(async move {
+            let mut peer = floor_peer;
+            let out = peer.round(FLOOR_ITERS).await;
+            (peer, out)
+        })
+        .await
+        .expect("floor task");
+        floor_peer = peer;
+        floor_samples.extend(samples);
+        floor_errors += errors;
+        for &clients in &CLIENTS {
+            // Endpoint and direct take turns in alternating order, so neither always follows
+            // the other.
+            let order: Vec<usize> = if round % 2 == 0 {
+                vec![0, 1]
+            } else {
+                vec![1, 0]
+            };
+            for i in order {
+                let (target, env) = &envs[i];
+                let env = env.clone();
+                let seconds = opts.seconds;
+                let (latency_avg_us, tps, transactions, failed) =
+                    tokio::task::spawn_blocking(move || pgbench(&env, clients, seconds))
+                        .await
+                        .expect("pgbench task")
+                        .unwrap_or_else(|e| panic!("{target}, {clients} clients: {e}"));
+                runs.push(PgbenchRun {
+                    target,
+                    clients,
+                    round,
+                    latency_avg_us,
+                    tps,
+                    transactions,
+                    failed,
+                });
+            }
+        }
+    }
+    assert!(
+        !floor_samples.is_empty(),
+        "the floor's echo process stopped answering ({floor_errors} errors)"
+    );
+    let floor = Summary::of(&floor_samples, floor_errors);
+    floor_peer.stop().await;
+
+    let levels = CLIENTS
+        .iter()
+        .map(|&clients| {
+            let of = |target: &str| -> Vec<&PgbenchRun> {
+                runs.iter()
+                    .filter(|r| r.clients == clients && r.target == target)
+                    .collect()
+            };
+            let agg = |rs: &[&PgbenchRun]| Target {
+                latency_avg_us: median(rs.iter().map(|r| r.latency_avg_us).collect()),
+                tps: median(rs.iter().map(|r| r.tps).collect()),
+                transactions: rs.iter().map(|r| r.transactions).sum(),
+                failed: rs.iter().map(|r| r.failed).sum(),
+            };
+            let (e, d) = (of("endpoint"), of("direct"));
+            // Paired by round: the two runs of a round saw the same machine, so bursts of other
+            // work cancel out of their difference.
+            let added_us = median(
+                e.iter()
+                    .zip(&d)
+                    .map(|(e, d)| e.latency_avg_us - d.latency_avg_us)
+                    .collect(),
+            );
+            let (endpoint, direct) = (agg(&e), agg(&d));
+            let added_floors = added_us / floor.mean_us;
+            Level {
+                clients,
+                tps_ratio: crate::stats::ratio(endpoint.tps, direct.tps),
+                goal_met: added_floors <= GOAL_FLOORS && endpoint.failed == 0,
+                added_us,
+                added_floors,
+                endpoint,
+                direct,
+            }
+        })
+        .collect();
+
+    let python = match python {
+        Some(py) => Some(run_python(pg, &dir, py, opts).await),
+        None => None,
+    };
+    drop(ext);
+    Results {
+        rounds: opts.rounds,
+        seconds_per_run: opts.seconds,
+        loadavg_start,
+        loadavg_end: crate::report::loadavg(),
+        pgbench: version,
+        floor,
+        levels,
+        runs,
+        python,
+    }
+}
+
+/// The median, NaN for none.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Runs `bench/pg_w1.py` against the endpoint in `dir` and PostgreSQL.
+async fn run_python(pg: &PgServer, dir: &Path, python: &Path, opts: &PgOpts) -> Python {
+    eprintln!(
+        "pg: Python W1, {} rounds of {} invocations per scenario",
+        opts.py_rounds, opts.py_invocations
+    );
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pg_w1.py");
+    let mut cmd = with_env(python, &direct_env(pg));
+    cmd.arg(&script)
+        .args([
+            opts.py_invocations.to_string(),
+            opts.py_rounds.to_string(),
+            W1_ROWS.to_string(),
+        ])
+        .env("WP_ENDPOINT_DIR", dir)
+        .env("WP_ENDPOINT_DB", pg.dbname())
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("python task")
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
+    let summary = |name: &str| {
+        let samples: Vec<f64> = v["samples_us"][name]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+            .unwrap_or_default();
+        let errors = v["errors"][name].as_u64().unwrap_or(0) as usize;
+        Summary::of(&samples, errors)
+    };
+    let (endpoint, connect, static_direct) =
+        (summary("endpoint"), summary("connect"), summary("static"));
+    let connect_over_endpoint = crate::stats::ratio(connect.p50_us, endpoint.p50_us);
+    Python {
+        psycopg: v["psycopg"].as_str().unwrap_or_default().to_owned(),
+        libpq: v["libpq"].to_string(),
+        rounds: opts.py_rounds,
+        invocations_per_round: opts.py_invocations,
+        goal_met: connect_over_endpoint >= GOAL_PY_RATIO && endpoint.errors == 0 && endpoint.n > 0,
+        endpoint_over_static: crate::stats::ratio(endpoint.p50_us, static_direct.p50_us),
+        connect_over_endpoint,
+        endpoint,
+        connect,
+        static_direct,
+    }
+}
+
+/// The results as Markdown tables.
+pub fn markdown(r: &Results) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "`pgbench -S -M prepared` (scale 1), {} rounds alternating endpoint and direct, `-T {}` \
+         each, medians over the rounds (the added time: of the differences within a round); {}. Load average {} at the start, {} at the end. Floor (Unix-socket ping-pong \
+         between two processes, same run): mean {:.1} µs, p50 {:.1} µs.\n",
+        r.rounds,
+        r.seconds_per_run,
+        r.pgbench,
+        r.loadavg_start,
+        r.loadavg_end,
+        r.floor.mean_us,
+        r.floor.p50_us
+    );
+    let _ = writeln!(
+        md,
+        "| Clients | direct (TLS) latency avg | endpoint latency avg | added per statement | \
+         in floors (mean) | in floors (p50) | direct tps | endpoint tps | tps ratio | goal (≤ {GOAL_FLOORS}× floor) |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for l in &r.levels {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} µs | {:.1} µs | {:+.1} µs | {:.2}× | {:.2}× | {:.0} | {:.0} | {:.2}× | {} |",
+            l.clients,
+            l.direct.latency_avg_us,
+            l.endpoint.latency_avg_us,
+            l.added_us,
+            l.added_floors,
+            l.added_us / r.floor.p50_us,
+            l.direct.tps,
+            l.endpoint.tps,
+            l.tps_ratio,
+            if l.goal_met { "met" } else { "missed" }
+        );
+    }
+    let failed: u64 = r
+        .levels
+        .iter()
+        .map(|l| l.endpoint.failed + l.direct.failed)
+        .sum();
+    let _ = writeln!(md, "\nFailed transactions: {failed}.");
+    if let Some(p) = &r.python {
+        let _ = writeln!(
+            md,
+            "\nW1 from Python (psycopg {}, libpq {}), one point select by primary key per \
+             invocation, {} rounds of {} invocations per scenario, concurrency 1:\n",
+            p.psycopg, p.libpq, p.rounds, p.invocations_per_round
+        );
+        let _ = writeln!(md, "| Scenario | p50 | p95 | p99 | errors |");
+        let _ = writeln!(md, "|---|---|---|---|---|");
+        for (name, s) in [
+            ("endpoint, module-level connection", &p.endpoint),
+            ("direct, connect per invocation (TLS + SCRAM)", &p.connect),
+            ("direct, module-level connection (TLS)", &p.static_direct),
+        ] {
+            let _ = writeln!(
+                md,
+                "| {name} | {:.1} µs | {:.1} µs | {:.1} µs | {} |",
+                s.p50_us, s.p95_us, s.p99_us, s.errors
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nConnect per invocation over the endpoint at p50: {:.1}× (goal ≥ {GOAL_PY_RATIO}×: {}). \
+             The endpoint over a module-level direct connection: {:.2}×.",
+            p.connect_over_endpoint,
+            if p.goal_met { "met" } else { "missed" },
+            p.endpoint_over_static
+        );
+    }
+    md
+}
+
+/// Writes `pg.json` and `pg.md`, and for a full run the section of bench/RESULTS.md.
+pub fn write(r: &Results, opts: &PgOpts) -> Vec<PathBuf> {
+    std::fs::create_dir_all(&opts.out).expect("results directory");
+    let json = opts.out.join("pg.json");
+    std::fs::write(&json, serde_json::to_string_pretty(r).expect("json")).expect("write");
+    let md_path = opts.out.join("pg.md");
+    let md = markdown(r);
+    std::fs::write(&md_path, &md).expect("write");
+    let mut written = vec![json, md_path];
+    if opts.full {
+        let results = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
+        if let Ok(text) = std::fs::read_to_string(&results) {
+            let (start, end) = ("<!-- pg:start -->", "<!-- pg:end -->");
+            let section = format!("{start}\n{md}{end}");
+            let text = match (text.find(start), text.find(end)) {
+                (Some(a), Some(b)) if a < b => {
+                    format!("{}{section}{}", &text[..a], &text[b + end.len()..])
+                }
+                _ => format!("{text}\n## The PostgreSQL-protocol endpoint\n\n{section}\n"),
+            };
+            std::fs::write(&results, text).expect("write RESULTS.md");
+            written.push(results);
+        }
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_pgbench_15_output() {
+        let out = "transaction type: <builtin: select only>\n\
+                   scaling factor: 1\n\
+                   number of transactions actually processed: 20731\n\
+                   number of failed transactions: 0 (0.000%)\n\
+                   latency average = 0.096 ms\n\
+                   initial connection time = 7.904 ms\n\
+                   tps = 10368.162381 (without initial connection time)\n";
+        let (lat, tps, n, failed) = parse_pgbench(out).expect("parsed");
+        assert!((lat - 96.0).abs() < 1e-9);
+        assert!((tps - 10368.162381).abs() < 1e-6);
+        assert_eq!((n, failed), (20731, 0));
+        assert!(parse_pgbench("pgbench: error: connection failed").is_none());
+    }
+}
