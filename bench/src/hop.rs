@@ -351,13 +351,7 @@ pub fn write(r: &Results, opts: &HopOpts) -> Vec<PathBuf> {
         let results = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
         if let Ok(text) = std::fs::read_to_string(&results) {
             let (start, end) = ("<!-- hop:start -->", "<!-- hop:end -->");
-            let section = format!("{start}\n{md}{end}");
-            let text = match (text.find(start), text.find(end)) {
-                (Some(a), Some(b)) if a < b => {
-                    format!("{}{section}{}", &text[..a], &text[b + end.len()..])
-                }
-                _ => format!("{text}\n## The hop, before and after\n\n{section}\n"),
-            };
+            let text = crate::report::replace_between(&text, start, end, &md);
             std::fs::write(&results, text).expect("write RESULTS.md");
             written.push(results);
         }

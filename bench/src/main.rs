@@ -288,9 +288,18 @@ fn main() {
         }
         return;
     }
-    if std::env::args().nth(1).as_deref() == Some("--hop") {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let opts = hop::parse(&args).unwrap_or_else(|e| {
+    // The parts that run on their own: options parsed, run on a runtime of their own.
+    type Part = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+    let part = std::env::args().nth(1);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let alone: Option<Result<Part, String>> = match part.as_deref() {
+        Some("--hop") => Some(hop::parse(&args).map(|o| Box::pin(hop::run_alone(o)) as _)),
+        Some("--pg") => Some(pg::parse(&args).map(|o| Box::pin(pg::run_alone(o)) as _)),
+        Some("--fleet") => Some(fleet::parse(&args).map(|o| Box::pin(fleet::run_alone(o)) as _)),
+        _ => None,
+    };
+    if let Some(run) = alone {
+        let run = run.unwrap_or_else(|e| {
             eprintln!("warmpool-bench: {e}");
             std::process::exit(2);
         });
@@ -298,33 +307,7 @@ fn main() {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        runtime.block_on(hop::run_alone(opts));
-        return;
-    }
-    if std::env::args().nth(1).as_deref() == Some("--pg") {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let opts = pg::parse(&args).unwrap_or_else(|e| {
-            eprintln!("warmpool-bench: {e}");
-            std::process::exit(2);
-        });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        runtime.block_on(pg::run_alone(opts));
-        return;
-    }
-    if std::env::args().nth(1).as_deref() == Some("--fleet") {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let opts = fleet::parse(&args).unwrap_or_else(|e| {
-            eprintln!("warmpool-bench: {e}");
-            std::process::exit(2);
-        });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        runtime.block_on(fleet::run_alone(opts));
+        runtime.block_on(run);
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("--memory") {
