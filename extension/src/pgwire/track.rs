@@ -427,6 +427,10 @@ impl Track {
         // Whatever Parse or Close was not answered was skipped after an error.
         self.parses.clear();
         self.closes.clear();
+        // Portals end with their transaction: outside one, none is left to follow.
+        if status == b'I' {
+            self.portals.clear();
+        }
         let group = std::mem::take(&mut self.group);
         let (error, commit, rollback) = (
             std::mem::take(&mut self.group_error),
@@ -714,6 +718,21 @@ mod tests {
             t.replay_sql().collect::<Vec<_>>(),
             ["SET search_path TO app, public"]
         );
+    }
+
+    #[test]
+    fn portals_are_forgotten_when_their_transaction_ends() {
+        let mut t = Track::default();
+        // A session that opens a named portal per request, as cursors do, for ever.
+        let parse = parse_message("", "SELECT 1");
+        for i in 0..(2 * MAX_PORTALS) {
+            t.client_message(b'P', &parse[5..], &parse);
+            let bind = format!("c{i}\0\0\0\0\0\0\0\0");
+            t.client_message(b'B', bind.as_bytes(), &Bytes::new());
+            answer(&mut t, &["SELECT 1"], false, b'I');
+        }
+        assert!(t.portals.is_empty());
+        assert_eq!(t.unrestorable(), None);
     }
 
     #[test]
