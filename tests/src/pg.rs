@@ -339,6 +339,30 @@ impl PgServer {
         }
     }
 
+    /// Ends backend `pid` with `pg_terminate_backend` and waits until the server no longer
+    /// lists it, as an `idle_session_timeout`, a failover or an operator would end it.
+    pub fn terminate_backend(&self, pid: i64) {
+        assert_eq!(
+            self.superuser_psql(&format!("SELECT pg_terminate_backend({pid})")),
+            "t",
+            "backend {pid} was not there to end"
+        );
+        self.wait_backend_gone(pid);
+    }
+
+    /// Waits until the server no longer lists backend `pid` (its exit is asynchronous to the
+    /// signal that ended it). Panics after 30 s.
+    pub fn wait_backend_gone(&self, pid: i64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.superuser_psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
+        )) != "0"
+        {
+            assert!(Instant::now() < deadline, "backend {pid} never ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// `pg_ctl reload`, then waits until a new session reports a newer configuration load
     /// time: the signal is asynchronous, so without the wait a test could race the reload.
     /// Existing sessions apply the new configuration at their next idle point.

@@ -1,5 +1,6 @@
 //! Drivers of other languages, unchanged, against a PostgreSQL-protocol endpoint: psycopg (sync
-//! and async), asyncpg, Node's `pg` and `postgres`, pgJDBC, `psql` and `pgbench`.
+//! and async), asyncpg, Node's `pg` and `postgres`, pgJDBC, `psql` and `pgbench` (the Rust drivers
+//! are in `pg_rust_drivers.rs`).
 //!
 //! Each driver runs a script of its own from `tests/drivers/` that takes the endpoint from the
 //! libpq environment (`PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`) and goes through
@@ -405,15 +406,7 @@ fn run_heal(mut cmd: Command, pg: &PgServer, target: &Target, oks: usize) {
             let n: i32 = n.trim().parse().expect("a pid");
             {
                 let _frozen = ext.freeze();
-                pg.superuser_psql(&format!("SELECT pg_terminate_backend({n})"));
-                let until = std::time::Instant::now() + SCRIPT_LIMIT;
-                while pg.superuser_psql(&format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE pid = {n}"
-                )) != "0"
-                {
-                    assert!(std::time::Instant::now() < until, "backend {n} never ended");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+                pg.terminate_backend(n.into());
             }
             writeln!(stdin, "GO").expect("tell the script to go on");
         }

@@ -40,22 +40,6 @@ async fn connect_as(
     Ok(client)
 }
 
-/// Ends backend `pid` and waits until the server no longer lists it.
-async fn terminate(pg: &PgServer, pid: i32) {
-    pg.superuser_psql(&format!("SELECT pg_terminate_backend({pid})"));
-    let until = std::time::Instant::now() + GUARD;
-    while pg.superuser_psql(&format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
-    )) != "0"
-    {
-        assert!(
-            std::time::Instant::now() < until,
-            "backend {pid} never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn code(e: &tokio_postgres::Error) -> Option<&str> {
     e.as_db_error().map(|d| d.code().code())
 }
@@ -82,7 +66,7 @@ async fn a_session_whose_connection_died_while_frozen_goes_on_with_its_settings_
         // The environment frozen while its connection is ended, as a server's
         // idle_session_timeout or a failover would end it.
         let _frozen = ext.freeze();
-        terminate(&pg, before).await;
+        pg.terminate_backend(before.into());
     }
     let row = tokio::time::timeout(GUARD, client.query_one(&stmt, &[]))
         .await
@@ -119,7 +103,7 @@ async fn a_transaction_open_when_the_connection_died_ends_the_session_with_08006
     let pid: i32 = client.query_one(&backend_pid, &[]).await.unwrap().get(0);
     {
         let _frozen = ext.freeze();
-        terminate(&pg, pid).await;
+        pg.terminate_backend(pid.into());
     }
     let err = tokio::time::timeout(GUARD, client.batch_execute("COMMIT"))
         .await
@@ -150,7 +134,7 @@ async fn temporary_tables_and_listen_are_named_when_they_block_a_heal() {
     let pid: i32 = client.query_one(&backend_pid, &[]).await.unwrap().get(0);
     {
         let _frozen = ext.freeze();
-        terminate(&pg, pid).await;
+        pg.terminate_backend(pid.into());
     }
     let err = client
         .simple_query("SELECT 1")

@@ -92,20 +92,6 @@ fn pool_connections(pg: &PgServer) -> Vec<(i32, String)> {
     .collect()
 }
 
-/// Ends backend `pid` and waits until the server no longer lists it.
-fn terminate(pg: &PgServer, pid: i64) {
-    assert_eq!(
-        pg.superuser_psql(&format!("SELECT pg_terminate_backend({pid})")),
-        "t"
-    );
-    while pg.superuser_psql(&format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
-    )) != "0"
-    {
-        std::thread::yield_now();
-    }
-}
-
 fn pid(backend: &Value) -> i64 {
     backend["pid"]
         .as_i64()
@@ -183,7 +169,7 @@ async fn a_connection_ended_while_frozen_is_restored_with_its_settings_and_state
 
     // As a server's idle_session_timeout or a failover would end it, while nothing runs.
     assert!(env.lambda.is_frozen());
-    terminate(&pg, pid(&before));
+    pg.terminate_backend(pid(&before));
 
     let out = env.call(json!({"action": "get", "id": id})).await;
     assert_eq!(
@@ -241,7 +227,7 @@ async fn a_session_the_extension_ended_is_opened_again_by_the_next_invocation(la
     assert!(env.lambda.is_frozen());
     let role = pg.user();
     pg.superuser_psql(&format!("ALTER ROLE {role} CONNECTION LIMIT 0"));
-    terminate(&pg, pid(&before));
+    pg.terminate_backend(pid(&before));
     let failed = env.invoke(json!({"action": "count"})).await;
     match &failed.outcome {
         Outcome::FunctionError(e) => assert!(

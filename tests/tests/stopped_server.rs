@@ -54,21 +54,6 @@ fn code(e: &warmpool::Error) -> Option<&str> {
     e.code().map(|c| c.code())
 }
 
-/// Waits until the server lists no process `pid`, so whatever it held is released.
-fn until_gone(pg: &PgServer, pid: i32) {
-    let until = std::time::Instant::now() + GUARD;
-    while pg.superuser_psql(&format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
-    )) != "0"
-    {
-        assert!(
-            std::time::Instant::now() < until,
-            "backend {pid} never ended"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits until a `pg_sleep` runs on the server.
 async fn until_sleeping(direct: &tokio_postgres::Client) {
     let until = std::time::Instant::now() + GUARD;
@@ -122,7 +107,7 @@ async fn a_statement_running_when_the_server_stops_gets_57014_and_its_transactio
         after, before,
         "the abandoned connection was handed out again"
     );
-    until_gone(&pg, before);
+    pg.wait_backend_gone(before.into());
     let n: i64 = client
         .query_one("SELECT count(*) FROM t", &[])
         .await
