@@ -108,7 +108,10 @@ pub enum ConnectError {
     /// The database refused the connections tried for this request within
     /// `WARMPOOL_RETRY_BUDGET_MS`, and it was not this request's turn to try again: the last
     /// refusal.
-    #[error("{0} (no new attempt within WARMPOOL_RETRY_BUDGET_MS while the database refuses connections)")]
+    // The last failure goes in parentheses: its text may start with the server's own severity
+    // ("FATAL: sorry, too many clients already"), which a client shows after the severity of
+    // the error that carries it.
+    #[error("the database refused the last connection attempt ({0}); no new attempt within WARMPOOL_RETRY_BUDGET_MS while it refuses connections")]
     Unavailable(String),
     /// The fleet's connection budget is full, and none of its connections has been idle long
     /// enough to take. Not a failure of the database: it does not hold back other connection
