@@ -272,41 +272,6 @@ async fn tokio_postgres_goes_through_the_checklist() {
             }),
         ),
         (
-            "cancel of pg_sleep(30) 57014",
-            Box::pin(async {
-                let pid: i32 = client
-                    .query_one("SELECT pg_backend_pid()", &[])
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .get(0);
-                let token = client.cancel_token();
-                let sleeping = client.batch_execute("SELECT pg_sleep(30)");
-                let cancel = async {
-                    tokio_pg::until_sleeping(other, pid).await?;
-                    // A CancelRequest with the key the endpoint gave this session, on a
-                    // connection of its own to the endpoint's socket.
-                    token
-                        .cancel_query(tokio_postgres::NoTls)
-                        .await
-                        .map_err(|e| e.to_string())
-                };
-                let (slept, cancelled) = tokio::join!(sleeping, cancel);
-                cancelled?;
-                let err = slept.err().ok_or("pg_sleep(30) finished")?;
-                ensure(err.code() == Some(&SqlState::QUERY_CANCELED), || {
-                    format!("{err}")
-                })?;
-                let after: i32 = client
-                    .query_one("SELECT pg_backend_pid()", &[])
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .get(0);
-                ensure(after == pid, || {
-                    "the session moved to another backend".into()
-                })
-            }),
-        ),
-        (
             "COPY FROM STDIN and TO STDOUT",
             Box::pin(async {
                 let sink = client
@@ -379,6 +344,44 @@ async fn tokio_postgres_goes_through_the_checklist() {
                     .map_err(|e| e.to_string())?
                     .get(0);
                 ensure(path == "sp, public", || format!("search_path {path}"))
+            }),
+        ),
+        // Last: PostgreSQL's postmaster signals a cancelled backend twice (its pid, then its
+        // process group), and on a busy machine the second SIGINT can land on the statement
+        // after the cancelled one, a COPY waiting for data above all.
+        (
+            "cancel of pg_sleep(30) 57014",
+            Box::pin(async {
+                let pid: i32 = client
+                    .query_one("SELECT pg_backend_pid()", &[])
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .get(0);
+                let token = client.cancel_token();
+                let sleeping = client.batch_execute("SELECT pg_sleep(30)");
+                let cancel = async {
+                    tokio_pg::until_sleeping(other, pid).await?;
+                    // A CancelRequest with the key the endpoint gave this session, on a
+                    // connection of its own to the endpoint's socket.
+                    token
+                        .cancel_query(tokio_postgres::NoTls)
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                let (slept, cancelled) = tokio::join!(sleeping, cancel);
+                cancelled?;
+                let err = slept.err().ok_or("pg_sleep(30) finished")?;
+                ensure(err.code() == Some(&SqlState::QUERY_CANCELED), || {
+                    format!("{err}")
+                })?;
+                let after: i32 = client
+                    .query_one("SELECT pg_backend_pid()", &[])
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .get(0);
+                ensure(after == pid, || {
+                    "the session moved to another backend".into()
+                })
             }),
         ),
     ];
@@ -593,54 +596,6 @@ async fn sqlx_goes_through_the_checklist() {
             }),
         ),
         (
-            "cancel of pg_sleep(30) 57014",
-            Box::pin(async {
-                // sqlx sends no CancelRequest of its own (dropping a query's future leaves the
-                // statement running): the cancel comes from another session, through the
-                // endpoint, with pg_cancel_backend.
-                let mut c = conn.lock().await;
-                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                    .fetch_one(&mut *c)
-                    .await
-                    .map_err(sqlx_err)?;
-                let sleeping = sqlx::query("SELECT pg_sleep(30)").execute(&mut *c);
-                let cancel = async {
-                    let mut o = other.lock().await;
-                    loop {
-                        let event: Option<String> = sqlx::query_scalar(
-                            "SELECT wait_event FROM pg_stat_activity WHERE pid = $1",
-                        )
-                        .bind(pid)
-                        .fetch_one(&mut *o)
-                        .await
-                        .map_err(sqlx_err)?;
-                        if event.as_deref() == Some("PgSleep") {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    let done: bool = sqlx::query_scalar("SELECT pg_cancel_backend($1)")
-                        .bind(pid)
-                        .fetch_one(&mut *o)
-                        .await
-                        .map_err(sqlx_err)?;
-                    ensure(done, || "pg_cancel_backend found no backend".into())
-                };
-                let (slept, cancelled) = tokio::join!(sleeping, cancel);
-                cancelled?;
-                let err = slept.err().ok_or("pg_sleep(30) finished")?;
-                let code = err.as_database_error().and_then(|d| d.code());
-                ensure(code.as_deref() == Some("57014"), || format!("{err}"))?;
-                let after: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                    .fetch_one(&mut *c)
-                    .await
-                    .map_err(sqlx_err)?;
-                ensure(after == pid, || {
-                    "the session moved to another backend".into()
-                })
-            }),
-        ),
-        (
             "COPY FROM STDIN and TO STDOUT",
             Box::pin(async {
                 let mut c = conn.lock().await;
@@ -715,6 +670,57 @@ async fn sqlx_goes_through_the_checklist() {
                     .await
                     .map_err(sqlx_err)?;
                 ensure(path == "sp, public", || format!("search_path {path}"))
+            }),
+        ),
+        // Last: PostgreSQL's postmaster signals a cancelled backend twice (its pid, then its
+        // process group), and on a busy machine the second SIGINT can land on the statement
+        // after the cancelled one, a COPY waiting for data above all.
+        (
+            "cancel of pg_sleep(30) 57014",
+            Box::pin(async {
+                // sqlx sends no CancelRequest of its own (dropping a query's future leaves the
+                // statement running): the cancel comes from another session, through the
+                // endpoint, with pg_cancel_backend.
+                let mut c = conn.lock().await;
+                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut *c)
+                    .await
+                    .map_err(sqlx_err)?;
+                let sleeping = sqlx::query("SELECT pg_sleep(30)").execute(&mut *c);
+                let cancel = async {
+                    let mut o = other.lock().await;
+                    loop {
+                        let event: Option<String> = sqlx::query_scalar(
+                            "SELECT wait_event FROM pg_stat_activity WHERE pid = $1",
+                        )
+                        .bind(pid)
+                        .fetch_one(&mut *o)
+                        .await
+                        .map_err(sqlx_err)?;
+                        if event.as_deref() == Some("PgSleep") {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    let done: bool = sqlx::query_scalar("SELECT pg_cancel_backend($1)")
+                        .bind(pid)
+                        .fetch_one(&mut *o)
+                        .await
+                        .map_err(sqlx_err)?;
+                    ensure(done, || "pg_cancel_backend found no backend".into())
+                };
+                let (slept, cancelled) = tokio::join!(sleeping, cancel);
+                cancelled?;
+                let err = slept.err().ok_or("pg_sleep(30) finished")?;
+                let code = err.as_database_error().and_then(|d| d.code());
+                ensure(code.as_deref() == Some("57014"), || format!("{err}"))?;
+                let after: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut *c)
+                    .await
+                    .map_err(sqlx_err)?;
+                ensure(after == pid, || {
+                    "the session moved to another backend".into()
+                })
             }),
         ),
     ];
