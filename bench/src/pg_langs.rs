@@ -109,6 +109,8 @@ pub struct Language {
     pub workloads: Vec<Workload>,
     /// bench_events rows after the run, each a committed W2 (the table is emptied before).
     pub w2_rows: u64,
+    /// The script's run, start-up and warm-up included, s.
+    pub wall_s: f64,
 }
 
 /// The language part's results.
@@ -168,10 +170,12 @@ pub async fn run(pg: &PgServer, endpoint_dir: &Path, drivers: &Drivers, opts: &L
 
 async fn run_script(pg: &PgServer, lang: Lang, mut cmd: Command) -> Language {
     let script = lang.script();
+    let start = std::time::Instant::now();
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .expect("script task")
         .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    let wall_s = start.elapsed().as_secs_f64();
     assert!(
         out.status.success(),
         "{} failed:\n{}",
@@ -202,6 +206,7 @@ async fn run_script(pg: &PgServer, lang: Lang, mut cmd: Command) -> Language {
         driver: v["driver"].as_str().unwrap_or_default().to_owned(),
         workloads: workloads.into(),
         w2_rows,
+        wall_s,
     }
 }
 
@@ -221,9 +226,9 @@ fn workload(v: &serde_json::Value, w: &str) -> Workload {
     let is_w1 = w == "w1";
     Workload {
         workload: if is_w1 { "W1" } else { "W2" },
-        goal_met: is_w1.then(|| {
-            connect_over_endpoint >= GOAL_W1_RATIO && endpoint.errors == 0 && endpoint.n > 0
-        }),
+        goal_met: is_w1.then_some(
+            connect_over_endpoint >= GOAL_W1_RATIO && endpoint.errors == 0 && endpoint.n > 0,
+        ),
         endpoint_over_static: crate::stats::ratio(endpoint.p50_us, static_direct.p50_us),
         connect_over_endpoint,
         endpoint,
@@ -237,7 +242,7 @@ pub fn markdown(md: &mut String, l: &Langs) {
     let drivers: Vec<String> = l
         .languages
         .iter()
-        .map(|x| format!("{}: {}", x.language, x.driver))
+        .map(|x| format!("{}: {}, {:.0} s", x.language, x.driver, x.wall_s))
         .collect();
     let _ = writeln!(
         md,
