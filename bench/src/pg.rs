@@ -57,7 +57,7 @@ usage: warmpool-bench --pg [--quick] [--rounds N] [--seconds S] [--langs L,..|--
                        of the languages; quick 2)
   --seconds S          pgbench -T of each run, whole seconds (default 1)
   --langs L,..         languages timing W1 and W2: python, node (default both)
-  --lang-invocations N invocations per scenario, workload and round (default 200; quick 30)
+  --lang-invocations N invocations per scenario, workload and round (default 150; quick 30)
   --no-langs           pgbench only
   --extension PATH     the extension binary to measure (default: build it)
   --out DIR            results directory (default bench/results; quick target/warmpool-bench);
@@ -72,7 +72,7 @@ pub fn parse(args: &[String]) -> Result<PgOpts, String> {
         seconds: 1,
         langs: LangOpts {
             langs: Lang::ALL.to_vec(),
-            invocations: if quick { 30 } else { 200 },
+            invocations: if quick { 30 } else { 150 },
             rounds: if quick { 2 } else { 5 },
             rows: W1_ROWS,
         },
