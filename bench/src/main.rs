@@ -16,6 +16,7 @@ mod lambda;
 mod memory;
 mod micro;
 mod pg;
+mod pg_langs;
 mod pgbouncer;
 mod relay;
 mod report;
@@ -87,9 +88,10 @@ warmpool-bench --fleet [--quick]
 warmpool-bench --pg [--quick]
                           the PostgreSQL-protocol endpoint: pgbench -S -M prepared through it
                           against straight to PostgreSQL over TLS at 1 and 8 clients, the added
-                          time per statement against the floor, and W1 from Python (psycopg)
-                          against connecting per invocation (bench/results/pg.{json,md}, and
-                          its section of bench/RESULTS.md); see bench/src/pg.rs
+                          time per statement against the floor, and W1 and W2 from Python
+                          (psycopg) and Node.js (pg) against connecting per invocation
+                          (bench/results/pg.{json,md}, and its section of bench/RESULTS.md); see
+                          bench/src/pg.rs and bench/src/pg_langs.rs
 
 warmpool-bench --render bench/results/latest.json
                           writes the chart and the tables (for a full run, in

@@ -10,10 +10,10 @@
 //!    rounds. The added time per statement is the endpoint's `latency average` minus the direct
 //!    one; the goal is at most 1.5× the floor (a raw Unix-socket ping-pong between two processes,
 //!    measured in each round), the least any hop costs on the machine.
-//! 2. W1 from Python (psycopg, `bench/pg_w1.py`): a module-level connection to the endpoint
-//!    against connecting straight to PostgreSQL in every invocation (TLS + SCRAM each time) and
-//!    against a module-level direct connection; the goal is the endpoint at least 20× faster than
-//!    connecting per invocation, at p50.
+//! 2. W1 and W2 from Python (psycopg) and Node.js (node-postgres), `pg_langs.rs`: a module-level
+//!    connection to the endpoint against connecting straight to PostgreSQL in every invocation
+//!    (TLS + SCRAM each time) and against a module-level direct connection; the goal is the
+//!    endpoint at least 20× faster than connecting per invocation in W1, at p50.
 //!
 //! Results: `pg.{json,md}`, and for a full run into the repository, the pg section of
 //! bench/RESULTS.md.
@@ -27,13 +27,12 @@ use serde::Serialize;
 use warmpool_tests::PgServer;
 
 use crate::micro::{Ext, Floor};
+use crate::pg_langs::{Lang, LangOpts, Langs};
 use crate::stats::Summary;
 
 /// The relay's goal: a statement through the endpoint costs at most this many floors more than
 /// the same statement straight to PostgreSQL.
 const GOAL_FLOORS: f64 = 1.5;
-/// The Python goal: connecting per invocation at least this many times the endpoint's time.
-const GOAL_PY_RATIO: f64 = 20.0;
 const CLIENTS: [usize; 2] = [1, 8];
 /// Rows of the table W1 reads.
 const W1_ROWS: u32 = 10_000;
@@ -44,23 +43,22 @@ const FLOOR_ITERS: usize = 2_000;
 pub struct PgOpts {
     rounds: u32,
     seconds: u32,
-    py_invocations: u32,
-    py_rounds: u32,
-    python: bool,
+    langs: LangOpts,
     extension: Option<PathBuf>,
     out: PathBuf,
     full: bool,
 }
 
 const USAGE: &str = "\
-usage: warmpool-bench --pg [--quick] [--rounds N] [--seconds S] [--no-python]
-                      [--py-invocations N] [--extension PATH] [--out DIR]
+usage: warmpool-bench --pg [--quick] [--rounds N] [--seconds S] [--langs L,..|--no-langs]
+                      [--lang-invocations N] [--extension PATH] [--out DIR]
 
   --rounds N           rounds, endpoint and direct alternating (default 10 of pgbench and 5
-                       of Python; quick 2)
+                       of the languages; quick 2)
   --seconds S          pgbench -T of each run, whole seconds (default 1)
-  --py-invocations N   Python W1 invocations per scenario and round (default 200; quick 30)
-  --no-python          pgbench only
+  --langs L,..         languages timing W1 and W2: python, node (default both)
+  --lang-invocations N invocations per scenario, workload and round (default 150; quick 30)
+  --no-langs           pgbench only
   --extension PATH     the extension binary to measure (default: build it)
   --out DIR            results directory (default bench/results; quick target/warmpool-bench);
                        writes pg.{json,md}";
@@ -72,9 +70,12 @@ pub fn parse(args: &[String]) -> Result<PgOpts, String> {
     let mut o = PgOpts {
         rounds: if quick { 2 } else { 10 },
         seconds: 1,
-        py_invocations: if quick { 30 } else { 200 },
-        py_rounds: if quick { 2 } else { 5 },
-        python: true,
+        langs: LangOpts {
+            langs: Lang::ALL.to_vec(),
+            invocations: if quick { 30 } else { 150 },
+            rounds: if quick { 2 } else { 5 },
+            rows: W1_ROWS,
+        },
         extension: None,
         out: if quick {
             manifest.join("../target/warmpool-bench")
@@ -95,11 +96,17 @@ pub fn parse(args: &[String]) -> Result<PgOpts, String> {
             "--pg" | "--quick" => {}
             "--rounds" => {
                 o.rounds = num(v()?, 100)?;
-                o.py_rounds = o.rounds;
+                o.langs.rounds = o.rounds;
             }
             "--seconds" => o.seconds = num(v()?, 600)?,
-            "--py-invocations" => o.py_invocations = num(v()?, 100_000)?,
-            "--no-python" => o.python = false,
+            "--lang-invocations" => o.langs.invocations = num(v()?, 100_000)?,
+            "--langs" => {
+                o.langs.langs = v()?
+                    .split(',')
+                    .map(|s| Lang::parse(s.trim()).ok_or(format!("--langs: unknown {s:?}")))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--no-langs" => o.langs.langs.clear(),
             "--extension" => o.extension = Some(PathBuf::from(v()?)),
             "--out" => {
                 o.out = PathBuf::from(v()?);
@@ -153,23 +160,6 @@ pub struct Level {
     pub goal_met: bool,
 }
 
-/// W1 from Python, µs per invocation.
-#[derive(Clone, Debug, Serialize)]
-pub struct Python {
-    pub psycopg: String,
-    pub libpq: String,
-    pub rounds: u32,
-    pub invocations_per_round: u32,
-    pub endpoint: Summary,
-    pub connect: Summary,
-    pub static_direct: Summary,
-    /// Connect-per-invocation p50 over the endpoint's p50.
-    pub connect_over_endpoint: f64,
-    /// The endpoint's p50 over the module-level direct connection's p50.
-    pub endpoint_over_static: f64,
-    pub goal_met: bool,
-}
-
 #[derive(Serialize)]
 pub struct Results {
     pub rounds: u32,
@@ -181,16 +171,14 @@ pub struct Results {
     pub floor: Summary,
     pub levels: Vec<Level>,
     pub runs: Vec<PgbenchRun>,
-    pub python: Option<Python>,
+    /// W1 and W2 from the languages.
+    pub langs: Option<Langs>,
 }
 
 /// Runs the part on a PostgreSQL of its own and writes its results.
 pub async fn run_alone(opts: PgOpts) {
     warmpool_tests::prereq::pgbench();
-    let python = opts.python.then(|| {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/warmpool-bench");
-        warmpool_tests::prereq::python_drivers(&dir.join("drivers"))
-    });
+    let drivers = crate::pg_langs::drivers(&opts.langs.langs);
     eprintln!("pg: starting PostgreSQL ...");
     let pg = PgServer::start();
     crate::setup::seed(&pg, W1_ROWS, &[]);
@@ -207,14 +195,14 @@ pub async fn run_alone(opts: PgOpts) {
         Some(p) => p.clone(),
         None => warmpool_tests::ext::binary().to_path_buf(),
     };
-    let results = run(&pg, &extension, python.as_deref(), &opts).await;
+    let results = run(&pg, &extension, &drivers, &opts).await;
     for path in write(&results, &opts) {
         eprintln!("wrote {}", path.display());
     }
 }
 
 /// libpq's variables for pgbench straight to PostgreSQL: TLS on loopback, verify-full, SCRAM.
-fn direct_env(pg: &PgServer) -> Vec<(String, String)> {
+pub(crate) fn direct_env(pg: &PgServer) -> Vec<(String, String)> {
     pg.env()
 }
 
@@ -234,7 +222,7 @@ fn endpoint_env(pg: &PgServer, dir: &Path) -> Vec<(String, String)> {
 }
 
 /// A command with libpq's variables from `env` only, none from this process.
-fn with_env(program: &Path, env: &[(String, String)]) -> Command {
+pub(crate) fn with_env(program: &Path, env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(program);
     for (k, _) in std::env::vars() {
         if k.starts_with("PG") {
@@ -292,7 +280,12 @@ fn parse_pgbench(out: &str) -> Option<(f64, f64, u64, u64)> {
 }
 
 /// Measures both parts with `extension` serving the endpoint.
-pub async fn run(pg: &PgServer, extension: &Path, python: Option<&Path>, opts: &PgOpts) -> Results {
+pub async fn run(
+    pg: &PgServer,
+    extension: &Path,
+    drivers: &crate::pg_langs::Drivers,
+    opts: &PgOpts,
+) -> Results {
     let loadavg_start = crate::report::loadavg();
     let version = Command::new("pgbench")
         .arg("--version")
@@ -403,9 +396,10 @@ pub async fn run(pg: &PgServer, extension: &Path, python: Option<&Path>, opts: &
         })
         .collect();
 
-    let python = match python {
-        Some(py) => Some(run_python(pg, &dir, py, opts).await),
-        None => None,
+    let langs = if opts.langs.langs.is_empty() {
+        None
+    } else {
+        Some(crate::pg_langs::run(pg, &dir, drivers, &opts.langs).await)
     };
     drop(ext);
     Results {
@@ -417,7 +411,7 @@ pub async fn run(pg: &PgServer, extension: &Path, python: Option<&Path>, opts: &
         floor,
         levels,
         runs,
-        python,
+        langs,
     }
 }
 
@@ -428,59 +422,6 @@ fn median(mut v: Vec<f64>) -> f64 {
         0 => f64::NAN,
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// Runs `bench/pg_w1.py` against the endpoint in `dir` and PostgreSQL.
-async fn run_python(pg: &PgServer, dir: &Path, python: &Path, opts: &PgOpts) -> Python {
-    eprintln!(
-        "pg: Python W1, {} rounds of {} invocations per scenario",
-        opts.py_rounds, opts.py_invocations
-    );
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pg_w1.py");
-    let mut cmd = with_env(python, &direct_env(pg));
-    cmd.arg(&script)
-        .args([
-            opts.py_invocations.to_string(),
-            opts.py_rounds.to_string(),
-            W1_ROWS.to_string(),
-        ])
-        .env("WP_ENDPOINT_DIR", dir)
-        .env("WP_ENDPOINT_DB", pg.dbname())
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("python task")
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "{} failed:\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
-    let summary = |name: &str| {
-        let samples: Vec<f64> = v["samples_us"][name]
-            .as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
-            .unwrap_or_default();
-        let errors = v["errors"][name].as_u64().unwrap_or(0) as usize;
-        Summary::of(&samples, errors)
-    };
-    let (endpoint, connect, static_direct) =
-        (summary("endpoint"), summary("connect"), summary("static"));
-    let connect_over_endpoint = crate::stats::ratio(connect.p50_us, endpoint.p50_us);
-    Python {
-        psycopg: v["psycopg"].as_str().unwrap_or_default().to_owned(),
-        libpq: v["libpq"].to_string(),
-        rounds: opts.py_rounds,
-        invocations_per_round: opts.py_invocations,
-        goal_met: connect_over_endpoint >= GOAL_PY_RATIO && endpoint.errors == 0 && endpoint.n > 0,
-        endpoint_over_static: crate::stats::ratio(endpoint.p50_us, static_direct.p50_us),
-        connect_over_endpoint,
-        endpoint,
-        connect,
-        static_direct,
     }
 }
 
@@ -528,34 +469,9 @@ pub fn markdown(r: &Results) -> String {
         .map(|l| l.endpoint.failed + l.direct.failed)
         .sum();
     let _ = writeln!(md, "\nFailed transactions: {failed}.");
-    if let Some(p) = &r.python {
-        let _ = writeln!(
-            md,
-            "\nW1 from Python (psycopg {}, libpq {}), one point select by primary key per \
-             invocation, {} rounds of {} invocations per scenario, concurrency 1:\n",
-            p.psycopg, p.libpq, p.rounds, p.invocations_per_round
-        );
-        let _ = writeln!(md, "| Scenario | p50 | p95 | p99 | errors |");
-        let _ = writeln!(md, "|---|---|---|---|---|");
-        for (name, s) in [
-            ("endpoint, module-level connection", &p.endpoint),
-            ("direct, connect per invocation (TLS + SCRAM)", &p.connect),
-            ("direct, module-level connection (TLS)", &p.static_direct),
-        ] {
-            let _ = writeln!(
-                md,
-                "| {name} | {:.1} µs | {:.1} µs | {:.1} µs | {} |",
-                s.p50_us, s.p95_us, s.p99_us, s.errors
-            );
-        }
-        let _ = writeln!(
-            md,
-            "\nConnect per invocation over the endpoint at p50: {:.1}× (goal ≥ {GOAL_PY_RATIO}×: {}). \
-             The endpoint over a module-level direct connection: {:.2}×.",
-            p.connect_over_endpoint,
-            if p.goal_met { "met" } else { "missed" },
-            p.endpoint_over_static
-        );
+    if let Some(l) = &r.langs {
+        md.push('\n');
+        crate::pg_langs::markdown(&mut md, l);
     }
     md
 }
