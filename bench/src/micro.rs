@@ -686,6 +686,91 @@ impl Floor {
     }
 }
 
+/// A [`Floor`] pair driven from a thread of its own with blocking I/O, as each pgbench thread
+/// drives its connection: for the floor at a concurrency, many such pairs at once.
+pub(crate) struct BlockingFloor {
+    stream: UnixStream,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Floor {
+    /// The same pair (the same child), for [`concurrent_round`].
+    pub(crate) fn into_blocking(self) -> BlockingFloor {
+        let Floor {
+            stream,
+            child,
+            _dir,
+        } = self;
+        let stream = stream.into_std().expect("the floor's socket");
+        stream
+            .set_nonblocking(false)
+            .expect("a blocking floor socket");
+        BlockingFloor {
+            stream,
+            child,
+            _dir,
+        }
+    }
+}
+
+impl BlockingFloor {
+    fn ping(&mut self, msg: &[u8; PING_BYTES], buf: &mut [u8; PING_BYTES]) -> bool {
+        use std::io::{Read, Write};
+        self.stream.write_all(msg).is_ok() && self.stream.read_exact(buf).is_ok()
+    }
+
+    /// Hangs up; the child exits once it reads the end of the stream.
+    pub(crate) fn stop(self) {
+        let BlockingFloor {
+            stream, mut child, ..
+        } = self;
+        drop(stream);
+        let _ = child.wait();
+    }
+}
+
+/// Round trips on all `pairs` at once for `window`, each pair's client on a thread of its own,
+/// after a warm-up of each: the round trips' times in microseconds, and the errors. The floor
+/// of a hop when as many run together on the same cores: N pairs for N clients.
+pub(crate) fn concurrent_round(pairs: &mut [BlockingFloor], window: Duration) -> (Vec<f64>, usize) {
+    let start = std::sync::Barrier::new(pairs.len());
+    let outcomes: Vec<(Vec<f64>, usize)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = pairs
+            .iter_mut()
+            .map(|pair| {
+                let start = &start;
+                scope.spawn(move || {
+                    let msg = [7u8; PING_BYTES];
+                    let mut buf = [0u8; PING_BYTES];
+                    let warm = (0..100).all(|_| pair.ping(&msg, &mut buf));
+                    // Every pair waits for the others, so the window sees all of them at once.
+                    start.wait();
+                    if !warm {
+                        return (Vec::new(), 1);
+                    }
+                    let mut samples = Vec::with_capacity(16 * 1024);
+                    let stop = Instant::now() + window;
+                    while Instant::now() < stop {
+                        let s = Instant::now();
+                        if !pair.ping(&msg, &mut buf) {
+                            return (samples, 1);
+                        }
+                        samples.push(s.elapsed().as_secs_f64() * 1e6);
+                    }
+                    (samples, 0)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("floor thread"))
+            .collect()
+    });
+    let errors = outcomes.iter().map(|(_, e)| e).sum();
+    (outcomes.into_iter().flat_map(|(s, _)| s).collect(), errors)
+}
+
 /// The child side of [`Floor`]: echoes fixed-size messages until the parent hangs up,
 /// on a one-thread tokio runtime like the extension's.
 pub fn echo(path: &Path) {

@@ -183,12 +183,13 @@ pub fn message_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> 
     Ok(Some(len + 1))
 }
 
-/// The NUL-terminated strings at the front of a message body.
-pub fn cstrs(mut body: &[u8], n: usize) -> Option<Vec<&str>> {
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
+/// The first `N` NUL-terminated strings at the front of a message body, without allocating:
+/// what the relay reads of every message it follows.
+pub fn cstrs<const N: usize>(mut body: &[u8]) -> Option<[&str; N]> {
+    let mut out = [""; N];
+    for s in &mut out {
         let end = body.iter().position(|&b| b == 0)?;
-        out.push(std::str::from_utf8(&body[..end]).ok()?);
+        *s = std::str::from_utf8(&body[..end]).ok()?;
         body = &body[end + 1..];
     }
     Some(out)

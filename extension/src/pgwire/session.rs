@@ -280,6 +280,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Relays messages both ways until the client or the server ends, or shutdown.
     async fn relay(&mut self, shutdown: &CancellationToken) -> End {
         let max = self.shared.config.max_frame;
+        // One wait for the whole session, not one per message: each new `cancelled()` joins
+        // and leaves the token's list of waiters under its lock.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             self.wbuf.clear();
             let woke = {
@@ -293,7 +297,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let listen = conn.is_some() && !*dead;
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => Woke::Shutdown,
+                    _ = &mut cancelled => Woke::Shutdown,
                     m = recv(conn), if listen => Woke::Server(m),
                     m = read_message(client, rbuf, max) => Woke::Client(m),
                 }
@@ -314,7 +318,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 Woke::Client(Ok(Some(m))) => {
                     let span = self.invocation_span();
-                    self.client_sent(m).instrument(span).await
+                    self.client_sent_all(m, max).instrument(span).await
                 }
                 Woke::Client(Ok(None)) | Woke::Client(Err(ClientError::Io)) => {
                     return if self.outstanding() {
@@ -353,9 +357,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.open_pipeline || self.conn.as_ref().is_some_and(|c| !c.backend.is_synced())
     }
 
+    /// A message from the client, and the others that came whole with it (a driver writes
+    /// Bind, Execute and Sync at once), relayed to the server in order. A malformed one is left
+    /// in the buffer for the next read to report.
+    async fn client_sent_all(&mut self, first: Bytes, max: usize) -> Option<End> {
+        let mut now = Instant::now();
+        let mut next = Some(first);
+        while let Some(m) = next {
+            if let Some(end) = self.client_sent(m, &mut now).await {
+                return Some(end);
+            }
+            next = match messages::message_len(&self.rbuf, max) {
+                Ok(Some(len)) if self.rbuf.len() >= len => Some(self.rbuf.split_to(len).freeze()),
+                _ => None,
+            };
+        }
+        None
+    }
+
     /// A message from the client, relayed to the server; healed first if the session is idle
-    /// and its server connection has died.
-    async fn client_sent(&mut self, m: Bytes) -> Option<End> {
+    /// and its server connection has died. `now` is when it was read, moved on past a check or
+    /// a heal.
+    async fn client_sent(&mut self, m: Bytes, now: &mut Instant) -> Option<End> {
         let tag = m[0];
         if tag == b'X' {
             return Some(if self.outstanding() {
@@ -365,10 +388,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             });
         }
         if !self.outstanding() {
-            if let Some(end) = self.ensure_alive().await {
+            if let Some(end) = self.ensure_alive(now).await {
                 return Some(end);
             }
-            self.busy_since.get_or_insert_with(Instant::now);
+            self.busy_since.get_or_insert(*now);
         }
         let conn = self
             .conn
@@ -381,7 +404,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             _ => {}
         }
         conn.backend.write_raw(&m);
-        conn.last_used = Instant::now();
+        conn.last_used = *now;
         // Sync, Flush, Query and the end of a COPY ask for an answer; COPY data goes out in
         // chunks. Anything else waits for the message that completes its pipeline.
         if matches!(tag, b'S' | b'H' | b'Q' | b'c' | b'f') || conn.backend.unsent() >= FLUSH_AT {
@@ -397,24 +420,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Before a request on an idle session: the server connection is still there, checked
     /// after a thaw or an idle gap as pooled connections are, or else replaced with the
     /// session's state restored. `Some` if the session had to end.
-    async fn ensure_alive(&mut self) -> Option<End> {
+    async fn ensure_alive(&mut self, now: &mut Instant) -> Option<End> {
         let Some(conn) = self.conn.as_mut() else {
-            return self.heal().await;
+            let end = self.heal().await;
+            *now = Instant::now();
+            return end;
         };
         let mut alive = !self.dead && conn.backend.idle_check();
         if alive {
             let epoch = self.shared.pool.thaw_epoch();
-            let idle = conn.last_used.elapsed() > self.shared.config.check_after_idle;
+            let idle =
+                now.saturating_duration_since(conn.last_used) > self.shared.config.check_after_idle;
             if conn.checked_epoch < epoch || idle {
                 let budget = self.shared.config.reset_timeout;
                 alive = matches!(tokio::time::timeout(budget, conn.check()).await, Ok(Ok(())));
                 conn.checked_epoch = epoch;
+                *now = Instant::now();
             }
         }
         if alive {
             return None;
         }
-        self.heal().await
+        let end = self.heal().await;
+        *now = Instant::now();
+        end
     }
 
     /// Moves the idle session to a new server connection, restoring what it had made of the
@@ -554,10 +583,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .and_then(|t| t.rsplit(' ').next())
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(0);
+                let now = Instant::now();
                 let time = self
                     .busy_since
-                    .replace(Instant::now())
-                    .map_or(Default::default(), |t| t.elapsed());
+                    .replace(now)
+                    .map_or(Default::default(), |t| now.saturating_duration_since(t));
                 meter.add(Event::Query { rows, time });
             }
             b'E' => {

@@ -208,17 +208,41 @@ fn contains(haystack: &str, needle: &str) -> bool {
         .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
+/// The session-level functions `sql` calls, in one pass over it: `pg_advisory_unlock_all`
+/// first, then a session advisory lock, then `set_config`.
+fn functions(sql: &str) -> Option<Effect> {
+    let b = sql.as_bytes();
+    let at = |i: usize, needle: &str| {
+        b.get(i..i + needle.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    };
+    let (mut lock, mut set_config) = (false, false);
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'p' | b'P' => {
+                if at(i, "pg_advisory_unlock_all") {
+                    return Some(Effect::AdvisoryUnlockAll);
+                }
+                lock |= at(i, "pg_advisory_lock") || at(i, "pg_try_advisory_lock");
+            }
+            b's' | b'S' => set_config |= at(i, "set_config"),
+            _ => {}
+        }
+    }
+    if lock {
+        Some(Effect::AdvisoryLock)
+    } else if set_config {
+        Some(Effect::SetConfig)
+    } else {
+        None
+    }
+}
+
 /// What `sql`, one statement, does to the session.
 pub fn effect(sql: &str) -> Effect {
     // Functions can be called from any statement.
-    if contains(sql, "pg_advisory_unlock_all") {
-        return Effect::AdvisoryUnlockAll;
-    }
-    if contains(sql, "pg_advisory_lock") || contains(sql, "pg_try_advisory_lock") {
-        return Effect::AdvisoryLock;
-    }
-    if contains(sql, "set_config") {
-        return Effect::SetConfig;
+    if let Some(e) = functions(sql) {
+        return e;
     }
     let w = words(sql, 5);
     let w: Vec<&str> = w.iter().map(String::as_str).collect();
@@ -274,6 +298,15 @@ fn unquote(name: &str) -> String {
     name.trim_matches('"').to_owned()
 }
 
+/// A named statement of the client's: its Parse message, whole, and what running it does,
+/// read once from its SQL rather than at every Execute.
+#[derive(Debug)]
+struct Statement {
+    name: String,
+    parse: Bytes,
+    effect: Effect,
+}
+
 /// The record of one session.
 #[derive(Debug, Default)]
 pub struct Track {
@@ -281,14 +314,14 @@ pub struct Track {
     settings: Vec<(String, String)>,
     /// SQL `PREPARE` statements to replay, keyed by name.
     prepares: Vec<(String, String)>,
-    /// The client's named statements: the Parse messages, whole.
-    statements: Vec<(String, Bytes)>,
+    /// The client's named statements.
+    statements: Vec<Statement>,
     statement_bytes: usize,
-    /// SQL of the unnamed statement, and of portals, for the effects of an Execute.
-    unnamed: Option<String>,
-    portals: Vec<(String, String)>,
+    /// What the unnamed statement does, and each portal, for the effects of an Execute.
+    unnamed: Option<Effect>,
+    portals: Vec<(String, Effect)>,
     /// Parse and Close messages sent whose answer is awaited, in order.
-    parses: VecDeque<Option<(String, Bytes)>>,
+    parses: VecDeque<Option<Statement>>,
     closes: VecDeque<Option<String>>,
     /// Effects of the statements sent since the last ReadyForQuery, in order.
     group: Vec<Effect>,
@@ -310,48 +343,50 @@ impl Track {
     pub fn client_message(&mut self, tag: u8, body: &[u8], whole: &Bytes) {
         match tag {
             b'Q' => {
-                if let Some(sql) = super::messages::cstrs(body, 1) {
-                    for s in statements(sql[0]) {
+                if let Some([sql]) = super::messages::cstrs(body) {
+                    for s in statements(sql) {
                         self.group.push(effect(s));
                     }
                 }
             }
             b'P' => {
-                let Some(f) = super::messages::cstrs(body, 2) else {
+                let Some([name, sql]) = super::messages::cstrs(body) else {
                     return;
                 };
-                let (name, sql) = (f[0], f[1]);
+                let effect = effect(sql);
                 if name.is_empty() {
-                    self.unnamed = Some(sql.to_owned());
+                    self.unnamed = Some(effect);
                     self.parses.push_back(None);
                 } else {
-                    self.parses
-                        .push_back(Some((name.to_owned(), whole.clone())));
+                    self.parses.push_back(Some(Statement {
+                        name: name.to_owned(),
+                        parse: whole.clone(),
+                        effect,
+                    }));
                 }
             }
             b'B' => {
-                let Some(f) = super::messages::cstrs(body, 2) else {
+                let Some([portal, statement]) = super::messages::cstrs(body) else {
                     return;
                 };
-                let sql = if f[1].is_empty() {
+                let effect = if statement.is_empty() {
                     self.unnamed.clone()
                 } else {
-                    self.statement_sql(f[1])
+                    self.statement_effect(statement)
                 };
-                if let Some(sql) = sql {
-                    self.portals.retain(|(p, _)| p != f[0]);
+                if let Some(effect) = effect {
+                    self.portals.retain(|(p, _)| p != portal);
                     if self.portals.len() < MAX_PORTALS {
-                        self.portals.push((f[0].to_owned(), sql));
+                        self.portals.push((portal.to_owned(), effect));
                     } else {
                         self.lose("more open portals than warmpool follows");
                     }
                 }
             }
             b'E' => {
-                if let Some(f) = super::messages::cstrs(body, 1) {
-                    if let Some((_, sql)) = self.portals.iter().find(|(p, _)| p == f[0]) {
-                        let e = effect(sql);
-                        self.group.push(e);
+                if let Some([portal]) = super::messages::cstrs(body) {
+                    if let Some((_, e)) = self.portals.iter().find(|(p, _)| p == portal) {
+                        self.group.push(e.clone());
                     }
                 }
             }
@@ -360,7 +395,7 @@ impl Track {
                 let Some((&kind, rest)) = body.split_first() else {
                     return;
                 };
-                let name = super::messages::cstrs(rest, 1).map(|f| f[0].to_owned());
+                let name = super::messages::cstrs(rest).map(|[n]| n.to_owned());
                 self.closes
                     .push_back(name.filter(|n| kind == b'S' && !n.is_empty()));
             }
@@ -368,31 +403,30 @@ impl Track {
         }
     }
 
-    /// The SQL of the client's statement `name`: one the server has, or one whose Parse went
+    /// What the client's statement `name` does: one the server has, or one whose Parse went
     /// out in the same pipeline and is not answered yet (a driver sends Parse, Bind and
     /// Execute together).
-    fn statement_sql(&self, name: &str) -> Option<String> {
+    fn statement_effect(&self, name: &str) -> Option<Effect> {
         let pending = self.parses.iter().rev().flatten();
-        let (_, parse) = pending
+        let s = pending
             .chain(self.statements.iter().rev())
-            .find(|(n, _)| n == name)?;
-        let f = super::messages::cstrs(&parse[5..], 2)?;
-        Some(f[1].to_owned())
+            .find(|s| s.name == name)?;
+        Some(s.effect.clone())
     }
 
     /// A server message on its way to the client.
     pub fn server_message(&mut self, tag: u8, command_tag: Option<&str>, status: Option<u8>) {
         match tag {
             b'1' => {
-                if let Some(Some((name, parse))) = self.parses.pop_front() {
-                    self.remember_statement(name, parse);
+                if let Some(Some(statement)) = self.parses.pop_front() {
+                    self.remember_statement(statement);
                 }
             }
             b'3' => {
                 if let Some(Some(name)) = self.closes.pop_front() {
-                    if let Some(at) = self.statements.iter().position(|(n, _)| *n == name) {
-                        let (_, parse) = self.statements.remove(at);
-                        self.statement_bytes -= parse.len();
+                    if let Some(at) = self.statements.iter().position(|s| s.name == name) {
+                        let gone = self.statements.remove(at);
+                        self.statement_bytes -= gone.parse.len();
                     }
                 }
             }
@@ -407,19 +441,24 @@ impl Track {
         }
     }
 
-    fn remember_statement(&mut self, name: String, parse: Bytes) {
-        if let Some(at) = self.statements.iter().position(|(n, _)| *n == name) {
-            let (_, old) = self.statements.remove(at);
-            self.statement_bytes -= old.len();
+    fn remember_statement(&mut self, statement: Statement) {
+        if let Some(at) = self
+            .statements
+            .iter()
+            .position(|s| s.name == statement.name)
+        {
+            let old = self.statements.remove(at);
+            self.statement_bytes -= old.parse.len();
         }
+        let bytes = statement.parse.len();
         if self.statements.len() >= MAX_STATEMENTS
-            || self.statement_bytes + parse.len() > MAX_STATEMENT_BYTES
+            || self.statement_bytes + bytes > MAX_STATEMENT_BYTES
         {
             self.lose("more prepared statements than warmpool keeps to restore");
             return;
         }
-        self.statement_bytes += parse.len();
-        self.statements.push((name, parse));
+        self.statement_bytes += bytes;
+        self.statements.push(statement);
     }
 
     /// A ReadyForQuery: what the request did is settled.
@@ -573,7 +612,7 @@ impl Track {
 
     /// The client's named statements, as the Parse messages that made them.
     pub fn parse_messages(&self) -> impl Iterator<Item = &Bytes> {
-        self.statements.iter().map(|(_, p)| p)
+        self.statements.iter().map(|s| &s.parse)
     }
 }
 
@@ -625,6 +664,23 @@ mod tests {
         );
         assert_eq!(effect("SELECT pg_advisory_lock(1)"), Effect::AdvisoryLock);
         assert_eq!(effect("SELECT pg_advisory_xact_lock(1)"), Effect::None);
+        assert_eq!(
+            effect("select PG_TRY_ADVISORY_LOCK(1)"),
+            Effect::AdvisoryLock
+        );
+        // Whatever else the statement calls, unlocking all comes first, then a lock.
+        assert_eq!(
+            effect(
+                "SELECT set_config('a', 'b', false), pg_advisory_lock(1), pg_advisory_unlock_all()"
+            ),
+            Effect::AdvisoryUnlockAll
+        );
+        assert_eq!(
+            effect("SELECT set_config('a', 'b', false), pg_advisory_lock(1)"),
+            Effect::AdvisoryLock
+        );
+        assert_eq!(effect("SELECT pg_advisory_lock"), Effect::AdvisoryLock);
+        assert_eq!(effect("SELECT 'pg_advisory_loc'"), Effect::None);
         assert_eq!(
             effect("SELECT set_config('a.b', 'c', false)"),
             Effect::SetConfig
@@ -717,6 +773,39 @@ mod tests {
         assert_eq!(
             t.replay_sql().collect::<Vec<_>>(),
             ["SET search_path TO app, public"]
+        );
+    }
+
+    #[test]
+    fn a_set_prepared_earlier_takes_effect_each_time_it_is_executed() {
+        let mut t = Track::default();
+        let p = parse_message("S_3", "SET work_mem TO '8MB'");
+        t.client_message(b'P', &p[5..], &p);
+        t.server_message(b'1', None, None);
+        t.server_message(b'Z', None, Some(b'I'));
+        assert_eq!(t.replay_sql().count(), 0);
+        t.client_message(b'B', b"\0S_3\0\0\0\0\0\0\0", &Bytes::new());
+        t.client_message(b'E', b"\0\0\0\0\0", &Bytes::new());
+        t.server_message(b'2', None, None);
+        t.server_message(b'C', Some("SET"), None);
+        t.server_message(b'Z', None, Some(b'I'));
+        assert_eq!(
+            t.replay_sql().collect::<Vec<_>>(),
+            ["SET work_mem TO '8MB'"]
+        );
+        query(&mut t, "RESET work_mem");
+        t.server_message(b'C', Some("RESET"), None);
+        t.server_message(b'Z', None, Some(b'I'));
+        assert_eq!(t.replay_sql().count(), 0);
+        // Executed again: kept again, from the statement the server still has.
+        t.client_message(b'B', b"\0S_3\0\0\0\0\0\0\0", &Bytes::new());
+        t.client_message(b'E', b"\0\0\0\0\0", &Bytes::new());
+        t.server_message(b'2', None, None);
+        t.server_message(b'C', Some("SET"), None);
+        t.server_message(b'Z', None, Some(b'I'));
+        assert_eq!(
+            t.replay_sql().collect::<Vec<_>>(),
+            ["SET work_mem TO '8MB'"]
         );
     }
 
