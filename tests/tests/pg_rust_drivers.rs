@@ -4,7 +4,7 @@
 //! constraint, commit and rollback, a prepared statement reused 100 times, 100,000 rows
 //! streamed, a cancel, COPY both ways, LISTEN/NOTIFY, a `SET search_path` held), and sqlx's
 //! session healed after its server connection ended while the environment was frozen
-//! (tokio-postgres's is in `pg_endpoint.rs`).
+//! (tokio-postgres's is in `pg_endpoint.rs`), and a pipeline larger than the sockets buffer.
 //!
 //! A checklist runs every check and fails naming each one that failed, so one failure does not
 //! hide the others.
@@ -800,4 +800,32 @@ async fn a_sqlx_session_is_healed_after_a_freeze_and_an_open_transaction_is_not(
         .await
         .unwrap();
     assert_eq!(n, 0, "the transaction's row was committed");
+}
+
+/// A client that pipelines far more than the sockets buffer, in both directions (1,000
+/// statements sent before the first answer is read, 20 MB of answers), reading as it writes as
+/// drivers do: the relay never stops reading the server while it writes to it for long enough
+/// to stall both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_larger_than_the_socket_buffers_goes_through() {
+    let pg = PgServer::start();
+    let ext = Extension::start(&pg, &[]);
+    let (client, _) = tokio_pg::connect(&ext, &pg).await;
+    let stmt = client
+        .prepare("SELECT $1::int4, repeat('x', 20000)")
+        .await
+        .unwrap();
+    let sent: Vec<i32> = (0..1_000).collect();
+    let (client, stmt) = (&client, &stmt);
+    let queries = sent
+        .iter()
+        .map(|i| async move { client.query_one(stmt, &[i]).await });
+    let rows = tokio::time::timeout(GUARD, futures_util::future::join_all(queries))
+        .await
+        .expect("the pipeline stalled");
+    for (i, row) in sent.iter().zip(rows) {
+        let row = row.unwrap();
+        assert_eq!(row.get::<_, i32>(0), *i, "answers out of order");
+        assert_eq!(row.get::<_, &str>(1).len(), 20_000);
+    }
 }
