@@ -184,6 +184,8 @@ pub struct Sample {
     pub connections: i64,
     /// The most environments running at once while the reading was taken.
     pub running: usize,
+    /// When the reading was answered.
+    pub at: std::time::Instant,
 }
 
 /// Reads the fleet's connection count through a connection of its own, every few
@@ -220,6 +222,7 @@ impl FleetSampler {
                 samples.push(Sample {
                     connections,
                     running: running.window_peak(),
+                    at: std::time::Instant::now(),
                 });
             }
         });

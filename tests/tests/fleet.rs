@@ -6,6 +6,7 @@
 //! needs to hold a transaction or a statement open at a moment of its choosing.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde_json::json;
@@ -191,22 +192,59 @@ async fn forty_environments_share_a_budget_of_ten() {
     //   opens nothing. A refused connection is closed before the retry, a backoff later.
     // - A taking slots leaves the count as it was: the victims go from A to T as the taker goes
     //   from O to A. T then drains as the victims exit, which an idle backend does as soon as
-    //   it gets the signal, while the taker's invocation still has its statement to run.
-    // So a sample must show at most BUDGET + the environments running; it is compared with the
-    // most that ran at once while it was taken.
+    //   it gets the signal (the admission waits up to 1 s for it on PostgreSQL 14 and later).
+    // So a sample must show at most BUDGET + the environments running, compared with the most
+    // that ran at once while it was taken; except for a moment while a backend that was told to
+    // go (taken, or closed after a refusal) has not left the server's list yet, which on a
+    // loaded machine can outlast a sample. Those moments pass; a connection admitted over the
+    // budget would not: it stays while its environment sits frozen, until another admission
+    // takes it, at least STEAL_IDLE_MS later. So the bound may be exceeded only in runs of
+    // samples shorter than LINGER.
+    const LINGER: Duration = Duration::from_millis(150);
     assert!(!samples.is_empty(), "the sampler took readings");
-    let over: Vec<_> = samples
-        .iter()
-        .filter(|s| s.connections > BUDGET as i64 + s.running as i64)
-        .collect();
+    let over = |s: &warmpool_tests::fleet::Sample| s.connections > BUDGET as i64 + s.running as i64;
+    let mut runs: Vec<(Duration, Vec<(i64, usize)>)> = Vec::new();
+    let mut start: Option<usize> = None;
+    for (i, s) in samples.iter().enumerate() {
+        match (over(s), start) {
+            (true, None) => start = Some(i),
+            (false, Some(first)) => {
+                let run = &samples[first..i];
+                runs.push((
+                    s.at - run[0].at,
+                    run.iter().map(|s| (s.connections, s.running)).collect(),
+                ));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(first) = start {
+        // Still over at the last sample: it never came back under.
+        runs.push((
+            Duration::MAX,
+            samples[first..]
+                .iter()
+                .map(|s| (s.connections, s.running))
+                .collect(),
+        ));
+    }
     let max_seen = samples.iter().map(|s| s.connections).max().unwrap();
+    let lasting: Vec<_> = runs.iter().filter(|(d, _)| *d >= LINGER).collect();
     assert!(
-        over.is_empty(),
-        "{} of {} samples exceeded {BUDGET} + the environments running, the first: {:?} \
-         (max seen {max_seen})",
-        over.len(),
+        lasting.is_empty(),
+        "the fleet stayed over {BUDGET} + the environments running for {LINGER:?} or more; \
+         (connections, running) at the start of the first such run: {:?} (max seen {max_seen}; \
+         {} short runs over it)",
+        &lasting[0].1[..lasting[0].1.len().min(10)],
+        runs.len() - lasting.len()
+    );
+    eprintln!(
+        "{} of {} samples over {BUDGET} + the environments running, in {} runs of at most {:?}",
+        runs.iter().map(|(_, r)| r.len()).sum::<usize>(),
         samples.len(),
-        &over[..over.len().min(5)]
+        runs.len(),
+        runs.iter().map(|(d, _)| *d).max().unwrap_or_default()
     );
     assert!(
         samples.iter().all(|s| s.running <= AT_ONCE),
