@@ -13,34 +13,6 @@ async fn backend_pid(env: &LambdaEnv) -> i64 {
         .unwrap()
 }
 
-/// Terminates `pid` and waits until the server no longer lists it.
-async fn terminate(pg: &PgServer, pid: i64) {
-    let direct = pg.tokio_client().await;
-    direct
-        .execute("SELECT pg_terminate_backend($1::int)", &[&(pid as i32)])
-        .await
-        .unwrap();
-    wait_until_gone(&direct, pid).await;
-}
-
-/// Waits until the server no longer lists backend `pid`.
-async fn wait_until_gone(direct: &tokio_postgres::Client, pid: i64) {
-    loop {
-        let alive: i64 = direct
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1::int",
-                &[&(pid as i32)],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if alive == 0 {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_frozen_invocations_share_the_warm_connection() {
     let pg = PgServer::start();
@@ -70,7 +42,7 @@ async fn connection_killed_during_a_freeze_costs_no_error() {
     env.call(json!({"action": "setup"})).await;
     let before = backend_pid(&env).await;
     assert!(env.lambda.is_frozen());
-    terminate(&pg, before).await;
+    pg.terminate_backend(before);
     let after = backend_pid(&env).await;
     assert_ne!(before, after, "the dead connection was replaced");
     let logs = env.output();
@@ -83,16 +55,14 @@ async fn idle_session_timeout_during_a_freeze_costs_no_error() {
     let env = LambdaEnv::classic(&pg, &[("WARMPOOL_CHECK_AFTER_IDLE_MS", "0")]);
     env.call(json!({"action": "setup"})).await;
     let before = backend_pid(&env).await;
-    // Opened before the setting below, so that this session, which watches, never times out.
-    let watcher = pg.tokio_client().await;
     // The server ends idle sessions while the environment is frozen.
     pg.superuser_psql("ALTER ROLE app SET idle_session_timeout = '100ms'");
     // The setting applies to new sessions: replace the warm one so the new one carries it.
-    terminate(&pg, before).await;
+    pg.terminate_backend(before);
     let fresh = backend_pid(&env).await;
     assert!(env.lambda.is_frozen());
     // Wait (frozen) until the server has ended that session by its idle timeout.
-    wait_until_gone(&watcher, fresh).await;
+    pg.wait_backend_gone(fresh);
     let after = backend_pid(&env).await;
     assert_ne!(fresh, after);
 }
