@@ -340,21 +340,5 @@ pub fn markdown(r: &Results) -> String {
 
 /// Writes `hop.json` and `hop.md`, and for a full run the section of bench/RESULTS.md.
 pub fn write(r: &Results, opts: &HopOpts) -> Vec<PathBuf> {
-    std::fs::create_dir_all(&opts.out).expect("results directory");
-    let json = opts.out.join("hop.json");
-    std::fs::write(&json, serde_json::to_string_pretty(r).expect("json")).expect("write");
-    let md_path = opts.out.join("hop.md");
-    let md = markdown(r);
-    std::fs::write(&md_path, &md).expect("write");
-    let mut written = vec![json, md_path];
-    if opts.full {
-        let results = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
-        if let Ok(text) = std::fs::read_to_string(&results) {
-            let (start, end) = ("<!-- hop:start -->", "<!-- hop:end -->");
-            let text = crate::report::replace_between(&text, start, end, &md);
-            std::fs::write(&results, text).expect("write RESULTS.md");
-            written.push(results);
-        }
-    }
-    written
+    crate::report::write_part(&opts.out, "hop", r, &markdown(r), opts.full)
 }

@@ -284,6 +284,37 @@ fn replace_section(text: &str, body: &str) -> String {
     replace_between(text, BEGIN, END, body)
 }
 
+/// Writes a part's `<name>.json` and `<name>.md` into `out`, and for a full run (`full`) its
+/// section of bench/RESULTS.md, between `<!-- <name>:start -->` and `<!-- <name>:end -->`.
+/// Returns the files written.
+pub fn write_part(
+    out: &Path,
+    name: &str,
+    results: &impl Serialize,
+    md: &str,
+    full: bool,
+) -> Vec<PathBuf> {
+    std::fs::create_dir_all(out).expect("results directory");
+    let json = out.join(format!("{name}.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(results).expect("json")).expect("write");
+    let md_path = out.join(format!("{name}.md"));
+    std::fs::write(&md_path, md).expect("write");
+    let mut written = vec![json, md_path];
+    if full {
+        let results = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
+        if let Ok(text) = std::fs::read_to_string(&results) {
+            let (start, end) = (
+                format!("<!-- {name}:start -->"),
+                format!("<!-- {name}:end -->"),
+            );
+            let text = replace_between(&text, &start, &end, md);
+            std::fs::write(&results, text).expect("write RESULTS.md");
+            written.push(results);
+        }
+    }
+    written
+}
+
 /// `text` with what lies between `begin` and `end` replaced by `body`; the markers and `body`
 /// are appended when `text` has none.
 pub fn replace_between(text: &str, begin: &str, end: &str, body: &str) -> String {
