@@ -10,6 +10,7 @@
 //!
 //! See bench/README.md for the method. Results go to bench/results/.
 
+mod copier;
 mod fleet;
 mod hop;
 mod lambda;

@@ -6,12 +6,15 @@
 //! ```
 //!
 //! 1. `pgbench -S -M prepared` (select-only on `pgbench -i` tables) through the endpoint against
-//!    pgbench straight to PostgreSQL over TLS on loopback, at 1 and 8 clients, in alternating
-//!    rounds. The added time per statement is the endpoint's `latency average` minus the direct
-//!    one; the goal is at most 1.5× the floor at the same concurrency: N raw Unix-socket
-//!    ping-pongs between two processes at once for N clients, measured in each round, the least
-//!    any hop costs on the machine when as many run together on the same cores. The unloaded
-//!    floor (one pair alone) is reported beside it.
+//!    pgbench straight to PostgreSQL over TLS on loopback, at 1 and 8 clients, in rounds of
+//!    rotating order. The added time per statement is the endpoint's `latency average` minus the
+//!    direct one; the goal is at most 1.5× the floor: one raw Unix-socket ping-pong between two
+//!    processes, measured in each round. Two references run in the same rounds: the floor at
+//!    the level's concurrency (as many ping-pong pairs at once as clients), and a relay that
+//!    only copies bytes (`copier.rs`) between pgbench and PostgreSQL's own socket, against
+//!    pgbench straight to that socket: what any process in the path adds at that load. The CPU
+//!    time the extension and the copier spend per statement is read from the kernel's
+//!    scheduler statistics.
 //! 2. W1 and W2 from Python (psycopg) and Node.js (node-postgres), `pg_langs.rs`: a module-level
 //!    connection to the endpoint against connecting straight to PostgreSQL in every invocation
 //!    (TLS + SCRAM each time) and against a module-level direct connection; the goal is the
@@ -28,6 +31,7 @@ use std::time::Duration;
 use serde::Serialize;
 use warmpool_tests::PgServer;
 
+use crate::copier::{process_cpu, Copier};
 use crate::micro::{BlockingFloor, Ext, Floor};
 use crate::pg_langs::{Lang, LangOpts, Langs};
 use crate::stats::Summary;
@@ -57,7 +61,7 @@ const USAGE: &str = "\
 usage: warmpool-bench --pg [--quick] [--rounds N] [--seconds S] [--langs L,..|--no-langs]
                       [--lang-invocations N] [--extension PATH] [--out DIR]
 
-  --rounds N           rounds, endpoint and direct alternating (default 10 of pgbench and 5
+  --rounds N           rounds, the targets in rotating order (default 10 of pgbench and 5
                        of the languages; quick 2)
   --seconds S          pgbench -T of each run, whole seconds (default 1)
   --langs L,..         languages timing W1 and W2: python, node (default both)
@@ -135,6 +139,8 @@ pub struct PgbenchRun {
     pub tps: f64,
     pub transactions: u64,
     pub failed: u64,
+    /// The CPU time of the relay in the path (the extension, or the copier) during the run, µs.
+    pub relay_cpu_us: Option<f64>,
 }
 
 /// One target at one client count, over all rounds.
@@ -165,6 +171,19 @@ pub struct Level {
     pub added_concurrent_floors: f64,
     /// Endpoint tps over direct tps.
     pub tps_ratio: f64,
+    /// Through the byte-copying relay and straight to PostgreSQL's Unix socket.
+    pub copier: Target,
+    pub unix: Target,
+    /// Copier minus straight-to-the-socket latency average, µs per statement: the median over
+    /// the rounds of the difference within each round.
+    pub copier_added_us: f64,
+    /// `added_us` over `copier_added_us`.
+    pub added_copiers: f64,
+    /// CPU time per statement of the extension through the endpoint runs, and of the copier
+    /// through its runs, µs.
+    pub endpoint_cpu_us: f64,
+    pub copier_cpu_us: f64,
+    /// Judged against the unloaded floor, as the goal is written.
     pub goal_met: bool,
 }
 
@@ -212,6 +231,19 @@ pub async fn run_alone(opts: PgOpts) {
 /// libpq's variables for pgbench straight to PostgreSQL: TLS on loopback, verify-full, SCRAM.
 pub(crate) fn direct_env(pg: &PgServer) -> Vec<(String, String)> {
     pg.env()
+}
+
+/// libpq's variables for pgbench straight to PostgreSQL's Unix socket in `dir` (its own, or the
+/// copier's): no TLS, as a local socket needs none.
+fn unix_env(pg: &PgServer, dir: &Path) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = pg
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "PGHOST" && k != "PGSSLMODE")
+        .collect();
+    env.push(("PGHOST".to_owned(), dir.display().to_string()));
+    env.push(("PGSSLMODE".to_owned(), "disable".to_owned()));
+    env
 }
 
 /// libpq's variables for the endpoint: its socket directory, a user name the database does not
@@ -309,9 +341,15 @@ pub async fn run(
     ext.wait_for("pool warmed", Duration::from_secs(30))
         .expect("the extension opened its warm connections");
     let dir = ext.socket.parent().expect("socket directory").to_owned();
-    let envs = [
+    let copier = Copier::start(
+        pg.socket_dir().join(format!(".s.PGSQL.{}", pg.port())),
+        pg.port(),
+    );
+    let targets = [
         ("endpoint", endpoint_env(pg, &dir)),
         ("direct", direct_env(pg)),
+        ("copier", unix_env(pg, copier.dir())),
+        ("unix", unix_env(pg, &pg.socket_dir())),
     ];
 
     let mut floor_peer = Floor::start().await;
@@ -352,22 +390,26 @@ pub async fn run(
             level_pairs[level] = pairs;
             level_samples[level].0.extend(samples);
             level_samples[level].1 += errors;
-            // Endpoint and direct take turns in alternating order, so neither always follows
-            // the other.
-            let order: Vec<usize> = if round % 2 == 0 {
-                vec![0, 1]
-            } else {
-                vec![1, 0]
-            };
-            for i in order {
-                let (target, env) = &envs[i];
+            // The targets take turns in an order that rotates each round, so none always
+            // follows another.
+            for k in 0..targets.len() {
+                let (target, env) = &targets[(round as usize + k) % targets.len()];
                 let env = env.clone();
                 let seconds = opts.seconds;
+                let relay_cpu = || match *target {
+                    "endpoint" => Some(process_cpu(ext.pid())),
+                    "copier" => Some(copier.cpu()),
+                    _ => None,
+                };
+                let before = relay_cpu();
                 let (latency_avg_us, tps, transactions, failed) =
                     tokio::task::spawn_blocking(move || pgbench(&env, clients, seconds))
                         .await
                         .expect("pgbench task")
                         .unwrap_or_else(|e| panic!("{target}, {clients} clients: {e}"));
+                let relay_cpu_us = before
+                    .zip(relay_cpu())
+                    .map(|(b, a)| a.saturating_sub(b).as_secs_f64() * 1e6);
                 runs.push(PgbenchRun {
                     target,
                     clients,
@@ -376,10 +418,12 @@ pub async fn run(
                     tps,
                     transactions,
                     failed,
+                    relay_cpu_us,
                 });
             }
         }
     }
+    copier.stop();
     assert!(
         !floor_samples.is_empty(),
         "the floor's echo process stopped answering ({floor_errors} errors)"
@@ -412,26 +456,43 @@ pub async fn run(
                 transactions: rs.iter().map(|r| r.transactions).sum(),
                 failed: rs.iter().map(|r| r.failed).sum(),
             };
-            let (e, d) = (of("endpoint"), of("direct"));
-            // Paired by round: the two runs of a round saw the same machine, so bursts of other
+            // Paired by round: the runs of a round saw the same machine, so bursts of other
             // work cancel out of their difference.
-            let added_us = median(
-                e.iter()
-                    .zip(&d)
-                    .map(|(e, d)| e.latency_avg_us - d.latency_avg_us)
-                    .collect(),
-            );
+            let added = |through: &[&PgbenchRun], straight: &[&PgbenchRun]| {
+                median(
+                    through
+                        .iter()
+                        .zip(straight)
+                        .map(|(t, s)| t.latency_avg_us - s.latency_avg_us)
+                        .collect(),
+                )
+            };
+            // All the relay's CPU time over all the statements it relayed, at this level.
+            let cpu_per_statement = |rs: &[&PgbenchRun]| {
+                let cpu: f64 = rs.iter().filter_map(|r| r.relay_cpu_us).sum();
+                let statements: u64 = rs.iter().map(|r| r.transactions).sum();
+                cpu / statements.max(1) as f64
+            };
+            let (e, d, c, u) = (of("endpoint"), of("direct"), of("copier"), of("unix"));
+            let added_us = added(&e, &d);
+            let copier_added_us = added(&c, &u);
             let (endpoint, direct) = (agg(&e), agg(&d));
             let added_floors = added_us / floor.mean_us;
             let added_concurrent_floors = added_us / concurrent_floor.mean_us;
             Level {
                 clients,
                 tps_ratio: crate::stats::ratio(endpoint.tps, direct.tps),
-                goal_met: added_concurrent_floors <= GOAL_FLOORS && endpoint.failed == 0,
+                goal_met: added_floors <= GOAL_FLOORS && endpoint.failed == 0,
                 added_us,
                 added_floors,
                 concurrent_floor,
                 added_concurrent_floors,
+                endpoint_cpu_us: cpu_per_statement(&e),
+                copier_cpu_us: cpu_per_statement(&c),
+                added_copiers: added_us / copier_added_us,
+                copier_added_us,
+                copier: agg(&c),
+                unix: agg(&u),
                 endpoint,
                 direct,
             }
@@ -472,14 +533,15 @@ pub fn markdown(r: &Results) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "`pgbench -S -M prepared` (scale 1), {} rounds alternating endpoint and direct, `-T {}` \
-         each, medians over the rounds (the added time: of the differences within a round); {}. \
-         Load average {} at the start, {} at the end. Unloaded floor (one Unix-socket ping-pong \
-         between two processes, same run): mean {:.1} µs, p50 {:.1} µs. The goal is judged per \
-         level against the floor at that level's concurrency (as many ping-pong pairs at once as \
-         pgbench has clients, each on a thread of its own, same run): with 8 clients, pgbench's \
-         threads, the backends and the extension share the machine's cores, and every hop's \
-         round trip waits in the same queue. The unloaded ratios stay in the table.\n",
+        "`pgbench -S -M prepared` (scale 1), {} rounds of rotating order, `-T {}` each, medians \
+         over the rounds (an added time: of the differences within a round); {}. Load average \
+         {} at the start, {} at the end. Floor (one Unix-socket ping-pong between two processes \
+         alone, same run): mean {:.1} µs, p50 {:.1} µs; the goal is judged against its mean. \
+         For reference, in the same rounds: the floor at the level's concurrency (as many \
+         ping-pong pairs at once as pgbench has clients), and a relay that only copies bytes, on \
+         one thread, between pgbench and PostgreSQL's own Unix socket, against pgbench straight \
+         to that socket: what any process in the path adds at that load. CPU per statement: the \
+         extension's and the copier's own, from the kernel's scheduler statistics.\n",
         r.rounds,
         r.seconds_per_run,
         r.pgbench,
@@ -490,24 +552,32 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "| Clients | direct (TLS) latency avg | endpoint latency avg | added per statement | \
-         floor at this concurrency (mean) | in floors at this concurrency | in unloaded floors \
-         (mean) | in unloaded floors (p50) | direct tps | endpoint tps | tps ratio | goal (≤ \
-         {GOAL_FLOORS}× the floor at this concurrency) |"
+        "| Clients | direct (TLS) latency avg | endpoint latency avg | added per statement | in \
+         floors (mean) | in floors (p50) | floor at this concurrency (mean) | in floors at this \
+         concurrency | byte copier's added | endpoint's added in copier's | CPU per statement: \
+         extension / copier | direct tps | endpoint tps | tps ratio | goal (≤ {GOAL_FLOORS}× \
+         the floor) |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for l in &r.levels {
         let _ = writeln!(
             md,
-            "| {} | {:.1} µs | {:.1} µs | {:+.1} µs | {:.1} µs | {:.2}× | {:.2}× | {:.2}× | {:.0} | {:.0} | {:.2}× | {} |",
+            "| {} | {:.1} µs | {:.1} µs | {:+.1} µs | {:.2}× | {:.2}× | {:.1} µs | {:.2}× | {:+.1} µs | {:.2}× | {:.1} µs / {:.1} µs | {:.0} | {:.0} | {:.2}× | {} |",
             l.clients,
             l.direct.latency_avg_us,
             l.endpoint.latency_avg_us,
             l.added_us,
-            l.concurrent_floor.mean_us,
-            l.added_concurrent_floors,
             l.added_floors,
             l.added_us / r.floor.p50_us,
+            l.concurrent_floor.mean_us,
+            l.added_concurrent_floors,
+            l.copier_added_us,
+            l.added_copiers,
+            l.endpoint_cpu_us,
+            l.copier_cpu_us,
             l.direct.tps,
             l.endpoint.tps,
             l.tps_ratio,
@@ -517,7 +587,7 @@ pub fn markdown(r: &Results) -> String {
     let failed: u64 = r
         .levels
         .iter()
-        .map(|l| l.endpoint.failed + l.direct.failed)
+        .map(|l| l.endpoint.failed + l.direct.failed + l.copier.failed + l.unix.failed)
         .sum();
     let _ = writeln!(md, "\nFailed transactions: {failed}.");
     if let Some(l) = &r.langs {
