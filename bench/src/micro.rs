@@ -299,15 +299,7 @@ pub async fn run(
     let (mut ping_samples, mut ping_errors, mut ping_busy) = (Vec::new(), 0, Duration::ZERO);
     let floor_round = (floor_iters / ROUNDS as usize).max(1);
     for _ in 0..ROUNDS {
-        // On a worker thread, as the loads' tasks run: the future `block_on` drives runs on a
-        // thread that is woken by the workers, one more wake-up per message.
-        let (peer, (samples, errors)) = tokio::spawn(async move {
-            let mut peer = floor_peer;
-            let out = peer.round(floor_round).await;
-            (peer, out)
-        })
-        .await
-        .expect("floor task");
+        let (peer, (samples, errors)) = floor_peer.round_on_worker(floor_round).await;
         floor_peer = peer;
         floor_samples.extend(samples);
         floor_errors += errors;
@@ -649,6 +641,18 @@ impl Floor {
             child,
             _dir: dir,
         }
+    }
+
+    /// [`Floor::round`] on a worker thread, as the loads' tasks run: the future `block_on`
+    /// drives runs on a thread that is woken by the workers, one more wake-up per message.
+    pub(crate) async fn round_on_worker(self, iters: usize) -> (Floor, (Vec<f64>, usize)) {
+        tokio::spawn(async move {
+            let mut floor = self;
+            let out = floor.round(iters).await;
+            (floor, out)
+        })
+        .await
+        .expect("floor task")
     }
 
     /// `iters` round trips after a warm-up; their times in microseconds, and the errors.

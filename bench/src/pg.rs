@@ -368,14 +368,7 @@ pub async fn run(
     let mut runs = Vec::new();
     for round in 0..opts.rounds {
         eprintln!("pg: pgbench round {} of {}", round + 1, opts.rounds);
-        // As micro.rs does: on a worker thread, as the client side of a hop runs.
-        let (peer, (samples, errors)) = tokio::spawn(async move {
-            let mut peer = floor_peer;
-            let out = peer.round(FLOOR_ITERS).await;
-            (peer, out)
-        })
-        .await
-        .expect("floor task");
+        let (peer, (samples, errors)) = floor_peer.round_on_worker(FLOOR_ITERS).await;
         floor_peer = peer;
         floor_samples.extend(samples);
         floor_errors += errors;
