@@ -52,22 +52,24 @@ impl Language {
     /// the directory of the classes compiled for it, to be kept until its environment is gone.
     fn function(self) -> (Function, Option<TempDir>) {
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-        let function = match self {
+        match self {
             Language::Python => {
                 let python = prereq::python_drivers(&drivers_dir());
                 let bin = python.parent().expect("the venv's bin directory");
-                Function::bootstrap(examples.join("python/bootstrap"))
+                let function = Function::bootstrap(examples.join("python/bootstrap"))
                     .handler("handler.handler")
                     .env("PATH", search_path(bin))
                     // The task root is the source tree: no __pycache__ left in it.
                     .env("PYTHONDONTWRITEBYTECODE", "1")
-                    .env("PYTHONUNBUFFERED", "1")
+                    .env("PYTHONUNBUFFERED", "1");
+                (function, None)
             }
             Language::Node => {
                 let modules = prereq::node_drivers(&drivers_dir());
-                Function::bootstrap(examples.join("node/bootstrap"))
+                let function = Function::bootstrap(examples.join("node/bootstrap"))
                     .handler("index.handler")
-                    .env("NODE_PATH", modules.display().to_string())
+                    .env("NODE_PATH", modules.display().to_string());
+                (function, None)
             }
             Language::Java => {
                 let jar = prereq::pgjdbc();
@@ -80,10 +82,9 @@ impl Language {
                     // Read by the extension, which listens there, and by the handler.
                     .env("WARMPOOL_PG_TCP_PORT", free_port().to_string())
                     .env("WARMPOOL_PG_PASSWORD", JAVA_ENDPOINT_PASSWORD);
-                return (function, Some(classes));
+                (function, Some(classes))
             }
-        };
-        (function, None)
+        }
     }
 }
 
@@ -332,6 +333,12 @@ async fn a_session_the_extension_ended_is_opened_again_by_the_next_invocation(la
         env.lambda.init_count(),
         1,
         "the function was started again instead of reconnecting"
+    );
+    // Errors went to the log, from the extension and from the function: none shows the
+    // endpoint's password (set for the Java function).
+    assert!(
+        !env.output().contains(JAVA_ENDPOINT_PASSWORD),
+        "the endpoint's password was written out"
     );
 }
 
