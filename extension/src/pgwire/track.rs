@@ -776,6 +776,16 @@ mod tests {
         );
     }
 
+    /// Binds and executes the named statement `name`, a `SET`, with the server's answers.
+    fn execute_set(t: &mut Track, name: &str) {
+        let bind = format!("\0{name}\0\0\0\0\0\0\0");
+        t.client_message(b'B', bind.as_bytes(), &Bytes::new());
+        t.client_message(b'E', b"\0\0\0\0\0", &Bytes::new());
+        t.server_message(b'2', None, None);
+        t.server_message(b'C', Some("SET"), None);
+        t.server_message(b'Z', None, Some(b'I'));
+    }
+
     #[test]
     fn a_set_prepared_earlier_takes_effect_each_time_it_is_executed() {
         let mut t = Track::default();
@@ -784,11 +794,7 @@ mod tests {
         t.server_message(b'1', None, None);
         t.server_message(b'Z', None, Some(b'I'));
         assert_eq!(t.replay_sql().count(), 0);
-        t.client_message(b'B', b"\0S_3\0\0\0\0\0\0\0", &Bytes::new());
-        t.client_message(b'E', b"\0\0\0\0\0", &Bytes::new());
-        t.server_message(b'2', None, None);
-        t.server_message(b'C', Some("SET"), None);
-        t.server_message(b'Z', None, Some(b'I'));
+        execute_set(&mut t, "S_3");
         assert_eq!(
             t.replay_sql().collect::<Vec<_>>(),
             ["SET work_mem TO '8MB'"]
@@ -798,11 +804,7 @@ mod tests {
         t.server_message(b'Z', None, Some(b'I'));
         assert_eq!(t.replay_sql().count(), 0);
         // Executed again: kept again, from the statement the server still has.
-        t.client_message(b'B', b"\0S_3\0\0\0\0\0\0\0", &Bytes::new());
-        t.client_message(b'E', b"\0\0\0\0\0", &Bytes::new());
-        t.server_message(b'2', None, None);
-        t.server_message(b'C', Some("SET"), None);
-        t.server_message(b'Z', None, Some(b'I'));
+        execute_set(&mut t, "S_3");
         assert_eq!(
             t.replay_sql().collect::<Vec<_>>(),
             ["SET work_mem TO '8MB'"]
